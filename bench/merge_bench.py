@@ -1,0 +1,165 @@
+"""Merge speed on CPU against the I/O floor and against mergekit, on a ~130M-parameter Llama family.
+
+Every figure is a ratio measured in this one run on this machine: each method's wall time over the I/O floor
+(reading every input tensor once and writing one output once), and ours over mergekit's for the same YAML.
+Each merge runs as its own process (the CLI, as a user runs it) so its peak RSS is its own.
+
+    python bench/merge_bench.py [--methods a,b] [--mergekit-python /path/to/venv/bin/python] [--gpu]
+
+mergekit is not a MergeLab dependency: pass the Python of a throwaway virtualenv that has mergekit installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _family import build_family  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SPARSE = {"density": 0.5}
+# Per-model parameters each method is benchmarked with (mergekit-compatible names).
+BENCH_PARAMS: dict[str, dict] = {
+    "linear": {},
+    "task_arithmetic": {},
+    "ties": SPARSE,
+    "dare_linear": SPARSE,
+    "dare_ties": SPARSE,
+    "breadcrumbs": {"density": 0.5, "gamma": 0.01},
+    "breadcrumbs_ties": {"density": 0.5, "gamma": 0.01},
+    "della": {"density": 0.5, "epsilon": 0.1},
+    "della_linear": {"density": 0.5, "epsilon": 0.1},
+    "model_stock": None,
+    "tsvm": None,
+    "iso_c": None,
+    "iso_cts": None,
+    "task_arithmetic_sb": {},
+    "ties_sb": SPARSE,
+}
+MERGEKIT_COMPARED = ("task_arithmetic", "ties")
+
+
+def recipe_yaml(method: str, base: Path, cks: list[Path]) -> str:
+    per_model = BENCH_PARAMS[method]
+    models = []
+    for ck in cks:
+        entry: dict = {"model": str(ck)}
+        if per_model is not None:
+            entry["parameters"] = {"weight": 1.0, **per_model}
+        models.append(entry)
+    doc: dict = {"merge_method": method, "models": models, "dtype": "bfloat16"}
+    if method != "linear":
+        doc["base_model"] = str(base)
+    return yaml.safe_dump(doc, sort_keys=False)
+
+
+def timed(cmd: list[str], env: dict | None = None) -> tuple[float, float]:
+    """Run cmd; return (wall seconds, peak RSS in GiB of that process tree's largest child)."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - start
+    err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"{' '.join(cmd[:4])} failed:\n{err[-2000:]}")
+    return seconds, usage.ru_maxrss / 2**20
+
+
+IO_FLOOR = """
+import sys, torch
+from pathlib import Path
+from safetensors.torch import load_file, save_file
+dirs = [Path(p) for p in sys.argv[2:]]
+out = {}
+for d in dirs:
+    for f in sorted(d.glob("*.safetensors")):
+        sd = load_file(f)
+        if d == dirs[0]:
+            out.update(sd)
+        del sd
+save_file(out, sys.argv[1])
+"""
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--methods", default="all")
+    ap.add_argument("--mergekit-python", default=os.environ.get("MERGEKIT_PYTHON"))
+    ap.add_argument("--checkpoints", type=int, default=4)
+    ap.add_argument("--gpu", action="store_true", help="per-layer GPU timing at Llama-3.1-8B shapes instead")
+    args = ap.parse_args()
+    if args.gpu:
+        from gpu_layer_bench import main as gpu_main
+
+        gpu_main()
+        return
+
+    base, cks = build_family(
+        f"llama130m-{args.checkpoints}",
+        hidden=1024,
+        layers=8,
+        intermediate=2816,
+        vocab=20000,
+        checkpoints=args.checkpoints,
+        dtype=__import__("torch").bfloat16,
+    )
+    methods = list(BENCH_PARAMS) if args.methods == "all" else args.methods.split(",")
+    work = Path(tempfile.mkdtemp(prefix="mergebench-"))
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
+    try:
+        floor, floor_rss = timed(
+            [sys.executable, "-c", IO_FLOOR, str(work / "floor.safetensors"), str(base), *map(str, cks)], env
+        )
+        rows = []
+        for method in methods:
+            cfg = work / f"{method}.yml"
+            cfg.write_text(recipe_yaml(method, base, cks))
+            ours, rss = timed(
+                [sys.executable, "-m", "merging", str(cfg), str(work / f"out-{method}"), "--device", "cpu"],
+                env,
+            )
+            shutil.rmtree(work / f"out-{method}", ignore_errors=True)
+            mk = None
+            if args.mergekit_python and method in MERGEKIT_COMPARED:
+                mk_cmd = [
+                    args.mergekit_python,
+                    "-m",
+                    "mergekit.scripts.run_yaml",
+                    str(cfg),
+                    str(work / f"mk-{method}"),
+                    "--quiet",
+                ]
+                mk, _ = timed(mk_cmd, {**os.environ, "HF_HUB_OFFLINE": "1"})
+                shutil.rmtree(work / f"mk-{method}", ignore_errors=True)
+            rows.append((method, ours, ours / floor, rss, mk))
+            print(f"  {method}: {ours:.1f} s", file=sys.stderr)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    print(f"\nmachine: {platform.machine()}, {os.cpu_count()} cores; family: {base.parent.name}, bf16")
+    print(
+        f"I/O floor (read {1 + len(cks)} models once, write one): {floor:.1f} s, "
+        f"peak RSS {floor_rss:.2f} GiB\n"
+    )
+    print("| method | seconds | × I/O floor | peak RSS (GiB) | mergekit 0.1.5 (s) | ours / mergekit |")
+    print("|---|---|---|---|---|---|")
+    for method, ours, ratio, rss, mk in rows:
+        mk_s = f"{mk:.1f}" if mk else "—"
+        rel = f"{ours / mk:.2f}" if mk else "—"
+        print(f"| {method} | {ours:.1f} | {ratio:.2f} | {rss:.2f} | {mk_s} | {rel} |")
+
+
+if __name__ == "__main__":
+    main()
