@@ -1,0 +1,5 @@
+"""Errors a user can cause when opening or querying the results database."""
+
+
+class StoreError(Exception):
+    """The database cannot be opened or a request names something that does not exist."""
