@@ -1,0 +1,28 @@
+"""MergeLab evaluation: lm-evaluation-harness on models held in memory, versioned suites, a score cache,
+and the paper's study metrics. Public face for jobs and pages; see design.md for the layering."""
+
+from evaluation.cache import DirectoryScoreCache, ScoreCache
+from evaluation.errors import EvaluationError
+from evaluation.harness import evaluate, lm_eval_version
+from evaluation.models import LoadedModel, ResidentModel, load_model, resolve_device, resolve_dtype
+from evaluation.rows import ScoreRow, aggregate
+from evaluation.suites import Suite, SuiteTask, folder_suite, get_suite
+
+__all__ = [
+    "DirectoryScoreCache",
+    "EvaluationError",
+    "LoadedModel",
+    "ResidentModel",
+    "ScoreCache",
+    "ScoreRow",
+    "Suite",
+    "SuiteTask",
+    "aggregate",
+    "evaluate",
+    "folder_suite",
+    "get_suite",
+    "lm_eval_version",
+    "load_model",
+    "resolve_device",
+    "resolve_dtype",
+]

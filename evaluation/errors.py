@@ -1,0 +1,6 @@
+"""The one error type users of `evaluation` can cause; the CLI prints it as a single line (exit 2)."""
+
+
+class EvaluationError(Exception):
+    """Bad evaluation input: unknown task, missing task folder, empty suite, model without a tokenizer,
+    a model that cannot be loaded offline. The message says what is wrong and what to do."""

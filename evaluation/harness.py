@@ -1,0 +1,188 @@
+"""Scoring an in-memory model with lm-evaluation-harness.
+
+The model object itself goes into lm-eval's HFLM (never a path), so a merge written into a resident model
+by the engine's model sink is scored without touching disk, and a model loaded from its directory is
+scored through exactly the same code: the two give identical numbers.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from importlib import metadata
+from typing import Any
+
+from evaluation.cache import ScoreCache
+from evaluation.errors import EvaluationError
+from evaluation.models import resolve_device
+from evaluation.rows import ScoreRow
+from evaluation.suites import Suite
+
+ProgressFn = Callable[[int, int, str], None]
+"""on_progress(tasks_done, tasks_total, task_name), called after each task of the suite."""
+
+# Errors lm-eval and `datasets` raise for unusable task input (missing data, offline Hub, bad YAML).
+_TASK_ERRORS = (OSError, ValueError, KeyError, TypeError, ImportError, ConnectionError)
+
+
+def lm_eval_version() -> str:
+    return metadata.version("lm_eval")
+
+
+def cpu_batch_size(model) -> int:
+    """lm-eval's automatic batch size probes for CUDA out-of-memory, which does not exist on CPU; there we
+    pick a fixed size by model size so a 3B model does not materialise 32 sequences of full-vocab logits."""
+    params = sum(p.numel() for p in model.parameters())
+    return 32 if params < 50_000_000 else 8 if params < 1_000_000_000 else 2
+
+
+def evaluate(
+    model,
+    tokenizer,
+    suite: Suite,
+    *,
+    fingerprint: str,
+    model_name: str,
+    limit: int | None = None,
+    batch_size: int | str = "auto",
+    device: str | None = None,
+    cache: ScoreCache | None = None,
+    on_progress: ProgressFn | None = None,
+) -> list[ScoreRow]:
+    """Score `model` on every task of `suite`, one row per task, in suite order.
+
+    limit caps items per task (None: the suite's default_limit, else all). With a cache, a stored result for
+    (fingerprint, suite.version, limit) is returned without running anything, and fresh results are stored.
+    device moves the model first (None: leave it where it is).
+    """
+    if tokenizer is None:
+        raise EvaluationError(f"model {model_name} has no tokenizer; lm-eval needs one to build its prompts")
+    if not suite.tasks:
+        raise EvaluationError(f"suite {suite.name!r} has no tasks")
+    limit = limit if limit is not None else suite.default_limit
+    if limit is not None and int(limit) < 1:
+        raise EvaluationError(f"limit must be a positive number of items per task, not {limit}")
+    if cache is not None:
+        hit = cache.get(fingerprint, suite.version, limit)
+        if hit is not None and [r.task for r in hit] == suite.task_names:
+            if on_progress:
+                on_progress(len(hit), len(hit), hit[-1].task)
+            return [replace(r, model=model_name) for r in hit]
+
+    if device is not None:
+        model.to(resolve_device(device))
+    model.eval()
+    lm = _wrap(model, tokenizer, batch_size)
+    manager = suite.task_manager()
+    version = lm_eval_version()
+    rows = []
+    for i, task in enumerate(suite.tasks):
+        start = time.perf_counter()
+        result = _run_task(lm, manager, task.task, task.num_fewshot, limit)
+        value, stderr, n = _extract(result, task.task, task.metric)
+        rows.append(
+            ScoreRow(
+                model=model_name,
+                fingerprint=fingerprint,
+                suite=suite.name,
+                suite_version=suite.version,
+                task=task.task,
+                metric=task.metric,
+                value=value,
+                stderr=stderr,
+                n=n,
+                limit=limit,
+                lm_eval_version=version,
+                seconds=round(time.perf_counter() - start, 4),
+            )
+        )
+        if on_progress:
+            on_progress(i + 1, len(suite.tasks), task.task)
+    if cache is not None:
+        cache.put(rows)
+    return rows
+
+
+def _wrap(model, tokenizer, batch_size: int | str):
+    from lm_eval.models.huggingface import HFLM
+
+    on_gpu = next(model.parameters()).device.type == "cuda"
+    if batch_size == "auto":
+        batch = "auto" if on_gpu else cpu_batch_size(model)
+    else:
+        try:
+            batch = int(batch_size)
+        except (TypeError, ValueError):
+            raise EvaluationError(
+                f"batch size must be 'auto' or a positive integer, not {batch_size!r}"
+            ) from None
+        if batch < 1:
+            raise EvaluationError(f"batch size must be a positive integer, not {batch}")
+    return HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch, max_batch_size=64)
+
+
+def _run_task(lm, manager, name: str, num_fewshot: int | None, limit: int | None) -> dict[str, Any]:
+    from lm_eval import simple_evaluate
+
+    try:
+        result = simple_evaluate(
+            model=lm,
+            tasks=[name],
+            num_fewshot=num_fewshot,
+            limit=limit,
+            task_manager=manager,
+            log_samples=False,
+            bootstrap_iters=1000,
+        )
+    except _TASK_ERRORS as err:
+        text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise EvaluationError(f"cannot run task {name!r}: {text}") from None
+    if not result or not result.get("results"):
+        raise EvaluationError(f"lm-eval returned no results for task {name!r}")
+    return result
+
+
+def _extract(result: dict[str, Any], name: str, metric: str) -> tuple[float, float | None, int]:
+    """(value, stderr, items) of one suite task. A group reports its own aggregate; a tag (e.g. headqa,
+    which lm-eval expands to headqa_en and headqa_es without an aggregate) is combined here as the
+    size-weighted mean of its members, the same rule lm-eval groups use."""
+    results = result["results"]
+    counts = {
+        k: int(v.get("effective", v.get("original", 0))) for k, v in (result.get("n-samples") or {}).items()
+    }
+    total = sum(counts.values())
+    if name in results and _metric_key(results[name], metric):
+        entry = results[name]
+        return float(entry[_metric_key(entry, metric)]), _stderr(entry, metric), total
+    members = [(k, v) for k, v in results.items() if k in counts and _metric_key(v, metric)]
+    if not members:
+        reported = sorted(
+            {k.split(",")[0] for v in results.values() for k in v if "," in k and "stderr" not in k}
+        )
+        raise EvaluationError(
+            f"task {name!r} does not report metric {metric!r} (it reports {', '.join(reported)})"
+        )
+    n = sum(counts[k] for k, _ in members)
+    value = sum(counts[k] * float(v[_metric_key(v, metric)]) for k, v in members) / n
+    errs = [_stderr(v, metric) for _, v in members]
+    stderr = (
+        None
+        if any(e is None for e in errs)
+        else math.sqrt(sum((counts[k] * e) ** 2 for (k, _), e in zip(members, errs, strict=True))) / n
+    )
+    return value, stderr, n
+
+
+def _metric_key(entry: dict[str, Any], metric: str) -> str | None:
+    return next((k for k in entry if k.split(",")[0] == metric and "," in k), None)
+
+
+def _stderr(entry: dict[str, Any], metric: str) -> float | None:
+    key = next((k for k in entry if k.split(",")[0] == f"{metric}_stderr"), None)
+    try:
+        value = float(entry[key]) if key else None
+    except (TypeError, ValueError):  # lm-eval writes "N/A" when it has none
+        return None
+    return None if value is None or math.isnan(value) else value

@@ -1,0 +1,184 @@
+"""Models to score: loaded from a checkpoint directory or Hub id, or held resident for many merges.
+
+A study scores dozens of merges of one base. Loading a fresh model for each would dominate the run, so a
+`ResidentModel` keeps one transformers model of the base in memory; the merge engine's model sink writes
+each merge's weights into it and `ResidentModel.score` evaluates it under that merge's fingerprint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from evaluation.errors import EvaluationError
+
+
+@dataclass
+class LoadedModel:
+    """A transformers causal LM with its tokenizer, and the fingerprint that keys its cached scores."""
+
+    model: Any
+    tokenizer: Any
+    fingerprint: str
+    ref: str
+
+
+def resolve_device(device: str | None = "auto") -> str:
+    """cuda when present, else cpu; an explicit device is checked so a typo fails before loading weights."""
+    if device in (None, "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(device)
+    except RuntimeError as err:
+        raise EvaluationError(f"unknown device {device!r}: {err}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise EvaluationError(f"device {device!r} requested but no CUDA GPU is available; use --device cpu")
+    return str(dev)
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
+    """float32 on CPU (exact, and CPU half precision is slow); bfloat16 on GPUs that support it, else float16."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype in (None, "auto"):
+        if device.startswith("cuda"):
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    names = {
+        "float32": torch.float32,
+        "fp32": torch.float32,
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
+    }
+    names |= {"float16": torch.float16, "fp16": torch.float16}
+    if dtype not in names:
+        raise EvaluationError(f"unknown dtype {dtype!r}; use auto, float32, bfloat16 or float16")
+    return names[dtype]
+
+
+def checkpoint_fingerprint(ref: str | Path) -> str:
+    """The checkpoint's fingerprint as the merge engine defines it (`merging.open_checkpoint(ref).fingerprint`),
+    so scores cached here are found again by the jobs layer under the same key."""
+    import merging
+
+    opener = getattr(merging, "open_checkpoint", None)
+    if opener is None:
+        return _content_fingerprint(Path(ref))
+    try:
+        return opener(ref).fingerprint
+    except Exception as err:  # merging raises its own MergeError family for unreadable checkpoints
+        raise EvaluationError(f"cannot fingerprint {ref}: {err}") from None
+
+
+def _content_fingerprint(path: Path) -> str:
+    """Used only while `merging.open_checkpoint` is not available: sha256 over config and weight bytes."""
+    if not path.is_dir():
+        raise EvaluationError(f"cannot fingerprint {path}: not a local checkpoint directory")
+    digest = hashlib.sha256()
+    for file in sorted(path.iterdir()):
+        if file.name == "config.json" or file.suffix in (".safetensors", ".bin"):
+            digest.update(file.name.encode())
+            with file.open("rb") as fh:
+                for block in iter(lambda fh=fh: fh.read(1 << 20), b""):
+                    digest.update(block)
+    return digest.hexdigest()[:32]
+
+
+def load_model(ref: str | Path, *, device: str = "auto", dtype: str | torch.dtype = "auto") -> LoadedModel:
+    """Load a causal LM and its tokenizer from a local directory or a Hub id, in eval mode on `device`."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    ref_s = str(ref)
+    local = Path(ref_s).expanduser()
+    if local.exists() and not local.is_dir():
+        raise EvaluationError(f"{ref_s} is a file; give a checkpoint directory or a Hub id")
+    if not local.exists() and (
+        isinstance(ref, Path) or ref_s.startswith((".", "/", "~")) or ref_s.count("/") > 1
+    ):
+        raise EvaluationError(f"checkpoint directory {ref_s} not found")
+    source = str(local) if local.is_dir() else ref_s
+    dev = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, dev)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError, TypeError) as err:
+        raise EvaluationError(
+            f"{ref_s} has no usable tokenizer ({_first_line(err)}); save the tokenizer next to the weights"
+        ) from None
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype)
+    except OSError as err:
+        hint = (
+            " (offline: HF_HUB_OFFLINE is set and the model is not in the local cache)"
+            if not local.is_dir()
+            else ""
+        )
+        raise EvaluationError(f"cannot load model {ref_s}{hint}: {_first_line(err)}") from None
+    except ValueError as err:
+        raise EvaluationError(
+            f"{ref_s} is not a causal language model transformers can load: {_first_line(err)}"
+        ) from None
+    model.to(dev).eval()
+    fingerprint = checkpoint_fingerprint(source)
+    return LoadedModel(model=model, tokenizer=tokenizer, fingerprint=fingerprint, ref=ref_s)
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+class ResidentModel:
+    """One in-memory model of a base, reused for many merges.
+
+    Usage: ``rm = ResidentModel(base_dir)``; the engine's ``merging.ModelSink(rm.model)`` (or
+    ``rm.load_state_dict(sd)``) writes a merge's weights in; ``rm.score(suite, fingerprint=merge_fp,
+    model_name=...)`` evaluates what is resident now; ``rm.restore_base()`` puts the base weights back.
+    """
+
+    def __init__(self, base: str | Path, *, device: str = "auto", dtype: str | torch.dtype = "auto") -> None:
+        loaded = load_model(base, device=device, dtype=dtype)
+        self.model = loaded.model
+        self.tokenizer = loaded.tokenizer
+        self.base_fingerprint = loaded.fingerprint
+        self.ref = loaded.ref
+        self.device = str(next(self.model.parameters()).device)
+        self._base_state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+        self.fingerprint = self.base_fingerprint
+
+    def load_state_dict(self, state: dict[str, torch.Tensor], *, fingerprint: str | None = None) -> None:
+        """Copy weights into the resident model (strict: every tensor of the base must be given)."""
+        with torch.no_grad():
+            missing, unexpected = self.model.load_state_dict(state, strict=False)
+        missing = [k for k in missing if k not in _tied_names(self.model)]
+        if missing or unexpected:
+            raise EvaluationError(
+                f"weights do not fit the resident {self.ref}: missing {missing[:3]}, unexpected {unexpected[:3]}"
+            )
+        self.fingerprint = fingerprint
+
+    def restore_base(self) -> None:
+        """Put the base weights back (after a merge was scored)."""
+        self.model.load_state_dict(self._base_state)
+        self.fingerprint = self.base_fingerprint
+
+    def score(self, suite, *, fingerprint: str | None = None, model_name: str | None = None, **kwargs):
+        """Evaluate whatever is resident now under `fingerprint` (the merge's; defaults to the fingerprint
+        last set by `load_state_dict`/`restore_base`). kwargs are `evaluate`'s."""
+        from evaluation.harness import evaluate
+
+        fp = fingerprint or self.fingerprint
+        if not fp:
+            raise EvaluationError("score() needs the fingerprint of the merge now resident in the model")
+        return evaluate(
+            self.model, self.tokenizer, suite, fingerprint=fp, model_name=model_name or fp, **kwargs
+        )
+
+
+def _tied_names(model) -> set[str]:
+    keys = getattr(model, "_tied_weights_keys", None) or []
+    return set(keys if isinstance(keys, list | tuple | set) else keys.keys())
