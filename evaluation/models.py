@@ -41,7 +41,7 @@ def resolve_device(device: str | None = "auto") -> str:
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
-    """float32 on CPU (exact, and CPU half precision is slow); bfloat16 on GPUs that support it, else float16."""
+    """float32 on CPU (exact; CPU half precision is slow); bfloat16 on GPUs that support it, else float16."""
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype in (None, "auto"):
@@ -61,8 +61,9 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
 
 
 def checkpoint_fingerprint(ref: str | Path) -> str:
-    """The checkpoint's fingerprint as the merge engine defines it (`merging.open_checkpoint(ref).fingerprint`),
-    so scores cached here are found again by the jobs layer under the same key."""
+    """The checkpoint's fingerprint as the merge engine defines it
+    (`merging.open_checkpoint(ref).fingerprint`), so scores cached here are found again by the jobs
+    layer under the same key."""
     import merging
 
     opener = getattr(merging, "open_checkpoint", None)
@@ -157,7 +158,8 @@ class ResidentModel:
         missing = [k for k in missing if k not in _tied_names(self.model)]
         if missing or unexpected:
             raise EvaluationError(
-                f"weights do not fit the resident {self.ref}: missing {missing[:3]}, unexpected {unexpected[:3]}"
+                f"weights do not fit the resident {self.ref}: "
+                f"missing {missing[:3]}, unexpected {unexpected[:3]}"
             )
         self.fingerprint = fingerprint
 

@@ -172,7 +172,7 @@ def _validated(names: list[str]) -> list[str]:
 
 
 def _builtin_metric(name: str) -> str:
-    """The paper's metric for its benchmarks; otherwise acc when the task reports it, else its first metric."""
+    """The paper's metric for its benchmarks; else acc when the task reports it, else its first metric."""
     paper = dict(PAPER16)
     if name in paper:
         return paper[name]
