@@ -45,6 +45,11 @@ class TensorInputs:
 
 MergeFn = Callable[[TensorInputs], torch.Tensor]
 
+# Cross-parameter checks a single ParamSpec cannot express (e.g. DELLA's density ± epsilon in (0, 1)).
+# Called by resolve_params with the resolved global params, the resolved per-model params and one label
+# per model (for messages); raises RecipeError.
+ParamCheck = Callable[[Mapping[str, Any], Sequence[Mapping[str, Any]], Sequence[str]], None]
+
 
 @dataclass(frozen=True)
 class MethodSpec:
@@ -60,6 +65,7 @@ class MethodSpec:
     min_models: int = 1
     randomized: bool = False
     aliases: tuple[str, ...] = field(default_factory=tuple)
+    check: ParamCheck | None = None
 
     def param(self, name: str) -> ParamSpec | None:
         return next((p for p in self.params if p.name == name), None)

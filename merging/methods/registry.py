@@ -1,0 +1,202 @@
+"""Every method MergeLab offers, with its metadata and parameter specs, in the order the app lists them."""
+
+from __future__ import annotations
+
+from merging.errors import RecipeError
+from merging.methods import boosting, linear, model_stock, subspace
+from merging.methods.base import MethodSpec
+from merging.methods.task_vectors import Preset, della_check, merge_with, preset_params
+
+TA = Preset("none", consensus=False, normalize=False, rescale=False)
+TIES = Preset("magnitude", consensus=True, normalize=True, rescale=False)
+DARE_LINEAR = Preset("random", consensus=False, normalize=False, rescale=True)
+DARE_TIES = Preset("random", consensus=True, normalize=False, rescale=True)
+BREADCRUMBS = Preset("magnitude_outliers", consensus=False, normalize=False, rescale=False)
+BREADCRUMBS_TIES = Preset("magnitude_outliers", consensus=True, normalize=False, rescale=False)
+DELLA = Preset("della_magprune", consensus=True, normalize=True, rescale=True)
+DELLA_LINEAR = Preset("della_magprune", consensus=False, normalize=False, rescale=True)
+
+REF_TA = "Ilharco et al. 2023, Editing Models with Task Arithmetic, arXiv:2212.04089"
+REF_TIES = "Yadav et al. 2023, TIES-Merging: Resolving Interference When Merging Models, arXiv:2306.01708"
+REF_DARE = "Yu et al. 2024, Language Models are Super Mario (DARE), arXiv:2311.03099"
+REF_BREADCRUMBS = "Davari & Belilovsky 2024, Model Breadcrumbs, arXiv:2312.06795"
+REF_DELLA = (
+    "Deep et al. 2024, DELLA-Merging: Reducing Interference via Magnitude-Based Sampling, arXiv:2406.11617"
+)
+REF_ISO = (
+    "Marczak et al. 2025, No Task Left Behind: Isotropic Model Merging with Common and Task-Specific "
+    "Subspaces, arXiv:2502.04959"
+)
+REF_SB = "Skorobogat et al. 2025, Subspace-Boosted Model Merging, arXiv:2506.16506"
+
+
+def _task_vector_method(
+    name: str, title: str, summary: str, reference: str, preset: Preset, **kw
+) -> MethodSpec:
+    paper = kw.pop("paper", {})
+    return MethodSpec(
+        name=name,
+        title=title,
+        summary=summary,
+        reference=reference,
+        params=preset_params(preset, **paper),
+        merge=merge_with(preset),
+        randomized=preset.sparsifier in ("random", "della_magprune"),
+        check=della_check(name) if preset.sparsifier == "della_magprune" else None,
+        **kw,
+    )
+
+
+def _boosted(
+    name: str, title: str, base_summary: str, base_ref: str, preset: Preset, paper: dict
+) -> MethodSpec:
+    return MethodSpec(
+        name=name,
+        title=title,
+        summary=f"{base_summary}, then Subspace Boosting lifts each projection update's weak singular values",
+        reference=f"{REF_SB}; {base_ref}",
+        params=preset_params(preset, **paper) + boosting.PARAMS,
+        merge=boosting.boosted_merge(preset),
+    )
+
+
+_METHODS: tuple[MethodSpec, ...] = (
+    MethodSpec(
+        name="linear",
+        title="Linear (weighted average)",
+        summary="Weighted average of the checkpoints' weights; no base model needed",
+        reference="Wortsman et al. 2022, Model soups, arXiv:2203.05482",
+        params=linear.PARAMS,
+        merge=linear.merge,
+        needs_base=False,
+        check=linear.check,
+    ),
+    _task_vector_method(
+        "task_arithmetic",
+        "Task Arithmetic",
+        "Adds the weighted sum of the task vectors (checkpoint − base) to the base",
+        REF_TA,
+        TA,
+        paper={"weight_paper": 1.0, "lambda_paper": 1.0},
+    ),
+    _task_vector_method(
+        "ties",
+        "TIES-Merging",
+        "Trims each task vector to its largest entries, elects a sign per entry, averages the agreeing ones",
+        REF_TIES,
+        TIES,
+        paper={"weight_paper": 1.0, "density_paper": 0.1, "lambda_paper": 1.0},
+    ),
+    _task_vector_method(
+        "dare_linear",
+        "DARE (linear)",
+        "Randomly drops task-vector entries, rescales the rest, and adds the weighted sum",
+        REF_DARE,
+        DARE_LINEAR,
+    ),
+    _task_vector_method(
+        "dare_ties",
+        "DARE-TIES",
+        "Randomly drops task-vector entries, rescales the rest, then TIES sign election",
+        REF_DARE,
+        DARE_TIES,
+    ),
+    _task_vector_method(
+        "breadcrumbs",
+        "Model Breadcrumbs",
+        "Drops each task vector's largest outliers and smallest entries, adds the weighted sum",
+        REF_BREADCRUMBS,
+        BREADCRUMBS,
+    ),
+    _task_vector_method(
+        "breadcrumbs_ties",
+        "Model Breadcrumbs + TIES",
+        "Breadcrumbs sparsification followed by TIES sign election",
+        REF_BREADCRUMBS,
+        BREADCRUMBS_TIES,
+    ),
+    _task_vector_method(
+        "della",
+        "DELLA-Merging",
+        "Drops entries at random with lower keep odds for small magnitudes, then TIES sign election",
+        REF_DELLA,
+        DELLA,
+    ),
+    _task_vector_method(
+        "della_linear",
+        "DELLA (linear)",
+        "DELLA's magnitude-aware random drop, then the weighted sum without sign election",
+        REF_DELLA,
+        DELLA_LINEAR,
+    ),
+    MethodSpec(
+        name="model_stock",
+        title="Model Stock",
+        summary="Moves from the base toward the checkpoints' mean by how aligned their task vectors are",
+        reference=(
+            "Jang et al. 2024, Model Stock: All we need is just a few fine-tuned models, arXiv:2403.19522"
+        ),
+        params=model_stock.PARAMS,
+        merge=model_stock.merge,
+        min_models=2,
+    ),
+    MethodSpec(
+        name="tsvm",
+        title="TSV-Merge",
+        summary="Keeps each task's top 1/T singular directions per matrix and orthogonalises them",
+        reference=(
+            "Gargiulo et al. 2025, Task Singular Vectors: Reducing Task Interference in Model Merging, "
+            "arXiv:2412.00081"
+        ),
+        params=(subspace.LAMBDA,),
+        merge=subspace.merge_tsvm,
+    ),
+    MethodSpec(
+        name="iso_c",
+        title="Iso-C",
+        summary="Sums the task vectors and flattens each matrix's spectrum to its mean singular value",
+        reference=REF_ISO,
+        params=(subspace.LAMBDA,),
+        merge=subspace.merge_iso_c,
+    ),
+    MethodSpec(
+        name="iso_cts",
+        title="Iso-CTS",
+        summary="Iso-C on a common subspace plus each task's own directions orthogonal to it",
+        reference=REF_ISO,
+        params=(subspace.LAMBDA, subspace.COMMON_SPACE_FRACTION),
+        merge=subspace.merge_iso_cts,
+    ),
+    _boosted(
+        "task_arithmetic_sb",
+        "Task Arithmetic + Subspace Boosting",
+        "Task Arithmetic",
+        REF_TA,
+        TA,
+        {"weight_paper": 1.0, "lambda_paper": 1.0},
+    ),
+    _boosted(
+        "ties_sb",
+        "TIES + Subspace Boosting",
+        "TIES-Merging",
+        REF_TIES,
+        TIES,
+        {"weight_paper": 1.0, "density_paper": 0.1, "lambda_paper": 1.0},
+    ),
+)
+
+_BY_NAME = {m.name: m for m in _METHODS} | {a: m for m in _METHODS for a in m.aliases}
+
+
+def all_methods() -> list[MethodSpec]:
+    """Every registered method, in registration order."""
+    return list(_METHODS)
+
+
+def get_method(name: str) -> MethodSpec:
+    """The method called `name` (or one of its aliases); RecipeError listing the known ones otherwise."""
+    spec = _BY_NAME.get(name) if isinstance(name, str) else None
+    if spec is None:
+        known = ", ".join(m.name for m in _METHODS)
+        raise RecipeError(f"unknown merge method '{name}'; known methods: {known}")
+    return spec

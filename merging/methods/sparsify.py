@@ -1,0 +1,117 @@
+"""Sparsifiers of the task-vector pipeline (methods.md §1): which entries of one task vector survive.
+
+Every function here works IN PLACE on a buffer the pipeline owns (never on a caller's tensor) and
+returns it, so sparsifying a 500M-entry embedding needs no second copy of it. Magnitude ranks use
+kthvalue (O(n)) instead of a full sort; ties at a threshold are broken by position so the kept count is
+exact and the result is deterministic on cpu and cuda.
+"""
+
+from __future__ import annotations
+
+import torch
+
+RESCALE_EPS = 1e-7
+
+
+def smallest_mask(a: torch.Tensor, j: int) -> torch.Tensor:
+    """Bool mask of the j smallest entries of the flat tensor `a` (ties: lower position counts as smaller)."""
+    n = a.numel()
+    if j <= 0:
+        return torch.zeros_like(a, dtype=torch.bool)
+    if j >= n:
+        return torch.ones_like(a, dtype=torch.bool)
+    v = torch.kthvalue(a, j).values
+    mask = a < v
+    need = j - int(mask.sum())
+    eq = a == v
+    mask |= eq & (torch.cumsum(eq, 0, dtype=torch.int64) <= need)
+    return mask
+
+
+def rank_window_mask(a: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+    """Bool mask of the entries whose ascending rank (0-based, position breaks ties) lies in [start, stop)."""
+    mask = smallest_mask(a, stop)
+    if start > 0:
+        mask &= ~smallest_mask(a, start)
+    return mask
+
+
+def _apply(t: torch.Tensor, keep: torch.Tensor, rescale: bool) -> torch.Tensor:
+    """Zero the dropped entries; with `rescale`, restore the L1 norm of the original vector."""
+    before = t.abs().sum() if rescale else None
+    t.mul_(keep)
+    if rescale:
+        after = t.abs().sum()
+        if before >= RESCALE_EPS and after >= RESCALE_EPS:
+            t.mul_(before / after)
+    return t
+
+
+def magnitude_(t: torch.Tensor, density: float, rescale: bool = False) -> torch.Tensor:
+    """TIES trim: keep the max(1, int(density·n)) largest |entries|; density ≥ 1 keeps all, ≤ 0 none."""
+    if density >= 1:
+        return t
+    if density <= 0:
+        return t.zero_()
+    flat = t.view(-1)
+    n = flat.numel()
+    k = max(1, int(density * n))
+    keep = ~smallest_mask(flat.abs(), n - k)
+    _apply(flat, keep, rescale)
+    return t
+
+
+def magnitude_outliers_(t: torch.Tensor, density: float, gamma: float, rescale: bool = False) -> torch.Tensor:
+    """Breadcrumbs: drop the gamma·n largest |entries| (outliers) and the smallest, keeping int(density·n)."""
+    if density >= 1:
+        return t
+    flat = t.view(-1)
+    n = flat.numel()
+    target = int(density * n)
+    n_top = int(gamma * n)
+    n_bot = max(0, n - target - n_top)
+    keep = rank_window_mask(flat.abs(), n_bot, n_bot + target)
+    _apply(flat, keep, rescale)
+    return t
+
+
+def random_(
+    t: torch.Tensor, density: float, generator: torch.Generator | None, rescale: bool = True
+) -> torch.Tensor:
+    """DARE: keep each entry independently with probability `density`, drawn from `generator`."""
+    if density >= 1:
+        return t
+    keep = torch.rand(t.shape, generator=generator, device=t.device, dtype=torch.float32) < density
+    return _apply(t, keep, rescale)
+
+
+def della_magprune_(
+    t: torch.Tensor,
+    density: float,
+    epsilon: float,
+    generator: torch.Generator | None,
+    rescale: bool = True,
+) -> torch.Tensor:
+    """DELLA MagPrune: per row, keep with probability (density − ε) + 2ε·r, r = normalised |value| rank.
+
+    The caller has checked 0 < density ± ε < 1 (resolve_params). A one-entry row has r = 0.5 (p = density).
+    """
+    if density >= 1:
+        return t
+    if density <= 0:
+        return t.zero_()
+    rows = t.view(1, -1) if t.dim() < 2 else t.view(-1, t.shape[-1])
+    ncol = rows.shape[1]
+    if ncol > 1:
+        order = torch.argsort(rows.abs(), dim=1)
+        ranks = torch.empty_like(rows)
+        pos = torch.arange(ncol, device=t.device, dtype=rows.dtype).expand_as(rows)
+        ranks.scatter_(1, order, pos)
+        del order, pos
+        probs = ranks.mul_(2 * epsilon / (ncol - 1)).add_(density - epsilon)
+    else:
+        probs = torch.full_like(rows, density)
+    keep = torch.rand(rows.shape, generator=generator, device=t.device, dtype=torch.float32) < probs
+    del probs
+    _apply(rows, keep, rescale)
+    return t

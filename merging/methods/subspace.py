@@ -1,0 +1,144 @@
+"""Subspace methods of methods.md §3: TSV-M, Iso-C, Iso-CTS (per matrix, SVD in float32).
+
+Embedding/LM-head tensors and every non-matrix tensor get the plain mean of the task vectors, as in the
+paper's mergekit fork. Weights are not used (the fork ignores them); `lambda` scales the update.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from merging.errors import RecipeError
+from merging.methods.base import ParamSpec, TensorInputs
+
+SKIP_NAMES = ("embed_tokens", "lm_head")
+
+LAMBDA = ParamSpec(
+    "lambda",
+    "float",
+    1.0,
+    per_model=False,
+    paper_value=1.0,
+    help="scale of the merged update: θ = θ0 + λ·Δ",
+)
+COMMON_SPACE_FRACTION = ParamSpec(
+    "common_space_fraction",
+    "float",
+    0.8,
+    per_model=False,
+    minimum=0.0,
+    maximum=1.0,
+    help="share of the rank given to the common subspace of the summed task vectors",
+)
+
+
+def uses_svd(name: str, t: torch.Tensor) -> bool:
+    """Only 2-D tensors outside the embeddings/LM head take the SVD path."""
+    return t.dim() == 2 and not any(s in name for s in SKIP_NAMES)
+
+
+def svd(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Thin SVD in float32 (batched over leading dims); U, S, Vh with S descending."""
+    return torch.linalg.svd(a.float(), full_matrices=False)
+
+
+def polar(a: torch.Tensor) -> torch.Tensor:
+    """Orthogonal polar factor P Qᵀ of A = P D Qᵀ: the nearest matrix with orthonormal columns."""
+    p, _, qh = svd(a)
+    return p @ qh
+
+
+def _stack_task_vectors(inputs: TensorInputs) -> torch.Tensor:
+    if inputs.base is None:
+        raise RecipeError(f"tensor {inputs.name}: this method needs a base model")
+    return torch.stack(list(inputs.models)).sub_(inputs.base)
+
+
+def _mean_delta(inputs: TensorInputs) -> torch.Tensor:
+    """Δ = (1/T) Σ τ_i = mean(θ_i) − θ0, accumulated without stacking."""
+    out = torch.zeros_like(inputs.base)
+    for m in inputs.models:
+        out.add_(m)
+    return out.div_(len(inputs.models)).sub_(inputs.base)
+
+
+def tsvm_delta(tv: torch.Tensor) -> torch.Tensor:
+    """TSV-M: each task's k = floor(r/T) leading singular triplets, blocks orthogonalised by polar factors.
+
+    The zero-padded tail of Ucat/scat/Vcat (when T does not divide r) carries zero singular values and
+    does not change the polar factor of the used columns, so only the T·k used columns are formed.
+    """
+    n_tasks, m, n = tv.shape
+    k = min(m, n) // n_tasks
+    if k == 0:
+        return torch.zeros((m, n), dtype=tv.dtype, device=tv.device)
+    u, s, vh = svd(tv)
+    ucat = u[:, :, :k].permute(1, 0, 2).reshape(m, n_tasks * k)
+    scat = s[:, :k].reshape(-1)
+    vcat = vh[:, :k, :].permute(2, 0, 1).reshape(n, n_tasks * k)
+    del u, s, vh
+    return (polar(ucat) * scat) @ polar(vcat).T
+
+
+def iso_c_delta(tv: torch.Tensor) -> torch.Tensor:
+    """Iso-C: flatten the spectrum of Σ τ_i to its mean singular value, Δ = σ̄ U Vᵀ."""
+    u, s, vh = svd(tv.sum(0))
+    return (u @ vh).mul_(s.mean())
+
+
+def iso_cts_sizes(r: int, n_tasks: int, fraction: float) -> tuple[int, int]:
+    """(c, d): common rank c = int(r·f) lowered until T divides r − c; each task gets d = (r − c)/T.
+
+    When T > r − c cannot be met with c ≥ 0 (more tasks than rank), c = r mod T, d = r // T.
+    """
+    c0 = int(r * fraction)
+    c = r - n_tasks * -(-(r - c0) // n_tasks)  # largest c ≤ c0 with (r − c) % T == 0
+    if c < 0:
+        c = r % n_tasks
+    return c, (r - c) // n_tasks
+
+
+def iso_cts_delta(tv: torch.Tensor, fraction: float) -> torch.Tensor:
+    """Iso-CTS: common subspace of Σ τ_i plus each task's top directions orthogonal to it, isotropic."""
+    n_tasks, m, n = tv.shape
+    r = min(m, n)
+    c, d = iso_cts_sizes(r, n_tasks, fraction)
+    u, s, vh = svd(tv.sum(0))
+    u_c, s_c, vh_c = u[:, :c], s[:c], vh[:c]
+    del u, s, vh
+    us, ss, vhs = [u_c], [s_c], [vh_c]
+    if d > 0:
+        resid = tv - u_c @ (u_c.T @ tv)
+        ut, st, vht = svd(resid)
+        del resid
+        us.append(ut[:, :, :d].permute(1, 0, 2).reshape(m, n_tasks * d))
+        ss.append(st[:, :d].reshape(-1))
+        vhs.append(vht[:, :d, :].reshape(n_tasks * d, n))
+    u_all = torch.cat(us, dim=1)
+    s_all = torch.cat(ss)
+    vh_all = torch.cat(vhs, dim=0)
+    if s_all.numel() == 0:
+        return torch.zeros((m, n), dtype=tv.dtype, device=tv.device)
+    return (polar(u_all) @ polar(vh_all)).mul_(s_all.mean())
+
+
+def _subspace_merge(delta_fn):
+    def merge(inputs: TensorInputs) -> torch.Tensor:
+        base = inputs.base
+        if base is None:
+            raise RecipeError(f"tensor {inputs.name}: this method needs a base model")
+        if uses_svd(inputs.name, base):
+            delta = delta_fn(_stack_task_vectors(inputs), inputs.params)
+        else:
+            delta = _mean_delta(inputs)
+        lam = float(inputs.params["lambda"])
+        if lam != 1.0:
+            delta.mul_(lam)
+        return delta.add_(base)
+
+    return merge
+
+
+merge_tsvm = _subspace_merge(lambda tv, params: tsvm_delta(tv))
+merge_iso_c = _subspace_merge(lambda tv, params: iso_c_delta(tv))
+merge_iso_cts = _subspace_merge(lambda tv, params: iso_cts_delta(tv, float(params["common_space_fraction"])))
