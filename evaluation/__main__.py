@@ -1,0 +1,7 @@
+"""Entry point of `python -m evaluation`; see evaluation/cli.py."""
+
+import sys
+
+from evaluation.cli import main
+
+sys.exit(main())
