@@ -38,10 +38,12 @@ def _limit_key(limit: int | None) -> int:
 
 class EvalsMixin(StoreCore):
     def put_eval_rows(self, rows: Iterable[Mapping[str, Any]]) -> int:
-        """Upsert score rows given as mappings with the EVAL_COLUMNS keys; returns how many were written."""
+        """Upsert score rows given as mappings with the EVAL_COLUMNS keys; returns how many were written.
+
+        Rows keep their order within one call (`position`), so a cached suite reads back in task order."""
         values = []
         now = utcnow()
-        for row in rows:
+        for position, row in enumerate(rows):
             missing = [k for k in _REQUIRED if row.get(k) in (None, "")]
             if missing:
                 raise StoreError(f"Evaluation row lacks {', '.join(missing)}: {dict(row)!r}")
@@ -49,25 +51,28 @@ class EvalsMixin(StoreCore):
             values.append(
                 [row.get(k) for k in EVAL_COLUMNS[:9]]
                 + [limit, _limit_key(limit), row.get("lm_eval_version"), row.get("seconds"), now]
+                + [int(row.get("position", position))]
             )
         self._write_many(
             """
-            INSERT INTO eval_rows VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+            INSERT INTO eval_rows VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
             ON CONFLICT (fingerprint, suite_version, task, metric, limit_key) DO UPDATE SET
                 model_name = excluded.model_name, suite = excluded.suite, value = excluded.value,
                 stderr = excluded.stderr, n = excluded.n, lm_eval_version = excluded.lm_eval_version,
-                seconds = excluded.seconds, created_at = excluded.created_at
+                seconds = excluded.seconds, created_at = excluded.created_at,
+                position = excluded.position
             """,
             values,
         )
         return len(values)
 
     def get_eval_rows(self, fingerprint: str, suite_version: str, limit: int | None) -> list[dict[str, Any]]:
-        """The stored rows of one model on one suite version at one limit (empty list: not scored)."""
+        """The stored rows of one model on one suite version at one limit, in the order they were written
+        (the suite's task order); an empty list when it was never scored."""
         cols = ", ".join(f'"{c}"' for c in EVAL_COLUMNS)
         return self._rows(
             f"SELECT {cols} FROM eval_rows WHERE fingerprint = ? AND suite_version = ? AND limit_key = ? "
-            "ORDER BY task, metric",
+            "ORDER BY position, task, metric",
             [fingerprint, suite_version, _limit_key(limit)],
         )
 

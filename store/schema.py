@@ -63,6 +63,7 @@ _V1 = [
         lm_eval_version VARCHAR,
         seconds DOUBLE,
         created_at TIMESTAMP NOT NULL,
+        position INTEGER NOT NULL DEFAULT 0,
         UNIQUE (fingerprint, suite_version, task, metric, limit_key)
     )
     """,

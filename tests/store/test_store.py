@@ -103,12 +103,12 @@ def test_model_upsert_keeps_first_registration(db):
 
 
 def test_eval_rows_are_idempotent_per_limit(db):
-    db.put_eval_rows([_row(), _row(metric="acc_norm", value=0.25)])
-    db.put_eval_rows([_row(value=0.75)])
+    db.put_eval_rows([_row(task="zed", metric="acc_norm", value=0.25), _row()])
+    db.put_eval_rows([_row(task="zed", metric="acc_norm", value=0.25), _row(value=0.75)])
     db.put_eval_rows([_row(limit=10, value=0.1)])
     assert db.count("eval_rows") == 3
     full = db.get_eval_rows("fp1", "zoo-1", None)
-    assert [(r["metric"], r["value"]) for r in full] == [("acc", 0.75), ("acc_norm", 0.25)]
+    assert [(r["task"], r["value"]) for r in full] == [("zed", 0.25), ("add", 0.75)]  # written order
     assert [r["value"] for r in db.get_eval_rows("fp1", "zoo-1", 10)] == [0.1]
     assert db.get_eval_rows("fp1", "zoo-2", None) == []
     assert "limit_key" not in db.eval_rows_df(["fp1"]).columns
