@@ -85,6 +85,21 @@ def random_(
     return _apply(t, keep, rescale)
 
 
+def della_keep_probabilities(rows: torch.Tensor, density: float, epsilon: float) -> torch.Tensor:
+    """p = (density − ε) + 2ε·r per entry of a (rows, cols) tensor, r = ascending |value| rank / (cols − 1).
+
+    Ties in |value| are ranked by position. A one-entry row has r = 0.5, i.e. p = density.
+    """
+    ncol = rows.shape[1]
+    if ncol == 1:
+        return torch.full_like(rows, density)
+    order = torch.argsort(rows.abs(), dim=1, stable=True)
+    ranks = torch.empty_like(rows)
+    ranks.scatter_(1, order, torch.arange(ncol, device=rows.device, dtype=rows.dtype).expand_as(rows))
+    del order
+    return ranks.mul_(2 * epsilon / (ncol - 1)).add_(density - epsilon)
+
+
 def della_magprune_(
     t: torch.Tensor,
     density: float,
@@ -92,25 +107,16 @@ def della_magprune_(
     generator: torch.Generator | None,
     rescale: bool = True,
 ) -> torch.Tensor:
-    """DELLA MagPrune: per row, keep with probability (density − ε) + 2ε·r, r = normalised |value| rank.
+    """DELLA MagPrune: per row (a vector is one row), keep entries with della_keep_probabilities.
 
-    The caller has checked 0 < density ± ε < 1 (resolve_params). A one-entry row has r = 0.5 (p = density).
+    The caller has checked 0 < density ± ε < 1 (resolve_params); density ≥ 1 keeps all, ≤ 0 none.
     """
     if density >= 1:
         return t
     if density <= 0:
         return t.zero_()
     rows = t.view(1, -1) if t.dim() < 2 else t.view(-1, t.shape[-1])
-    ncol = rows.shape[1]
-    if ncol > 1:
-        order = torch.argsort(rows.abs(), dim=1)
-        ranks = torch.empty_like(rows)
-        pos = torch.arange(ncol, device=t.device, dtype=rows.dtype).expand_as(rows)
-        ranks.scatter_(1, order, pos)
-        del order, pos
-        probs = ranks.mul_(2 * epsilon / (ncol - 1)).add_(density - epsilon)
-    else:
-        probs = torch.full_like(rows, density)
+    probs = della_keep_probabilities(rows, density, epsilon)
     keep = torch.rand(rows.shape, generator=generator, device=t.device, dtype=torch.float32) < probs
     del probs
     _apply(rows, keep, rescale)
