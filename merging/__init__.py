@@ -1,0 +1,72 @@
+"""MergeLab's merge engine: checkpoints, compatibility, recipes, methods, streaming merge, sinks, geometry.
+
+This is the package's public face; pages, jobs and evaluation import from here. `merging` imports no other
+package of the project.
+"""
+
+from merging import errors, recipe
+from merging.checkpoint import Checkpoint, TensorInfo, open_checkpoint
+from merging.compat import CompatIssue, CompatReport, TensorSource, check_compatibility
+from merging.engine import MergeResult, merge_fingerprint, resolve_device, run_merge, tensor_seed
+from merging.errors import (
+    CheckpointError,
+    CompatibilityError,
+    DeviceError,
+    MergeCancelled,
+    MergeError,
+    NonFiniteError,
+    OutputError,
+    OutputExistsError,
+    RecipeError,
+)
+from merging.geometry import MergeStats, Spectrum, TensorStats
+from merging.methods import MethodSpec, ParamSpec, TensorInputs, all_methods, get_method, resolve_params
+from merging.plan import MergePlan, PlannedTensor
+from merging.progress import Progress
+from merging.recipe import DTYPES, ModelEntry, Recipe, validate_recipe
+from merging.sinks import DirectorySink, ModelSink, Sink
+
+__all__ = [
+    "DTYPES",
+    "CheckpointError",
+    "Checkpoint",
+    "CompatIssue",
+    "CompatReport",
+    "CompatibilityError",
+    "DeviceError",
+    "DirectorySink",
+    "MergeCancelled",
+    "MergeError",
+    "MergePlan",
+    "MergeResult",
+    "MergeStats",
+    "MethodSpec",
+    "ModelEntry",
+    "ModelSink",
+    "NonFiniteError",
+    "OutputError",
+    "OutputExistsError",
+    "ParamSpec",
+    "PlannedTensor",
+    "Progress",
+    "Recipe",
+    "RecipeError",
+    "Sink",
+    "Spectrum",
+    "TensorInfo",
+    "TensorInputs",
+    "TensorSource",
+    "TensorStats",
+    "all_methods",
+    "check_compatibility",
+    "errors",
+    "get_method",
+    "merge_fingerprint",
+    "open_checkpoint",
+    "recipe",
+    "resolve_device",
+    "resolve_params",
+    "run_merge",
+    "tensor_seed",
+    "validate_recipe",
+]

@@ -27,3 +27,11 @@ class OutputExistsError(MergeError):
 
 class MergeCancelled(Exception):
     """Raised inside the engine when the caller cancels; no output is left behind. Not an error."""
+
+
+class OutputError(MergeError):
+    """The merged model cannot be written (disk full, permission denied, a tensor the sink cannot place)."""
+
+
+class DeviceError(MergeError):
+    """The requested compute device is not available on this machine."""

@@ -1,0 +1,267 @@
+"""The streaming merge engine (design.md "Data flow of one merge").
+
+Everything that can be refused is refused before a tensor is read or a file written: recipe and parameters
+(registry), checkpoint headers (compatibility), output directory (sink). Then tensors stream one name at a
+time: read the base and every checkpoint tensor, fit vocabulary rows, move to the device as float32, refuse
+NaN/Inf, merge with a generator seeded from (seed, tensor name), cast, hand to the sink, record geometry,
+report progress, check for cancellation. Peak memory is about (T + 3) times the largest tensor.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import secrets
+import time
+import zlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from merging.checkpoint import Checkpoint, open_checkpoint, parse_dtype
+from merging.compat import CompatReport, TensorSource, adjust_rows, check_compatibility
+from merging.errors import DeviceError, MergeCancelled, NonFiniteError, RecipeError
+from merging.geometry import GeometryRecorder, MergeStats, wants_spectrum
+from merging.methods.base import TensorInputs
+from merging.plan import MergePlan, PlannedTensor
+from merging.progress import Progress
+from merging.recipe import Recipe, canonical_dtype, validate_recipe
+from merging.sinks import Sink
+
+
+@dataclass
+class MergeResult:
+    """What a finished merge produced. `recipe` carries the seed actually used; `fingerprint` identifies the
+    merged weights (canonical recipe + input fingerprints) so evaluations can be cached by it."""
+
+    recipe: Recipe
+    stats: MergeStats
+    seconds: float
+    bytes_read: int
+    bytes_written: int
+    device: str
+    output_path: Path | None
+    fingerprint: str
+    input_fingerprints: dict[str, str]
+    compat: CompatReport | None = field(default=None, repr=False)
+
+
+def resolve_device(device: str) -> torch.device:
+    """ "auto" is cuda when available, else cpu; an unavailable device is a DeviceError."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise DeviceError(f"unknown device {device!r}; use cpu, cuda, cuda:N or auto") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise DeviceError(
+            f"device {device!r} requested but no CUDA GPU is available; use --device cpu or auto"
+        )
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise DeviceError(f"device {device!r} does not exist: {torch.cuda.device_count()} CUDA device(s)")
+    if dev.type not in ("cpu", "cuda"):
+        raise DeviceError(f"device {device!r} is not supported; use cpu, cuda, cuda:N or auto")
+    return dev
+
+
+def tensor_seed(seed: int, name: str) -> int:
+    """Per-tensor seed: independent of the order tensors are visited in."""
+    return (seed ^ zlib.crc32(name.encode())) & 0xFFFF_FFFF_FFFF_FFFF
+
+
+def merge_fingerprint(
+    method: str,
+    global_params: Mapping[str, Any],
+    model_params: Sequence[Mapping[str, Any]],
+    base_fingerprint: str | None,
+    model_fingerprints: Sequence[str],
+    out_dtype: str | None,
+    seed: int | None = None,
+    device_type: str | None = None,
+) -> str:
+    """Identity of a merged model: method, resolved parameters, inputs by content, output dtype, and for
+    randomized methods the seed and device type (CPU and CUDA generators draw different masks)."""
+    canon = {
+        "v": 1,
+        "method": method,
+        "params": dict(global_params),
+        "base": base_fingerprint,
+        "models": [
+            {"fp": fp, "params": dict(p)} for fp, p in zip(model_fingerprints, model_params, strict=True)
+        ],
+        "out_dtype": out_dtype,
+        "seed": seed,
+        "device": device_type,
+        "vocab_policy": "base",
+    }
+    text = json.dumps(canon, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def run_merge(
+    recipe: Recipe,
+    sink: Sink,
+    *,
+    device: str = "auto",
+    allow_bin: bool = False,
+    spectra: str | Sequence[str] | None = None,
+    on_progress: Callable[[Progress], None] | None = None,
+    should_cancel: Callable[[], bool] | None = None,
+    checkpoints: Mapping[str, Checkpoint] | None = None,
+) -> MergeResult:
+    """Merge `recipe` into `sink`. MergeError subclasses for anything the user can fix; MergeCancelled when
+    `should_cancel()` turns true (the sink is aborted first, so no output is left)."""
+    started = time.perf_counter()
+    spec, gparams, mparams = validate_recipe(recipe)
+    dev = resolve_device(device)
+    out_dtype = canonical_dtype(recipe.out_dtype)
+    if isinstance(spectra, str) and spectra != "all":
+        raise RecipeError(f"spectra must be 'all', a list of tensor names, or None; got {spectra!r}")
+
+    given = dict(checkpoints or {})
+    opened: list[Checkpoint] = []
+
+    def get(ref: str) -> Checkpoint:
+        if ref not in given:
+            given[ref] = open_checkpoint(ref, allow_bin=allow_bin)
+            opened.append(given[ref])
+        return given[ref]
+
+    try:
+        base = get(recipe.base_model) if recipe.base_model else None
+        models = [get(m.model) for m in recipe.models]
+        reference = base or models[0]
+        report = check_compatibility(reference, models)
+        report.raise_if_refused()
+        names = report.tensor_names
+        _check_spectra(spectra, names, reference)
+
+        seed = recipe.seed
+        if seed is None and spec.randomized:
+            seed = secrets.randbits(31)  # recorded in the result's recipe, so the output is reproducible
+        used = dataclasses.replace(recipe, seed=seed)
+        plan = MergePlan(
+            tuple(
+                PlannedTensor(
+                    n,
+                    reference.tensors[n].shape,
+                    parse_dtype(out_dtype) if out_dtype else parse_dtype(reference.tensors[n].dtype),
+                )
+                for n in names
+            ),
+            out_dtype,
+            reference.tied_embeddings,
+        )
+        input_fps = {ck.ref: ck.fingerprint for ck in ([base] if base else []) + models}
+        fingerprint = merge_fingerprint(
+            spec.name,
+            gparams,
+            mparams,
+            base.fingerprint if base else None,
+            [m.fingerprint for m in models],
+            out_dtype,
+            seed if spec.randomized else None,
+            dev.type if spec.randomized else None,
+        )
+        bytes_total = sum(
+            (base.tensors[n].nbytes if base else 0)
+            + sum(ck.tensors[src[n].name].nbytes for ck, src in zip(models, report.sources, strict=True))
+            for n in names
+        )
+
+        sink.begin(reference, used, plan)
+        try:
+            recorder = GeometryRecorder(len(models), spectra)
+            bytes_read = bytes_written = 0
+            for done, planned in enumerate(plan.tensors, start=1):
+                if should_cancel is not None and should_cancel():
+                    raise MergeCancelled(f"merge cancelled before tensor {planned.name!r}")
+                name = planned.name
+                base_t = _load(base, TensorSource(name), name, dev) if base else None
+                inputs = [
+                    _load(ck, src[name], name, dev) for ck, src in zip(models, report.sources, strict=True)
+                ]
+                bytes_read += (base.tensors[name].nbytes if base else 0) + sum(
+                    ck.tensors[src[name].name].nbytes for ck, src in zip(models, report.sources, strict=True)
+                )
+                gen = torch.Generator(device=dev).manual_seed(tensor_seed(seed or 0, name))
+                merged = spec.merge(TensorInputs(name, base_t, inputs, mparams, gparams, gen))
+                merged = _check_merged(merged, planned, spec.name)
+                if any(merged.data_ptr() == t.data_ptr() for t in [*inputs, base_t] if t is not None):
+                    merged = merged.clone()  # the stats below turn inputs into task vectors in place
+                out = merged.to(planned.dtype)
+                sink.write(name, out)
+                bytes_written += out.numel() * out.element_size()
+                del out
+                theta0 = base_t if base_t is not None else inputs[0].clone()
+                recorder.record(name, theta0, inputs, merged)
+                del base_t, inputs, merged, theta0
+                if on_progress is not None:
+                    on_progress(Progress(done, len(plan.tensors), bytes_read, bytes_total, name))
+            if should_cancel is not None and should_cancel():
+                raise MergeCancelled("merge cancelled before the output was committed")
+            result = MergeResult(
+                recipe=used,
+                stats=recorder.finish(),
+                seconds=0.0,
+                bytes_read=bytes_read,
+                bytes_written=bytes_written,
+                device=str(dev),
+                output_path=None,
+                fingerprint=fingerprint,
+                input_fingerprints=input_fps,
+                compat=report,
+            )
+            result.seconds = time.perf_counter() - started
+            result.output_path = sink.commit(result)
+        except BaseException:
+            sink.abort()
+            raise
+        result.seconds = time.perf_counter() - started
+        return result
+    finally:
+        for ck in opened:
+            ck.close()
+
+
+def _load(ck: Checkpoint, src: TensorSource, name: str, dev: torch.device) -> torch.Tensor:
+    """One input tensor, vocabulary rows fitted, as a private float32 copy on the device; NaN/Inf refused."""
+    t = ck.read(src.name)
+    if src.rows is not None:
+        t = adjust_rows(t, src.rows)
+    t = t.to(device=dev, dtype=torch.float32, copy=True)
+    if not bool(torch.isfinite(t).all()):
+        bad = int((~torch.isfinite(t)).sum())
+        raise NonFiniteError(
+            f"checkpoint {ck.ref!r}: tensor {name!r} holds {bad} NaN/Inf values; refusing to merge"
+        )
+    return t
+
+
+def _check_merged(merged: torch.Tensor, planned: PlannedTensor, method: str) -> torch.Tensor:
+    if tuple(merged.shape) != planned.shape:
+        raise RuntimeError(
+            f"method {method} returned shape {tuple(merged.shape)} for {planned.name!r}, "
+            f"expected {planned.shape}"
+        )
+    merged = merged.float()
+    if not bool(torch.isfinite(merged).all()):
+        raise NonFiniteError(
+            f"method {method} produced NaN/Inf in tensor {planned.name!r}; "
+            "check its parameters (e.g. weights summing to 0)"
+        )
+    return merged
+
+
+def _check_spectra(spectra: str | Sequence[str] | None, names: list[str], reference: Checkpoint) -> None:
+    """Every requested name or pattern must pick at least one matrix, so typos fail before the merge."""
+    if not spectra or spectra == "all":
+        return
+    for pat in spectra:
+        if not any(wants_spectrum(n, len(reference.tensors[n].shape), [pat]) for n in names):
+            raise RecipeError(f"spectra: no 2-D tensor matches {pat!r}")

@@ -1,0 +1,342 @@
+"""Sinks: where merged tensors go. The engine calls begin(base, recipe, plan), write(name, tensor) per
+tensor in plan order, then commit(result) or abort().
+
+`DirectorySink` writes a loadable model directory, streaming each tensor straight into its safetensors shard
+(the layout is fixed from the plan up front, so no shard is buffered in memory), inside a temporary sibling
+directory that is renamed into place only on commit. `ModelSink` writes into a resident transformers model,
+so evaluation can score a merge without touching disk.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import struct
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
+
+import torch
+
+from merging.checkpoint import INDEX_NAME, SINGLE_NAME, TORCH_TO_ST, Checkpoint, dtype_name
+from merging.errors import CompatibilityError, OutputError, OutputExistsError
+from merging.plan import MergePlan, PlannedTensor
+from merging.recipe import Recipe
+
+if TYPE_CHECKING:
+    from merging.engine import MergeResult
+
+# Files copied from the base so the output tokenizes and generates like it.
+COPIED_PATTERNS = (
+    "tokenizer*",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "vocab.txt",
+    "merges.txt",
+    "*.model",
+    "*.tiktoken",
+    "chat_template.json",
+    "chat_template.jinja",
+    "generation_config.json",
+)
+
+
+class Sink(Protocol):
+    def begin(self, base: Checkpoint, recipe: Recipe, plan: MergePlan) -> None: ...
+    def write(self, name: str, tensor: torch.Tensor) -> None: ...
+    def commit(self, result: MergeResult) -> Path | None: ...
+    def abort(self) -> None: ...
+
+
+def _check_target(out_dir: Path) -> None:
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise OutputExistsError(
+            f"output directory {str(out_dir)!r} already exists and is not empty; choose another"
+        )
+
+
+class _ShardWriter:
+    """One safetensors file written front to back: header (from the plan) first, then tensor bytes."""
+
+    def __init__(self, path: Path, tensors: list[PlannedTensor]):
+        self.path = path
+        self.tensors = tensors
+        self.next = 0
+        header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+        offset = 0
+        for t in tensors:
+            header[t.name] = {
+                "dtype": TORCH_TO_ST[t.dtype],
+                "shape": list(t.shape),
+                "data_offsets": [offset, offset + t.nbytes],
+            }
+            offset += t.nbytes
+        raw = json.dumps(header, separators=(",", ":")).encode()
+        raw += b" " * (-len(raw) % 8)
+        self.fh: BinaryIO | None = open(path, "wb")  # noqa: SIM115 - closed in finish()/close()
+        self.fh.write(struct.pack("<Q", len(raw)) + raw)
+
+    def write(self, t: torch.Tensor) -> int:
+        data = t.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy()
+        self.fh.write(memoryview(data))
+        self.next += 1
+        return data.nbytes
+
+    @property
+    def done(self) -> bool:
+        return self.next == len(self.tensors)
+
+    def close(self) -> None:
+        if self.fh is not None:
+            self.fh.close()
+            self.fh = None
+
+
+class DirectorySink:
+    """Writes a model directory loadable by `AutoModelForCausalLM.from_pretrained`.
+
+    Refuses an existing non-empty `out_dir` at construction and again at begin (before any tensor is read).
+    """
+
+    def __init__(self, out_dir: str | Path, max_shard_bytes: int = 2_000_000_000):
+        self.out_dir = Path(out_dir).expanduser().absolute()
+        self.max_shard_bytes = max(1, int(max_shard_bytes))
+        _check_target(self.out_dir)
+        self.tmp_dir: Path | None = None
+        self.bytes_written = 0
+        self._base: Checkpoint | None = None
+        self._plan: MergePlan | None = None
+        self._shards: list[list[PlannedTensor]] = []
+        self._writer: _ShardWriter | None = None
+        self._shard_idx = -1
+        self._pos = 0
+        self._created_root: Path | None = None
+
+    def shard_names(self) -> list[str]:
+        n = len(self._shards)
+        if n <= 1:
+            return [SINGLE_NAME]
+        return [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
+
+    def begin(self, base: Checkpoint, recipe: Recipe, plan: MergePlan) -> None:
+        _check_target(self.out_dir)
+        self._base, self._plan, self._pos, self.bytes_written = base, plan, 0, 0
+        self._shards, self._writer, self._shard_idx = [], None, -1
+        size = 0
+        for t in plan.tensors:
+            if not self._shards or (size + t.nbytes > self.max_shard_bytes and self._shards[-1]):
+                self._shards.append([])
+                size = 0
+            self._shards[-1].append(t)
+            size += t.nbytes
+        missing = [d for d in self.out_dir.parents if not d.exists()]
+        self._created_root = missing[-1] if missing else None  # removed again by abort()
+        try:
+            self.out_dir.parent.mkdir(parents=True, exist_ok=True)
+            self.tmp_dir = self.out_dir.parent / f".{self.out_dir.name}.tmp-{uuid.uuid4().hex[:12]}"
+            self.tmp_dir.mkdir()
+        except OSError as exc:
+            raise OutputError(
+                f"cannot create the output next to {str(self.out_dir)!r}: {exc.strerror or exc}"
+            ) from None
+
+    def write(self, name: str, tensor: torch.Tensor) -> None:
+        plan = self._plan
+        if plan is None or self.tmp_dir is None:
+            raise OutputError("DirectorySink.write called before begin")
+        if self._pos >= len(plan.tensors) or plan.tensors[self._pos].name != name:
+            expected = plan.tensors[self._pos].name if self._pos < len(plan.tensors) else "nothing"
+            raise OutputError(f"tensor {name!r} written out of plan order (expected {expected!r})")
+        want = plan.tensors[self._pos]
+        if tuple(tensor.shape) != want.shape or tensor.dtype != want.dtype:
+            raise OutputError(
+                f"tensor {name!r} is {tuple(tensor.shape)} {dtype_name(tensor.dtype)}, "
+                f"the plan says {want.shape} {dtype_name(want.dtype)}"
+            )
+        try:
+            if self._writer is None or self._writer.done:
+                if self._writer is not None:
+                    self._writer.close()
+                self._shard_idx += 1
+                shard = self._shards[self._shard_idx]
+                self._writer = _ShardWriter(self.tmp_dir / self.shard_names()[self._shard_idx], shard)
+            self.bytes_written += self._writer.write(tensor)
+        except OSError as exc:
+            raise OutputError(
+                f"cannot write {name!r} under {str(self.tmp_dir)!r}: {exc.strerror or exc}"
+            ) from None
+        self._pos += 1
+
+    def commit(self, result: MergeResult) -> Path:
+        plan, base, tmp = self._plan, self._base, self.tmp_dir
+        if plan is None or base is None or tmp is None:
+            raise OutputError("DirectorySink.commit called before begin")
+        if self._pos != len(plan.tensors):
+            raise OutputError(f"only {self._pos} of {len(plan.tensors)} tensors were written")
+        try:
+            if self._writer is not None:
+                self._writer.close()
+            names = self.shard_names()
+            if len(names) > 1:
+                index = {
+                    "metadata": {"total_size": plan.nbytes},
+                    "weight_map": {t.name: names[i] for i, shard in enumerate(self._shards) for t in shard},
+                }
+                (tmp / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
+            self._copy_base_files(base, tmp)
+            (tmp / "config.json").write_text(json.dumps(_out_config(base.config, plan), indent=2) + "\n")
+            (tmp / "merge_config.yml").write_text(result.recipe.to_yaml())
+            (tmp / "README.md").write_text(model_card(result, base))
+            _check_target(self.out_dir)
+            if self.out_dir.exists():
+                self.out_dir.rmdir()
+            os.rename(tmp, self.out_dir)
+        except OSError as exc:
+            self.abort()
+            raise OutputError(f"cannot finish {str(self.out_dir)!r}: {exc.strerror or exc}") from None
+        except BaseException:
+            self.abort()
+            raise
+        self.tmp_dir = None
+        return self.out_dir
+
+    def abort(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        if self.tmp_dir is not None:
+            shutil.rmtree(self.tmp_dir, ignore_errors=True)
+            self.tmp_dir = None
+        root = getattr(self, "_created_root", None)
+        if root is not None and root.is_dir() and not self.out_dir.exists():
+            shutil.rmtree(root, ignore_errors=True)
+            self._created_root = None
+
+    @staticmethod
+    def _copy_base_files(base: Checkpoint, dest: Path) -> None:
+        seen: set[str] = set()
+        for pattern in COPIED_PATTERNS:
+            for f in sorted(base.path.glob(pattern)):
+                if f.is_file() and f.name not in seen and not f.name.endswith((".safetensors", ".bin")):
+                    seen.add(f.name)
+                    shutil.copyfile(f, dest / f.name)
+
+
+def _out_config(config: dict[str, Any], plan: MergePlan) -> dict[str, Any]:
+    """The base's config with its dtype key(s) set to the output dtype."""
+    out = dict(config)
+    out.pop("_name_or_path", None)
+    if plan.out_dtype is not None:
+        keys = [k for k in ("dtype", "torch_dtype") if k in out] or ["dtype"]
+        for k in keys:
+            out[k] = plan.out_dtype
+    return out
+
+
+def model_card(result: MergeResult, base: Checkpoint) -> str:
+    """A short README: what was merged, how, and the geometry summary."""
+    recipe = result.recipe
+    summary = result.stats.summary()
+    lines = [
+        "---",
+        "library_name: transformers",
+        "tags: [merge, mergelab]",
+        *([f"base_model: {json.dumps(recipe.base_model)}"] if recipe.base_model else []),
+        "---",
+        "",
+        f"# Merged model ({recipe.merge_method})",
+        "",
+        f"Merged by MergeLab from {len(recipe.models)} checkpoints"
+        + (f" on base `{recipe.base_model}`" if recipe.base_model else "")
+        + f" with `{recipe.merge_method}`. Architecture: {base.architecture}.",
+        "",
+        "## Recipe (mergekit YAML)",
+        "",
+        "```yaml",
+        recipe.to_yaml().rstrip(),
+        "```",
+        "",
+        "## Geometry",
+        "",
+        f"- ‖θ_merged − θ0‖₂ over all parameters: {summary['model_delta_norm']:.6g}",
+        "- task-vector norms: " + ", ".join(f"{n:.6g}" for n in summary["model_task_norms"]),
+        f"- mean pairwise cosine of task vectors: {_fmt(summary['mean_cosine'])}",
+        f"- sign-conflict rate: {summary['sign_conflict']:.4f}",
+        f"- tensors: {summary['tensors']}, merge time {result.seconds:.2f} s on {result.device}",
+        f"- fingerprint: `{result.fingerprint}`",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.4f}"
+
+
+class ModelSink:
+    """Copies merged tensors into a resident transformers model (parameters and persistent buffers).
+
+    Reusable: every begin() starts a fresh merge into the same model. After abort() the model holds a mix
+    of old and new weights (`complete` is False) until the next committed merge.
+    """
+
+    def __init__(self, model: torch.nn.Module):
+        self.model = model
+        self.complete = False
+        self._targets: dict[str, torch.Tensor] = {}
+        self._written: set[int] = set()
+        self._tie_copy: tuple[str, torch.Tensor] | None = None
+
+    def begin(self, base: Checkpoint, recipe: Recipe, plan: MergePlan) -> None:
+        self.complete = False
+        self._written = set()
+        targets = dict(self.model.named_parameters(remove_duplicate=False))
+        targets.update(dict(self.model.named_buffers(remove_duplicate=False)))
+        for t in plan.tensors:
+            target = targets.get(t.name)
+            if target is None:
+                raise CompatibilityError(
+                    f"the resident model has no parameter {t.name!r} to receive the merge"
+                )
+            if tuple(target.shape) != t.shape:
+                raise CompatibilityError(
+                    f"the resident model's {t.name!r} has shape {tuple(target.shape)}, "
+                    f"the merge gives {t.shape}"
+                )
+        self._targets = targets
+        # A tied base stores no lm_head; if this model keeps a separate one, it gets the embedding.
+        self._tie_copy = None
+        planned = set(plan.names)
+        embed = next((n for n in planned if "embed_tokens" in n), None)
+        for name, p in targets.items():
+            if (
+                "lm_head" in name
+                and name not in planned
+                and embed
+                and p.data_ptr() != targets[embed].data_ptr()
+            ):
+                self._tie_copy = (embed, p)
+
+    @torch.no_grad()
+    def write(self, name: str, tensor: torch.Tensor) -> None:
+        target = self._targets.get(name)
+        if target is None:
+            raise OutputError(f"ModelSink.write: unexpected tensor {name!r}")
+        target.copy_(tensor.to(device=target.device, dtype=target.dtype))
+        self._written.add(target.data_ptr())
+        if self._tie_copy is not None and self._tie_copy[0] == name:
+            head = self._tie_copy[1]
+            head.copy_(tensor.to(device=head.device, dtype=head.dtype))
+            self._written.add(head.data_ptr())
+
+    def commit(self, result: MergeResult) -> None:
+        for name, p in self.model.named_parameters(remove_duplicate=False):
+            if p.data_ptr() not in self._written:
+                raise OutputError(f"the merge did not provide parameter {name!r} of the resident model")
+        self.complete = True
+        return None
+
+    def abort(self) -> None:
+        self.complete = False
