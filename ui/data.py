@@ -229,3 +229,52 @@ def merge_table(merges: pd.DataFrame, averages: pd.DataFrame, models: pd.DataFra
             }
         )
     return pd.DataFrame(rows, columns=cols)
+
+
+def study_frames(
+    merges: pd.DataFrame, eval_rows: pd.DataFrame, models: pd.DataFrame, base_ref: str, pool: Sequence[str]
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """The inputs of `evaluation.metrics` for one study, from the store's frames.
+
+    Returns (merges: method, n, subset_id, task, value, members; base: task, value;
+    singles: checkpoint, task, value). Merges without scores are left out; checkpoints are named by
+    short_name of their ref so members and singles agree.
+    """
+    ev = (
+        eval_rows[["fingerprint", "task", "value"]]
+        if len(eval_rows)
+        else pd.DataFrame(columns=["fingerprint", "task", "value"])
+    )
+    fp_of = dict(zip(models["ref"], models["fingerprint"], strict=False)) if len(models) else {}
+    rows = []
+    for m in merges.itertuples(index=False):
+        if m.status != "done" or not m.merged_fingerprint:
+            continue
+        members = ",".join(short_name(r) for r in _as_list(m.checkpoint_refs))
+        for r in ev[ev["fingerprint"] == m.merged_fingerprint].itertuples(index=False):
+            rows.append(
+                {
+                    "method": m.config or m.method,
+                    "n": int(m.n),
+                    "subset_id": m.subset_id or m.id,
+                    "task": r.task,
+                    "value": r.value,
+                    "members": members,
+                }
+            )
+    merged = pd.DataFrame(rows, columns=["method", "n", "subset_id", "task", "value", "members"])
+    base_fp = fp_of.get(base_ref)
+    base = ev[ev["fingerprint"] == base_fp][["task", "value"]].reset_index(drop=True)
+    singles = []
+    for ref in pool:
+        fp = fp_of.get(ref)
+        if fp is None:
+            continue
+        part = ev[ev["fingerprint"] == fp][["task", "value"]].assign(checkpoint=short_name(ref))
+        singles.append(part)
+    single_df = (
+        pd.concat(singles, ignore_index=True)[["checkpoint", "task", "value"]]
+        if singles
+        else pd.DataFrame(columns=["checkpoint", "task", "value"])
+    )
+    return merged, base, single_df

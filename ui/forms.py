@@ -57,22 +57,29 @@ def paper_values(spec: MethodSpec) -> dict[str, Any]:
 
 
 def apply_paper_values(prefix: str, spec: MethodSpec, checkpoints: Sequence[str]) -> None:
-    """Button callback: write the paper's values into the fields' session state before they render."""
+    """Button callback: write the paper's values into the fields' session state before they render; a
+    per-model value goes into the every-checkpoint field and clears the per-checkpoint overrides."""
     for p in spec.params:
         if p.paper_value is None:
             continue
-        value = _coerce(p, p.paper_value)
+        st.session_state[field_key(prefix, spec.name, p.name)] = _coerce(p, p.paper_value)
         if p.per_model:
             for ck in checkpoints:
-                st.session_state[field_key(prefix, spec.name, p.name, ck)] = value
-        else:
-            st.session_state[field_key(prefix, spec.name, p.name)] = value
+                st.session_state[field_key(prefix, spec.name, p.name, ck)] = None
 
 
 def load_recipe_into_state(prefix: str, spec: MethodSpec, recipe: Any) -> None:
-    """Prefill the fields from an imported recipe (mergekit YAML), so the user can review and edit it."""
+    """Prefill the fields from an imported recipe (mergekit YAML), so the user can review and edit it.
+
+    Every field of the method is reset first (global fields to their defaults, overrides to empty), so
+    nothing typed before the import leaks into the imported recipe.
+    """
+    for k in [k for k in st.session_state if str(k).startswith(f"{prefix}:{spec.name}:")]:
+        del st.session_state[k]
     for p in spec.params:
-        if not p.per_model and p.name in recipe.parameters:
+        st.session_state[field_key(prefix, spec.name, p.name)] = _initial_global(p)
+    for p in spec.params:
+        if p.name in recipe.parameters:
             st.session_state[field_key(prefix, spec.name, p.name)] = _coerce(p, recipe.parameters[p.name])
     for entry in recipe.models:
         for p in spec.params:
@@ -93,10 +100,18 @@ def _coerce(p: ParamSpec, value: Any) -> Any:
         return value
 
 
-def _field(p: ParamSpec, key: str, label: str) -> Any:
+def _field(p: ParamSpec, key: str, label: str, initial: Any) -> Any:
     """One widget for one ParamSpec; returns its current value (None when left empty)."""
     if key not in st.session_state:
-        st.session_state[key] = _initial(p)
+        st.session_state[key] = initial
+    if p.kind == "bool" and initial is None and p.per_model:
+        return st.selectbox(
+            label,
+            [None, True, False],
+            key=key,
+            help=_help(p),
+            format_func=lambda v: "(as above)" if v is None else str(v),
+        )
     if p.kind == "bool":
         return st.checkbox(label, key=key, help=_help(p))
     if p.kind == "int":
@@ -107,8 +122,11 @@ def _field(p: ParamSpec, key: str, label: str) -> Any:
 def render_params(
     prefix: str, spec: MethodSpec, checkpoints: Sequence[str]
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Draw the method's fields; returns (global params, per-checkpoint params) with unset fields omitted."""
-    globals_ = [p for p in spec.params if not p.per_model]
+    """Draw the method's fields; returns (global params, per-checkpoint params), unset fields omitted.
+
+    A per-model parameter gets a global field (mergekit's semantics: the default for every checkpoint)
+    prefilled with its default or the paper's value, plus an optional override per checkpoint.
+    """
     per_model = [p for p in spec.params if p.per_model]
     if paper_values(spec):
         st.button(
@@ -116,31 +134,48 @@ def render_params(
             key=f"{prefix}:{spec.name}:paper",
             on_click=apply_paper_values,
             args=(prefix, spec, list(checkpoints)),
-            help=", ".join(f"{k} = {v}" for k, v in paper_values(spec).items()),
+            help="Sets " + ", ".join(f"{k} = {v}" for k, v in paper_values(spec).items()),
+            icon=":material/article:",
         )
     params: dict[str, Any] = {}
-    if globals_:
-        cols = st.columns(min(3, len(globals_)))
-        for i, p in enumerate(globals_):
+    if spec.params:
+        cols = st.columns(min(3, len(spec.params)))
+        for i, p in enumerate(spec.params):
+            label = f"{p.name} (every checkpoint)" if p.per_model else p.name
             with cols[i % len(cols)]:
-                value = _field(p, field_key(prefix, spec.name, p.name), p.name)
+                value = _field(p, field_key(prefix, spec.name, p.name), label, _initial_global(p))
             if value is not None:
                 params[p.name] = value
-    elif not per_model:
+    else:
         st.caption("This method has no hyperparameters.")
     model_params: list[dict[str, Any]] = []
+    if per_model and checkpoints:
+        st.caption("Per-checkpoint overrides: leave empty to use the value above.")
     for ck in checkpoints:
         entry: dict[str, Any] = {}
         if per_model:
-            with st.expander(f"Per-checkpoint parameters · {ck}", expanded=len(checkpoints) <= 3):
+            with st.expander(f"{_short(ck)} · per-checkpoint parameters", expanded=False):
                 cols = st.columns(min(3, len(per_model)))
                 for i, p in enumerate(per_model):
                     with cols[i % len(cols)]:
-                        value = _field(p, field_key(prefix, spec.name, p.name, ck), p.name)
+                        value = _field(p, field_key(prefix, spec.name, p.name, ck), p.name, None)
                     if value is not None:
                         entry[p.name] = value
         model_params.append(entry)
     return params, model_params
+
+
+def _short(ref: str) -> str:
+    return ref.rstrip("/").split("/")[-1] if ref.startswith(("/", ".")) else ref
+
+
+def _initial_global(p: ParamSpec) -> Any:
+    """Default, else the paper's value for a required parameter (so Task Arithmetic starts at weight 1)."""
+    if p.default is not None:
+        return _initial(p)
+    if p.required and p.paper_value is not None:
+        return _coerce(p, p.paper_value)
+    return None
 
 
 def build_recipe(
@@ -149,7 +184,7 @@ def build_recipe(
     checkpoints: Sequence[str],
     params: Mapping[str, Any],
     model_params: Sequence[Mapping[str, Any]],
-    dtype: str = "float32",
+    dtype: str | None = None,
     out_dtype: str | None = None,
     seed: int | None = None,
 ) -> Any:
@@ -161,7 +196,7 @@ def build_recipe(
         raise merging.errors.RecipeError(
             f"{spec.title} needs at least {spec.min_models} checkpoint(s); {len(checkpoints)} chosen."
         )
-    merging.resolve_params(spec, dict(params), [dict(m) for m in model_params])
+    merging.resolve_params(spec, dict(params), [dict(m) for m in model_params], list(checkpoints))
     models = [
         merging.ModelEntry(model=ck, parameters=dict(mp))
         for ck, mp in zip(checkpoints, model_params, strict=False)
@@ -172,6 +207,6 @@ def build_recipe(
         models=models,
         parameters=dict(params),
         dtype=dtype,
-        out_dtype=out_dtype,
+        out_dtype=out_dtype or None,
         seed=seed,
     )

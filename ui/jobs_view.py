@@ -80,11 +80,13 @@ def _job_card(row: pd.Series, key: str, show_log: bool) -> None:
                 st.code(log or "(empty)", language="text")
 
 
-def _render(limit: int | None, key: str, show_log: bool, statuses: list[str] | None) -> bool:
+def _render(limit: int | None, key: str, show_log: bool, statuses, kinds) -> bool:
     """Draw the job list; returns whether any job is still active."""
     df = get_store().jobs_df()
     if statuses:
         df = df[df["status"].isin(statuses)]
+    if kinds:
+        df = df[df["kind"].isin(kinds)]
     if df.empty:
         st.caption("No jobs yet.")
         return False
@@ -95,13 +97,19 @@ def _render(limit: int | None, key: str, show_log: bool, statuses: list[str] | N
     return bool(df["status"].isin(ACTIVE).any())
 
 
-def live_jobs(limit: int | None = None, key: str = "jobs", show_log: bool = False, statuses=None) -> None:
+def live_jobs(
+    limit: int | None = None,
+    key: str = "jobs",
+    show_log: bool = False,
+    statuses: list[str] | None = None,
+    kinds: list[str] | None = None,
+) -> None:
     """The job list; polls while anything is active and reruns the whole page once everything has ended."""
     active_now = not active_jobs(get_store()).empty
     flag = f"{key}:was_active"
 
     def body() -> None:
-        active = _render(limit, key, show_log, statuses)
+        active = _render(limit, key, show_log, statuses, kinds)
         if st.session_state.get(flag) and not active:
             st.session_state[flag] = False
             st.rerun(scope="app")

@@ -18,6 +18,8 @@ import streamlit as st
 
 import jobs
 import store
+from evaluation import EvaluationError
+from jobs.errors import JobError
 from merging.errors import MergeError
 
 DEFAULT_HOME = "workspace"
@@ -37,7 +39,7 @@ def _store_for(home: str) -> store.Store:
 
 @st.cache_resource(show_spinner=False)
 def _runner_for(home: str) -> jobs.JobRunner:
-    return jobs.JobRunner(_store_for(home), home=Path(home))
+    return jobs.JobRunner(_store_for(home))
 
 
 def get_store() -> store.Store:
@@ -54,6 +56,8 @@ def get_runner() -> jobs.JobRunner:
 # their message is the whole story, so they are shown as a plain st.error.
 USER_ERRORS: tuple[type[BaseException], ...] = (
     MergeError,
+    JobError,
+    EvaluationError,
     store.StoreError,
     ValueError,
     KeyError,

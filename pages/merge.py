@@ -1,0 +1,166 @@
+"""Merge: choose base, checkpoints and method, set its parameters (generated from the method's spec),
+preview / import / export the mergekit YAML, and launch the merge (saved and/or evaluated) as a job."""
+
+import streamlit as st
+
+import merging
+from ui import forms, launch
+from ui.session import get_runner, get_store, guard, workspace_home
+
+P = "merge"  # session-state prefix of this page's widgets
+
+st.title("Merge")
+
+
+def _import_recipe() -> None:
+    """Callback of "Load recipe": parse the pasted or uploaded YAML into the page's fields."""
+    st.session_state[f"{P}:import_error"] = None
+    upload = st.session_state.get(f"{P}:upload")
+    text = upload.getvalue().decode("utf-8", errors="replace") if upload is not None else ""
+    text = text or st.session_state.get(f"{P}:yaml_in", "")
+    try:
+        if not text.strip():
+            raise merging.errors.RecipeError("Paste a mergekit YAML or upload a .yml file first.")
+        recipe = merging.Recipe.from_yaml(text)
+        spec = merging.get_method(recipe.merge_method)
+    except merging.errors.MergeError as exc:
+        st.session_state[f"{P}:import_error"] = str(exc)
+        return
+    refs = [m.model for m in recipe.models]
+    st.session_state[f"{P}:extra_refs"] = list(
+        dict.fromkeys(st.session_state.get(f"{P}:extra_refs", []) + refs + [recipe.base_model or ""])
+    )
+    st.session_state[f"{P}:method"] = spec.name
+    if recipe.base_model:
+        st.session_state[f"{P}:base"] = recipe.base_model
+    st.session_state[f"{P}:checkpoints"] = refs
+    st.session_state[f"{P}:seed"] = recipe.seed if recipe.seed is not None else 0
+    st.session_state[f"{P}:out_dtype"] = recipe.out_dtype or ""
+    forms.load_recipe_into_state(P, spec, recipe)
+    st.session_state[f"{P}:imported"] = f"Loaded a {spec.title} recipe with {len(refs)} checkpoint(s)."
+
+
+with guard("Merge"):
+    db = get_store()
+    models = db.models_df()
+    registered = models[models["kind"].isin(["base", "checkpoint"])] if len(models) else models
+    names = dict(zip(registered.get("ref", []), registered.get("name", []), strict=False))
+    extra = [r for r in st.session_state.get(f"{P}:extra_refs", []) if r and r not in names]
+
+    with st.expander("Import a mergekit YAML", icon=":material/upload:"):
+        st.text_area(
+            "Paste YAML", key=f"{P}:yaml_in", height=160, placeholder="merge_method: ties\nmodels: …"
+        )
+        st.file_uploader("…or upload a .yml / .yaml file", type=["yml", "yaml"], key=f"{P}:upload")
+        st.button("Load recipe", on_click=_import_recipe, key=f"{P}:load")
+        if st.session_state.get(f"{P}:import_error"):
+            st.error(st.session_state[f"{P}:import_error"])
+        elif st.session_state.get(f"{P}:imported"):
+            st.success(st.session_state[f"{P}:imported"])
+
+    if registered.empty and not extra:
+        st.info(
+            "No models registered yet. Build the demo zoo on the Home page, or register a base and "
+            "checkpoints on the Models page (or import a mergekit YAML above)."
+        )
+        st.stop()
+
+    bases = list(registered.loc[registered["kind"] == "base", "ref"]) + extra
+    checkpoints = list(registered.loc[registered["kind"] == "checkpoint", "ref"]) + extra
+    label = {r: names.get(r) or r for r in bases + checkpoints}
+    methods = {m.name: m for m in merging.all_methods()}
+
+    c1, c2 = st.columns([1, 2])
+    with c1:
+        if bases and f"{P}:base" not in st.session_state:
+            st.session_state[f"{P}:base"] = bases[0]
+        base = st.selectbox("Base model", bases, format_func=lambda r: label.get(r, r), key=f"{P}:base")
+    with c2:
+        if f"{P}:checkpoints" not in st.session_state:
+            st.session_state[f"{P}:checkpoints"] = [r for r in checkpoints if r != base][:3]
+        chosen = st.multiselect(
+            "Checkpoints to merge",
+            [r for r in checkpoints if r != base],
+            format_func=lambda r: label.get(r, r),
+            key=f"{P}:checkpoints",
+        )
+    if f"{P}:method" not in st.session_state:
+        st.session_state[f"{P}:method"] = "task_arithmetic"
+    method = st.selectbox(
+        "Method", list(methods), format_func=lambda m: f"{methods[m].title} ({m})", key=f"{P}:method"
+    )
+    spec = methods[method]
+    st.markdown(f"{spec.summary}  \n*Reference:* {spec.reference}")
+
+    with st.container(border=True):
+        st.markdown("**Parameters**")
+        params, model_params = forms.render_params(P, spec, chosen)
+
+    st.markdown("**Output**")
+    for key, value in (("save", False), ("evaluate", True), ("out_dtype", ""), ("seed", 0), ("limit", None)):
+        st.session_state.setdefault(f"{P}:{key}", value)
+    o1, o2, o3, o4 = st.columns(4)
+    save = o1.checkbox("Save to disk", key=f"{P}:save")
+    evaluate = o2.checkbox("Evaluate now", key=f"{P}:evaluate")
+    out_dtype = o3.selectbox(
+        "Output dtype",
+        ["", *merging.recipe.DTYPES],
+        format_func=lambda d: d or "same as base",
+        key=f"{P}:out_dtype",
+    )
+    seed = o4.number_input("Seed", min_value=0, step=1, key=f"{P}:seed", disabled=not spec.randomized)
+    suite, limit, output = None, None, None
+    if evaluate:
+        e1, e2 = st.columns(2)
+        suites = launch.suite_choices(workspace_home())
+        suite = e1.selectbox("Benchmark suite", list(suites), format_func=suites.get, key=f"{P}:suite")
+        limit = e2.number_input(
+            "Items per task (empty: the suite's default)", min_value=1, step=10, key=f"{P}:limit"
+        )
+    if save:
+        st.session_state.setdefault(f"{P}:out", launch.default_output(workspace_home(), method))
+        output = st.text_input("Output folder (must not exist yet)", key=f"{P}:out")
+    if not save and not evaluate:
+        st.warning(
+            "Choose at least one of *Save to disk* and *Evaluate now*; otherwise the merge is discarded."
+        )
+
+    recipe, problem = None, None
+    if not chosen:
+        st.info("Choose the checkpoints to merge.")
+    else:
+        try:
+            recipe = forms.build_recipe(
+                spec,
+                base,
+                chosen,
+                params,
+                model_params,
+                out_dtype=out_dtype,
+                seed=int(seed) if spec.randomized else None,
+            )
+        except merging.errors.MergeError as exc:
+            problem = str(exc)
+            st.error(problem)
+
+    if recipe is not None:
+        with st.expander("Recipe (mergekit YAML)", expanded=True, icon=":material/description:"):
+            text = recipe.to_yaml()
+            st.code(text, language="yaml")
+            st.download_button(
+                "Export YAML", text, file_name=f"{method}.yml", mime="text/yaml", key=f"{P}:export"
+            )
+
+    go = st.button(
+        "Launch merge",
+        type="primary",
+        disabled=recipe is None or not (save or evaluate),
+        icon=":material/rocket_launch:",
+        key=f"{P}:launch",
+    )
+    if go and recipe is not None:
+        job_id = launch.submit_merge(get_runner(), recipe, save=save, output=output, suite=suite, limit=limit)
+        st.session_state[f"{P}:last_job"] = job_id
+    if st.session_state.get(f"{P}:last_job"):
+        st.success(f"Launched job `{st.session_state[f'{P}:last_job']}`.")
+        st.page_link("pages/jobs.py", label="Follow it on the Jobs page", icon=":material/pending_actions:")

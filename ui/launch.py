@@ -1,0 +1,102 @@
+"""Turning what the pages collected into jobs: suites on offer, default output folders, submission.
+
+Pages call these instead of building job parameter dicts themselves, so the job contract (kinds and
+parameter names the JobRunner understands) lives in one place on the app side.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+SUITE_LABELS = {
+    "zoo": "zoo: the demo zoo's tasks (fast, local)",
+    "quick": "quick: 4 of the paper's benchmarks, 100 items each",
+    "paper16": "paper16: the paper's 16 benchmarks (slow; needs the lm-eval datasets)",
+}
+
+
+def suite_choices(home: Path) -> dict[str, str]:
+    """Suites the user can pick, the zoo's first when this workspace has its task files."""
+    choices = dict(SUITE_LABELS)
+    if not (home / "zoo" / "tasks").is_dir():
+        choices.pop("zoo")
+    return choices
+
+
+def default_output(home: Path, method: str) -> str:
+    """workspace/merges/<method>-<timestamp>: unique per launch, inside the workspace."""
+    return str(home / "merges" / f"{method}-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
+
+
+def submit_merge(
+    runner: Any,
+    recipe: Any,
+    *,
+    save: bool,
+    output: str | None = None,
+    suite: str | None = None,
+    limit: int | None = None,
+) -> str:
+    """Queue a merge (kind "merge"), a merge then evaluation ("merge+evaluate"); returns the job id."""
+    if not save and not suite:
+        raise ValueError("Choose at least one of saving the merge to disk and evaluating it.")
+    params: dict[str, Any] = {"recipe_yaml": recipe.to_yaml()}
+    if save:
+        if not output:
+            raise ValueError("Give an output folder to save the merged model to.")
+        params["output"] = str(output)
+    if suite:
+        params["suite"] = suite
+        if limit:
+            params["limit"] = int(limit)
+    return runner.submit("merge+evaluate" if suite else "merge", params)
+
+
+PAPER_METHODS = ("task_arithmetic", "ties", "model_stock", "task_arithmetic_sb", "ties_sb", "tsvm", "iso_c")
+PAPER_SIZES = (2, 4, 6, 8, 10, 12)
+PAPER_SUBSETS = 15
+
+
+def study_sizes(pool_size: int) -> list[int]:
+    """The paper's merge sizes that fit a pool (all of 2..12 for 12 checkpoints; fewer for smaller pools)."""
+    return [n for n in PAPER_SIZES if n <= pool_size]
+
+
+def submit_study(
+    runner: Any,
+    *,
+    name: str,
+    base: str,
+    pool: list[str],
+    methods: list[str],
+    sizes: list[int],
+    subsets_per_size: int,
+    seed: int,
+    suite: str,
+    limit: int | None,
+) -> str:
+    """Queue the paper's protocol as one "study" job; returns the job id."""
+    if len(pool) < 2:
+        raise ValueError("A study needs a pool of at least 2 checkpoints.")
+    if not methods:
+        raise ValueError("Choose at least one method for the study.")
+    if not sizes:
+        raise ValueError("Choose at least one merge size n.")
+    too_big = [n for n in sizes if n > len(pool)]
+    if too_big:
+        raise ValueError(f"Merge size(s) {too_big} exceed the pool of {len(pool)} checkpoints.")
+    params: dict[str, Any] = {
+        "name": name,
+        "base": base,
+        "pool": list(pool),
+        "methods": list(methods),
+        "sizes": [int(n) for n in sizes],
+        "subsets_per_size": int(subsets_per_size),
+        "seed": int(seed),
+        "suite": suite,
+    }
+    if limit:
+        params["limit"] = int(limit)
+    return runner.submit("study", params)
