@@ -113,12 +113,19 @@ class Recipe:
         return cls.from_dict(data)
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=False)
+        return yaml.dump(self.to_dict(), Dumper=_IndentedDumper, sort_keys=False, default_flow_style=False)
 
     @property
     def refs(self) -> list[str]:
         """Every checkpoint the merge reads: the base (when given) first, then the models."""
         return ([self.base_model] if self.base_model else []) + [m.model for m in self.models]
+
+
+class _IndentedDumper(yaml.SafeDumper):
+    """Indents list items under their key, the way mergekit's example configs are written."""
+
+    def increase_indent(self, flow: bool = False, indentless: bool = False):
+        return super().increase_indent(flow, False)
 
 
 def _yaml_text(text_or_path: str | Path) -> str:
