@@ -9,11 +9,13 @@ merge+evaluate, study, build-zoo), the paper's study protocol and its Ray backen
     runner.cancel(job_id); runner.retry(job_id)
 """
 
+from jobs import kinds as _kinds  # noqa: F401  (registers the built-in job kinds)
 from jobs.cache import StoreScoreCache
 from jobs.context import JobContext
 from jobs.errors import JobCancelled, JobError
 from jobs.registry import JobKind, get_kind, job_kinds, register_kind
 from jobs.runner import JobRunner, default_devices
+from jobs.study import PAPER_CONFIGS, StudyConfig, StudyDefinition, define_study, sample_subsets
 
 __all__ = [
     "JobCancelled",
@@ -21,8 +23,13 @@ __all__ = [
     "JobError",
     "JobKind",
     "JobRunner",
+    "PAPER_CONFIGS",
+    "StudyConfig",
+    "StudyDefinition",
     "StoreScoreCache",
     "default_devices",
+    "define_study",
+    "sample_subsets",
     "get_kind",
     "job_kinds",
     "register_kind",

@@ -82,6 +82,15 @@ class MergesMixin(StoreCore):
             [status, utcnow(), seconds, output_path, peak_memory_bytes, error, merged_fingerprint, merge_id],
         )
 
+    def set_merge_inputs(
+        self, merge_id: str, *, base_fingerprint: str | None, checkpoint_fingerprints: Sequence[str | None]
+    ) -> None:
+        """Fill in the inputs' fingerprints once the engine has read their headers."""
+        self._write(
+            "UPDATE merges SET base_fingerprint = ?, checkpoint_fingerprints = ? WHERE id = ?",
+            [base_fingerprint, list(checkpoint_fingerprints), merge_id],
+        )
+
     def get_merge(self, merge_id: str) -> dict[str, Any] | None:
         rows = self._rows("SELECT * FROM merges WHERE id = ?", [merge_id])
         return rows[0] if rows else None

@@ -1,0 +1,283 @@
+"""The job kinds MergeLab ships: merge, evaluate, merge+evaluate, study, build-zoo.
+
+Each kind validates its parameters at submit time (a bad recipe is refused before it is queued) and runs
+on a worker thread with a JobContext. Heavy packages are imported inside the functions, so importing jobs
+stays cheap for the app and the CLI.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from jobs.cache import StoreScoreCache
+from jobs.context import JobContext
+from jobs.errors import JobCancelled, JobError
+from jobs.registry import register_kind
+from jobs.work import (
+    TrackedDirectorySink,
+    merge_and_score_resident,
+    record_outcome,
+    register_inputs,
+    run_merge_tracked,
+)
+from store import workspace_dir
+
+
+# --- parameter checks ---------------------------------------------------------------------------------
+def _recipe(params: dict[str, Any]):
+    from merging import Recipe, validate_recipe
+
+    text = params.get("recipe_yaml")
+    if not isinstance(text, str) or not text.strip():
+        raise JobError("This job needs recipe_yaml: the merge recipe as mergekit YAML.")
+    recipe = Recipe.from_yaml(text)
+    validate_recipe(recipe)
+    return recipe
+
+
+def _limit(params: dict[str, Any]) -> int | None:
+    limit = params.get("limit")
+    if limit is None:
+        return None
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise JobError(f"limit must be a positive number of items per task, got {limit!r}.")
+    return limit
+
+
+def _suite(params: dict[str, Any]):
+    from evaluation.suites import get_suite
+
+    spec = params.get("suite")
+    if not spec:
+        raise JobError("This job needs a suite (zoo, quick, paper16, task names or a task folder).")
+    zoo_root = params.get("zoo_root")
+    return get_suite(str(spec), zoo_root=Path(zoo_root) if zoo_root else None)
+
+
+def _output_dir(params: dict[str, Any], job_id: str) -> Path:
+    out = params.get("output")
+    return Path(out) if out else workspace_dir() / "merges" / job_id
+
+
+def validate_merge(params: dict[str, Any]) -> dict[str, Any]:
+    _recipe(params)
+    out = params.get("output")
+    if out and Path(out).exists() and any(Path(out).iterdir()):
+        raise JobError(f"The output folder {out} already exists and is not empty; choose another.")
+    return params
+
+
+def validate_evaluate(params: dict[str, Any]) -> dict[str, Any]:
+    if not params.get("model"):
+        raise JobError("An evaluate job needs model: a checkpoint folder or Hub id.")
+    _limit(params)
+    _suite(params)
+    return params
+
+
+def validate_merge_evaluate(params: dict[str, Any]) -> dict[str, Any]:
+    recipe = _recipe(params)
+    if not recipe.base_model:
+        raise JobError(
+            "merge+evaluate needs a recipe with base_model (the merge is scored in the base's model)."
+        )
+    _limit(params)
+    _suite(params)
+    if params.get("save"):
+        validate_merge(params)
+    return params
+
+
+def validate_study(params: dict[str, Any]) -> dict[str, Any]:
+    from jobs.study import definition_from_params
+
+    definition = definition_from_params(params)
+    if params.get("backend", "local") not in ("local", "ray"):
+        raise JobError(f"Unknown study backend {params.get('backend')!r}; use local or ray.")
+    _suite(params)
+    out = definition.to_params()
+    for key in ("zoo_root", "backend", "ray_address", "ray_num_cpus"):
+        if params.get(key) is not None:
+            out[key] = params[key]
+    out["study_id"] = definition.study_id
+    return out
+
+
+# --- runs ---------------------------------------------------------------------------------------------
+def _merge_record(ctx: JobContext, recipe, **extra) -> str:
+    return ctx.store.begin_merge(
+        recipe_yaml=recipe.to_yaml(),
+        method=recipe.merge_method,
+        base_fingerprint=None,
+        checkpoint_refs=[m.model for m in recipe.models],
+        seed=recipe.seed,
+        params=recipe.parameters,
+        job_id=ctx.job_id,
+        **extra,
+    )
+
+
+def _fail_merge(ctx: JobContext, merge_id: str, exc: BaseException) -> None:
+    from merging import MergeCancelled
+
+    status = "cancelled" if isinstance(exc, MergeCancelled | JobCancelled) else "failed"
+    ctx.store.finish_merge(merge_id, status, error=None if status == "cancelled" else str(exc))
+
+
+def _fill_fingerprints(ctx: JobContext, merge_id: str, recipe, outcome: dict[str, Any]) -> None:
+    fps = outcome["input_fingerprints"]
+    register_inputs(ctx.store, recipe.base_model, [m.model for m in recipe.models], fps)
+    ctx.store.set_merge_inputs(
+        merge_id,
+        base_fingerprint=fps.get(recipe.base_model) if recipe.base_model else None,
+        checkpoint_fingerprints=[fps.get(m.model) for m in recipe.models],
+    )
+
+
+def run_merge_job(ctx: JobContext, params: dict[str, Any]) -> dict[str, Any]:
+    """Merge to a model folder (sharded safetensors written to a temporary sibling, renamed at the end)."""
+    from jobs.work import merge_outcome
+
+    recipe = _recipe(params)
+    out = _output_dir(params, ctx.job_id)
+    merge_id = _merge_record(ctx, recipe)
+    ctx.log(f"merge {merge_id}: {recipe.merge_method} of {len(recipe.models)} checkpoints -> {out}")
+    try:
+        sink = TrackedDirectorySink(out, ctx.add_temp_path, ctx.drop_temp_path)
+        result, peak = run_merge_tracked(
+            recipe,
+            sink,
+            device=ctx.device,
+            should_cancel=ctx.should_cancel,
+            on_progress=lambda f, m: ctx.progress(f, m),
+            spectra=params.get("spectra"),
+        )
+    except BaseException as exc:
+        _fail_merge(ctx, merge_id, exc)
+        raise
+    outcome = merge_outcome(result, peak)
+    _fill_fingerprints(ctx, merge_id, recipe, outcome)
+    record_outcome(ctx.store, merge_id, outcome, base_ref=recipe.base_model)
+    ctx.log(f"wrote {out} in {outcome['seconds']:.1f} s")
+    return {"merge_id": merge_id, "output_path": str(out), "fingerprint": outcome["fingerprint"]}
+
+
+def run_evaluate_job(ctx: JobContext, params: dict[str, Any]) -> dict[str, Any]:
+    """Score one model folder or Hub id on a suite; a stored score for the same weights is reused."""
+    from evaluation import evaluate, load_model
+
+    suite = _suite(params)
+    ref = str(params["model"])
+    ctx.progress(0.0, f"loading {ref}", force=True)
+    loaded = load_model(ref, device=ctx.device)
+    if ctx.store.get_model(loaded.fingerprint) is None:
+        ctx.store.register_model(
+            loaded.fingerprint, params.get("model_kind", "checkpoint"), ref, name=Path(ref).name
+        )
+    ctx.check_cancel()
+    rows = evaluate(
+        loaded.model,
+        loaded.tokenizer,
+        suite,
+        fingerprint=loaded.fingerprint,
+        model_name=params.get("model_name") or Path(ref).name,
+        limit=_limit(params),
+        cache=StoreScoreCache(ctx.store),
+        on_progress=lambda done, total, task: ctx.progress(done / max(1, total), f"scored {task}"),
+    )
+    return {
+        "fingerprint": loaded.fingerprint,
+        "rows": len(rows),
+        "mean": sum(r.value for r in rows) / len(rows),
+    }
+
+
+def run_merge_evaluate_job(ctx: JobContext, params: dict[str, Any]) -> dict[str, Any]:
+    """Merge and score. In memory (the base's resident model, shared with other jobs on that base) unless
+    save is true, in which case the merge is written to a folder and scored from there."""
+    recipe = _recipe(params)
+    suite = _suite(params)
+    limit = _limit(params)
+    if params.get("save"):
+        merged = run_merge_job(ctx, params)
+        scored = run_evaluate_job(ctx, {**params, "model": merged["output_path"], "model_kind": "merged"})
+        return {**merged, "mean": scored["mean"]}
+    merge_id = _merge_record(ctx, recipe)
+    ctx.log(f"merge {merge_id}: {recipe.merge_method} of {len(recipe.models)} checkpoints, scored in memory")
+    try:
+        with ctx.resident(recipe.base_model) as resident:
+            outcome = merge_and_score_resident(
+                recipe,
+                resident,
+                suite,
+                limit=limit,
+                device=ctx.device,
+                cache=StoreScoreCache(ctx.store),
+                should_cancel=ctx.should_cancel,
+                on_progress=lambda f, m: ctx.progress(f, m),
+                spectra=params.get("spectra"),
+                model_name=params.get("model_name") or f"merge {merge_id}",
+            )
+    except BaseException as exc:
+        _fail_merge(ctx, merge_id, exc)
+        raise
+    _fill_fingerprints(ctx, merge_id, recipe, outcome)
+    record_outcome(ctx.store, merge_id, outcome, base_ref=recipe.base_model)
+    mean = sum(r["value"] for r in outcome["scores"]) / max(1, len(outcome["scores"]))
+    return {"merge_id": merge_id, "fingerprint": outcome["fingerprint"], "mean": mean}
+
+
+def run_study_job(ctx: JobContext, params: dict[str, Any]) -> dict[str, Any]:
+    from jobs.study_run import run_study
+
+    return run_study(ctx, params)
+
+
+def validate_build_zoo(params: dict[str, Any]) -> dict[str, Any]:
+    if params.get("scale", "full") not in ("full", "tiny"):
+        raise JobError(f"scale must be full or tiny, got {params.get('scale')!r}.")
+    return params
+
+
+def run_build_zoo_job(ctx: JobContext, params: dict[str, Any]) -> dict[str, Any]:
+    """Train the demo zoo (base models, 12 checkpoints, task data) under root (default $MERGELAB_HOME/zoo)."""
+    import zoo
+
+    root = Path(params.get("root") or workspace_dir() / "zoo")
+    started = time.perf_counter()
+
+    def progress(*args) -> None:
+        fraction = next((a for a in args if isinstance(a, float)), None)
+        message = next((a for a in args if isinstance(a, str)), None)
+        if fraction is None and args and hasattr(args[0], "fraction"):
+            fraction = float(args[0].fraction)
+        if fraction is not None:
+            ctx.progress(fraction, message)
+        if message:
+            ctx.log(message)
+
+    try:
+        zoo.build_zoo(
+            root, scale=params.get("scale", "full"), on_progress=progress, should_cancel=ctx.should_cancel
+        )
+    except Exception as exc:
+        if type(exc).__name__ in ("BuildCancelled", "ZooCancelled"):
+            raise JobCancelled(str(exc)) from exc
+        raise
+    return {"root": str(root), "seconds": round(time.perf_counter() - started, 1)}
+
+
+register_kind("merge", run_merge_job, validate=validate_merge, description="merge a recipe to a model folder")
+register_kind(
+    "evaluate", run_evaluate_job, validate=validate_evaluate, description="score a model on a suite"
+)
+register_kind(
+    "merge+evaluate",
+    run_merge_evaluate_job,
+    validate=validate_merge_evaluate,
+    description="merge a recipe and score it (in memory unless save)",
+)
+register_kind("study", run_study_job, validate=validate_study, description="the paper's protocol on a pool")
+register_kind("build-zoo", run_build_zoo_job, validate=validate_build_zoo, description="build the demo zoo")
