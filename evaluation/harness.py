@@ -7,6 +7,7 @@ scored through exactly the same code: the two give identical numbers.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -123,9 +124,23 @@ def _wrap(model, tokenizer, batch_size: int | str):
     return HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch, max_batch_size=64)
 
 
+@functools.cache
+def _memoize_lm_eval_environment() -> None:
+    """simple_evaluate re-collects torch's environment report and the git hash on every call (subprocesses,
+    about a second); we call it once per task, so compute them once per process. Results keep the fields."""
+    import lm_eval.evaluator as ev
+
+    env: dict[str, Any] = {}
+    ev.add_env_info(env)
+    git_hash = ev.get_git_commit_hash()
+    ev.add_env_info = lambda storage: storage.update(env)
+    ev.get_git_commit_hash = lambda: git_hash
+
+
 def _run_task(lm, manager, name: str, num_fewshot: int | None, limit: int | None) -> dict[str, Any]:
     from lm_eval import simple_evaluate
 
+    _memoize_lm_eval_environment()
     try:
         result = simple_evaluate(
             model=lm,

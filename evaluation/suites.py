@@ -112,6 +112,11 @@ def get_suite(spec: str, *, zoo_root: Path | None = None) -> Suite:
     """Resolve a suite spec (see the module docstring) into a Suite; raises EvaluationError for unknown
     tasks, a missing folder, or a suite without tasks."""
     spec = (spec or "").strip()
+    names = [s.strip() for s in spec.split(",") if s.strip()]
+    if not names:
+        raise EvaluationError(
+            "the suite is empty: give `zoo`, `paper16`, `quick`, task names or a task folder"
+        )
     if spec == "zoo":
         root = Path(zoo_root) if zoo_root is not None else mergelab_home() / "zoo"
         folder = root / "tasks"
