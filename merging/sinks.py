@@ -163,6 +163,8 @@ class DirectorySink:
                 shard = self._shards[self._shard_idx]
                 self._writer = _ShardWriter(self.tmp_dir / self.shard_names()[self._shard_idx], shard)
             self.bytes_written += self._writer.write(tensor)
+            if self._writer.done:
+                self._writer.close()  # a finished shard is complete on disk right away
         except OSError as exc:
             raise OutputError(
                 f"cannot write {name!r} under {str(self.tmp_dir)!r}: {exc.strerror or exc}"
