@@ -40,7 +40,10 @@ with guard("Geometry"):
         for r in merges.sort_values("started_at").itertuples()
     }
     ids = list(labels)
-    chosen = st.selectbox("Merge", ids, index=len(ids) - 1, format_func=labels.get, key="geo:merge")
+    # Default: the newest ad-hoc merge (study merges are many and alike), else the newest of all.
+    adhoc = [r.id for r in merges.sort_values("started_at").itertuples() if pd.isna(r.study_id)]
+    default = ids.index(adhoc[-1]) if adhoc else len(ids) - 1
+    chosen = st.selectbox("Merge", ids, index=default, format_func=labels.get, key="geo:merge")
     merge = db.get_merge(chosen)
     names = [data.short_name(r) for r in (merge.get("checkpoint_refs") or [])]
     row = stats[stats["merge_id"] == chosen]

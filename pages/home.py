@@ -47,7 +47,7 @@ with guard("Workspace"):
                 "checkpoints and their benchmark tasks, trained on CPU, no downloads."
             )
             if st.button("Build the demo zoo", type="primary"):
-                job_id = runner.submit("build-zoo", {"root": str(zoo_root), "scale": "small"})
+                job_id = runner.submit("build-zoo", {"root": str(zoo_root), "scale": "full"})
                 st.toast(f"Queued zoo build {job_id}")
                 st.rerun()
 

@@ -117,6 +117,17 @@ with guard("Merge"):
         limit = e2.number_input(
             "Items per task (empty: the suite's default)", min_value=1, step=10, key=f"{P}:limit"
         )
+    spectra_options = launch.matrix_names(base) if base else []
+    if spectra_options:
+        st.session_state.setdefault(f"{P}:spectra", launch.default_spectra(spectra_options))
+        spectra = st.multiselect(
+            "Record singular spectra of",
+            spectra_options,
+            key=f"{P}:spectra",
+            help="One SVD per matrix and checkpoint; shown on the Geometry page.",
+        )
+    else:
+        spectra = []
     if save:
         st.session_state.setdefault(f"{P}:out", launch.default_output(workspace_home(), method))
         output = st.text_input("Output folder (must not exist yet)", key=f"{P}:out")
@@ -159,7 +170,9 @@ with guard("Merge"):
         key=f"{P}:launch",
     )
     if go and recipe is not None:
-        job_id = launch.submit_merge(get_runner(), recipe, save=save, output=output, suite=suite, limit=limit)
+        job_id = launch.submit_merge(
+            get_runner(), recipe, save=save, output=output, suite=suite, limit=limit, spectra=spectra
+        )
         st.session_state[f"{P}:last_job"] = job_id
     if st.session_state.get(f"{P}:last_job"):
         st.success(f"Launched job `{st.session_state[f'{P}:last_job']}`.")

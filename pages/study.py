@@ -1,8 +1,6 @@
 """Study: run the paper's protocol (merge random subsets of a checkpoint pool with several methods at
 several sizes n, score every merge) and read its report beside the paper's published numbers."""
 
-import json
-
 import pandas as pd
 import streamlit as st
 
@@ -103,7 +101,7 @@ with guard("Study"):
         }
         study_id = st.selectbox("Study", list(label), format_func=label.get, key=f"{P}:which")
         study = db.get_study(study_id)
-        pool = json.loads(study["pool_json"])
+        pool = list(study["pool"])
         merges = db.merges_df(study_id=study_id)
         merged, base_rows, singles = data.study_frames(
             merges, db.eval_rows_df(suite=study["suite"]), models, study["base"], pool
@@ -158,9 +156,7 @@ with guard("Study"):
             rows = per_task[per_task["method"] == method]
             grid = rows.pivot_table(index="task", columns="n", values="gain", aggfunc="mean")
             grid.columns = [f"n={c}" for c in grid.columns]
-            st.dataframe(
-                grid.style.format("{:+.2f}").background_gradient(cmap="RdYlGn", axis=None), key=f"{P}:pertask"
-            )
+            st.dataframe(grid.style.format("{:+.2f}").map(charts.gain_color), key=f"{P}:pertask")
             st.caption("Mean gain over the base per task, percentage points.")
 
     st.subheader("The paper's published numbers")

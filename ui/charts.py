@@ -359,3 +359,12 @@ def score_matrix(scores: pd.DataFrame) -> pd.DataFrame:
     mat = mat.reindex(index=tasks, columns=models)
     mat.loc["average"] = mat.mean(axis=0)
     return mat
+
+
+def gain_color(value: float) -> str:
+    """CSS background for a gain cell (pp): green above zero, red below, stronger with size (cap at 5 pp)."""
+    if value is None or pd.isna(value) or value == 0:
+        return ""
+    alpha = min(abs(float(value)) / 5.0, 1.0) * 0.6 + 0.1
+    rgb = "44, 160, 44" if value > 0 else "214, 39, 40"
+    return f"background-color: rgba({rgb}, {alpha:.2f})"

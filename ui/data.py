@@ -87,7 +87,7 @@ def _as_list(value: Any) -> list:
 
 def layer_label(layer: Any, kind: Any, tensor: str) -> str:
     """ "layer 3" for decoder layers; the tensor kind (embed, head, norm) for everything outside the stack."""
-    if layer is not None and not (isinstance(layer, float) and math.isnan(layer)):
+    if layer is not None and not pd.isna(layer):
         return f"layer {int(layer):02d}"
     return str(kind or tensor)
 
@@ -122,13 +122,13 @@ def sign_conflicts(tensor_stats: pd.DataFrame) -> pd.DataFrame:
     order: list[str] = []
     for r in tensor_stats.itertuples(index=False):
         rate = r.sign_conflict
-        if rate is None or (isinstance(rate, float) and math.isnan(rate)):
+        if rate is None or pd.isna(rate):
             continue
         label = layer_label(r.layer, r.kind, r.tensor)
         if label not in rows:
             rows[label] = [0.0, 0.0]
             order.append(label)
-        weight = float(r.numel) if r.numel is not None and not pd.isna(r.numel) else 1.0
+        weight = 1.0 if r.numel is None or pd.isna(r.numel) else float(r.numel)
         rows[label][0] += weight * float(rate)
         rows[label][1] += weight
     return pd.DataFrame(

@@ -38,20 +38,39 @@ def submit_merge(
     output: str | None = None,
     suite: str | None = None,
     limit: int | None = None,
+    spectra: list[str] | None = None,
 ) -> str:
-    """Queue a merge (kind "merge"), a merge then evaluation ("merge+evaluate"); returns the job id."""
+    """Queue a merge (kind "merge") or a merge then evaluation ("merge+evaluate"; in memory unless saved);
+    returns the job id. `spectra` names the matrices whose singular values the merge records."""
     if not save and not suite:
         raise ValueError("Choose at least one of saving the merge to disk and evaluating it.")
     params: dict[str, Any] = {"recipe_yaml": recipe.to_yaml()}
+    if spectra:
+        params["spectra"] = list(spectra)
     if save:
         if not output:
             raise ValueError("Give an output folder to save the merged model to.")
         params["output"] = str(output)
+        params["save"] = True
     if suite:
         params["suite"] = suite
         if limit:
             params["limit"] = int(limit)
     return runner.submit("merge+evaluate" if suite else "merge", params)
+
+
+def default_spectra(
+    tensor_names: list[str], per_layer: tuple[str, ...] = ("mlp.down_proj", "self_attn.q_proj")
+) -> list[str]:
+    """A few representative matrices to record spectra for (an SVD each, so not all of them): the given
+    projections of the first, middle and last decoder layers."""
+    from store import parse_layer
+
+    layers = sorted({n for n in (parse_layer(t) for t in tensor_names) if n is not None})
+    if not layers:
+        return [t for t in tensor_names if t.endswith(".weight")][:2]
+    picks = sorted({layers[0], layers[len(layers) // 2], layers[-1]})
+    return [t for t in tensor_names if parse_layer(t) in picks and any(k in t for k in per_layer)]
 
 
 PAPER_METHODS = ("task_arithmetic", "ties", "model_stock", "task_arithmetic_sb", "ties_sb", "tsvm", "iso_c")
@@ -93,10 +112,26 @@ def submit_study(
         "pool": list(pool),
         "methods": list(methods),
         "sizes": [int(n) for n in sizes],
-        "subsets_per_size": int(subsets_per_size),
+        "subsets": int(subsets_per_size),
         "seed": int(seed),
         "suite": suite,
     }
     if limit:
         params["limit"] = int(limit)
     return runner.submit("study", params)
+
+
+def matrix_names(ref: str) -> list[str]:
+    """The 2-D tensors of a checkpoint (from its headers), the candidates for recorded spectra."""
+    import merging
+
+    try:
+        ck = merging.open_checkpoint(ref)
+    except merging.MergeError:
+        return []
+    try:
+        return [
+            n for n, t in ck.tensors.items() if len(t.shape) == 2 and "embed" not in n and "lm_head" not in n
+        ]
+    finally:
+        ck.close()

@@ -1,0 +1,144 @@
+"""Store-to-chart adapters on hand-written frames shaped like the store's."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from ui import data, launch
+
+
+def test_task_scores_picks_one_metric_per_task_and_averages():
+    rows = pd.DataFrame(
+        {
+            "fingerprint": ["a", "a", "a", "b", "b"],
+            "model_name": ["A", "A", "A", "B", "B"],
+            "task": ["t1", "t1", "t2", "t1", "t2"],
+            "metric": ["acc_norm", "acc", "acc", "acc", "acc"],
+            "value": [0.9, 0.5, 0.7, 0.2, 0.4],
+        }
+    )
+    scores = data.task_scores(rows)
+    assert set(scores["metric"]) == {"acc"}
+    avg = data.average_scores(scores).set_index("fingerprint")["average"]
+    assert avg["a"] == pytest.approx(0.6) and avg["b"] == pytest.approx(0.3)
+    assert data.best_checkpoint(data.average_scores(scores), ["b"]) == ("b", pytest.approx(0.3))
+    assert data.best_checkpoint(data.average_scores(scores), ["zzz"]) is None
+
+
+def test_layer_norms_combine_tensors_of_a_layer_in_quadrature():
+    stats = pd.DataFrame(
+        {
+            "tensor": ["model.embed_tokens.weight", "model.layers.0.q.weight", "model.layers.0.k.weight"],
+            "layer": [pd.NA, 0, 0],
+            "kind": ["embed", "attn", "attn"],
+            "task_norms": [[1.0, 2.0], [3.0, 0.0], [4.0, 1.0]],
+        }
+    )
+    df = data.layer_norms(stats, ["ft0", "ft1"]).set_index(["model", "layer"])["norm"]
+    assert df[("ft0", "layer 00")] == pytest.approx(5.0)  # sqrt(3² + 4²)
+    assert df[("ft1", "layer 00")] == pytest.approx(1.0)
+    assert df[("ft1", "embed")] == pytest.approx(2.0)
+
+
+def test_sign_conflicts_weighted_by_tensor_size():
+    stats = pd.DataFrame(
+        {
+            "tensor": ["model.layers.0.a", "model.layers.0.b", "model.norm.weight"],
+            "layer": [0, 0, pd.NA],
+            "kind": ["mlp", "mlp", "norm"],
+            "numel": [300, 100, 10],
+            "sign_conflict": [0.1, 0.5, None],
+        }
+    )
+    out = data.sign_conflicts(stats)
+    assert list(out["layer"]) == ["layer 00"]
+    assert out["rate"].iloc[0] == pytest.approx((300 * 0.1 + 100 * 0.5) / 400)
+
+
+def test_parse_cosines_from_matrix_json():
+    raw = json.dumps([[1.0, 0.25, -0.5], [0.25, 1.0, 0.0], [-0.5, 0.0, 1.0]])
+    pairs = data.parse_cosines(raw, ["x", "y", "z"])
+    assert pairs.to_dict("records") == [
+        {"a": "x", "b": "y", "cosine": 0.25},
+        {"a": "x", "b": "z", "cosine": -0.5},
+        {"a": "y", "b": "z", "cosine": 0.0},
+    ]
+    assert data.parse_cosines("null", ["x"]).empty
+
+
+def test_spectra_long_names_sources_after_checkpoints():
+    spectra = pd.DataFrame(
+        {
+            "tensor": ["w", "w", "w", "v"],
+            "source": ["task", "task", "delta", "task"],
+            "idx": [0, 1, -1, 0],
+            "singular_values": [[2.0, 1.0], [3.0], [4.0, 0.5], [9.0]],
+        }
+    )
+    out = data.spectra_long(spectra, "w", ["ft0", "ft1"])
+    assert list(out["source"]) == ["τ ft0", "τ ft0", "τ ft1", "merged Δ", "merged Δ"]
+    assert list(out["value"]) == [2.0, 1.0, 3.0, 4.0, 0.5]
+
+
+def test_study_frames_join_merges_scores_and_pool():
+    models = pd.DataFrame({"ref": ["/m/base", "/m/a", "/m/b"], "fingerprint": ["B", "A", "Bb"]})
+    merges = pd.DataFrame(
+        {
+            "id": ["m1", "m2"],
+            "config": ["ta", "ta"],
+            "method": ["task_arithmetic"] * 2,
+            "n": [2, 2],
+            "subset_id": ["s1", None],
+            "status": ["done", "failed"],
+            "merged_fingerprint": ["M1", None],
+            "checkpoint_refs": [["/m/a", "/m/b"], ["/m/a", "/m/b"]],
+        }
+    )
+    ev = pd.DataFrame(
+        {"fingerprint": ["M1", "B", "A", "Bb"], "task": ["t"] * 4, "value": [0.6, 0.5, 0.4, 0.55]}
+    )
+    merged, base, singles = data.study_frames(merges, ev, models, "/m/base", ["/m/a", "/m/b"])
+    assert merged.to_dict("records") == [
+        {"method": "ta", "n": 2, "subset_id": "s1", "task": "t", "value": 0.6, "members": "a,b"}
+    ]
+    assert base["value"].tolist() == [0.5]
+    assert singles.to_dict("records") == [
+        {"checkpoint": "a", "task": "t", "value": 0.4},
+        {"checkpoint": "b", "task": "t", "value": 0.55},
+    ]
+
+
+def test_short_names():
+    assert data.short_name("/a/b/llama-ft1/") == "llama-ft1"
+    assert data.short_name("owner/model") == "owner/model"
+
+
+def test_default_spectra_pick_first_middle_last_layers():
+    names = [
+        f"model.layers.{i}.{k}.weight"
+        for i in range(5)
+        for k in ("mlp.down_proj", "self_attn.q_proj", "mlp.up_proj")
+    ]
+    picked = launch.default_spectra(names)
+    assert picked == [
+        f"model.layers.{i}.{k}.weight" for i in (0, 2, 4) for k in ("mlp.down_proj", "self_attn.q_proj")
+    ]
+
+
+def test_study_and_merge_submissions_refuse_impossible_requests():
+    with pytest.raises(ValueError, match="exceed the pool"):
+        launch.submit_study(
+            None,
+            name="s",
+            base="b",
+            pool=["a", "b"],
+            methods=["ties"],
+            sizes=[4],
+            subsets_per_size=1,
+            seed=0,
+            suite="zoo",
+            limit=None,
+        )
+    with pytest.raises(ValueError, match="at least one"):
+        launch.submit_merge(None, None, save=False, suite=None)

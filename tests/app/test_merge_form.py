@@ -1,0 +1,100 @@
+"""The Merge page's form: generated from the method's spec, validates through merging, imports and
+exports mergekit YAML, and submits a good recipe as a job."""
+
+import pytest
+import yaml
+
+from tests.app.conftest import app_test, errors_of
+
+pytestmark = pytest.mark.slow
+
+
+def _by_label(widgets, label):
+    return next(w for w in widgets if w.label == label)
+
+
+def test_task_arithmetic_form_fields_and_yaml_preview(populated_home):
+    at = app_test(populated_home, "merge")
+    assert errors_of(at) == []
+    assert at.selectbox(key="merge:method").value == "task_arithmetic"
+    assert len(at.multiselect(key="merge:checkpoints").value) == 3
+    labels = [n.label for n in at.number_input]
+    assert "weight (every checkpoint)" in labels and "lambda" in labels
+    text = next(c.value for c in at.code if "merge_method" in c.value)
+    doc = yaml.safe_load(text)
+    assert doc["merge_method"] == "task_arithmetic"
+    assert doc["parameters"]["weight"] == 1.0
+    assert len(doc["models"]) == 3
+
+
+def test_out_of_range_density_is_refused_with_a_message(populated_home):
+    at = app_test(populated_home, "merge")
+    at.selectbox(key="merge:method").set_value("ties").run()
+    at.number_input(key="merge:ties:density").set_value(1.5).run()
+    messages = errors_of(at)
+    assert len(messages) == 1 and "density" in messages[0]
+    assert _by_label(at.button, "Launch merge").disabled
+
+
+def test_per_checkpoint_override_reaches_the_recipe(populated_home):
+    at = app_test(populated_home, "merge")
+    first = at.multiselect(key="merge:checkpoints").value[0]
+    at.number_input(key=f"merge:task_arithmetic:{first}:weight").set_value(0.5).run()
+    doc = yaml.safe_load(next(c.value for c in at.code if "merge_method" in c.value))
+    assert doc["models"][0]["parameters"] == {"weight": 0.5}
+    assert "parameters" not in doc["models"][1]
+
+
+def test_paper_values_button_sets_ties_density(populated_home):
+    at = app_test(populated_home, "merge")
+    at.selectbox(key="merge:method").set_value("ties").run()
+    assert at.number_input(key="merge:ties:density").value == 1.0
+    _by_label(at.button, "Use the paper's values").click().run()
+    assert at.number_input(key="merge:ties:density").value == pytest.approx(0.1)
+
+
+def test_yaml_import_prefills_the_form(populated_home):
+    at = app_test(populated_home, "merge")
+    cks = at.multiselect(key="merge:checkpoints").value[:2]
+    base = at.selectbox(key="merge:base").value
+    text = yaml.safe_dump(
+        {
+            "merge_method": "ties",
+            "base_model": base,
+            "models": [{"model": cks[0], "parameters": {"density": 0.3}}, {"model": cks[1]}],
+            "parameters": {"weight": 1.0, "lambda": 0.8},
+        }
+    )
+    at.text_area(key="merge:yaml_in").set_value(text).run()
+    _by_label(at.button, "Load recipe").click().run()
+    assert at.selectbox(key="merge:method").value == "ties"
+    assert at.multiselect(key="merge:checkpoints").value == cks
+    assert at.number_input(key="merge:ties:lambda").value == pytest.approx(0.8)
+    assert at.number_input(key=f"merge:ties:{cks[0]}:density").value == pytest.approx(0.3)
+
+
+def test_broken_yaml_import_is_an_error_message(populated_home):
+    at = app_test(populated_home, "merge")
+    at.text_area(key="merge:yaml_in").set_value("merge_method: [unclosed").run()
+    _by_label(at.button, "Load recipe").click().run()
+    assert any("YAML" in m for m in errors_of(at))
+    assert not at.exception
+
+
+def test_launch_submits_a_merge_job(registered_home):
+    at = app_test(registered_home, "merge")
+    at.checkbox(key="merge:evaluate").set_value(False).run()
+    at.checkbox(key="merge:save").set_value(True).run()
+    _by_label(at.button, "Launch merge").click().run()
+    assert errors_of(at) == []
+    assert any("Launched job" in s.value for s in at.success)
+    job_id = at.session_state["merge:last_job"]
+    from ui.session import get_runner
+
+    job = get_runner().get(job_id)
+    assert job.kind == "merge"
+    recipe = yaml.safe_load(job.params["recipe_yaml"])
+    assert recipe["merge_method"] == "task_arithmetic" and len(recipe["models"]) == 3
+    assert job.params["output"].startswith(str(registered_home / "merges"))
+    (done,) = get_runner().wait([job_id], timeout=120)
+    assert done.status == "done", done.error
