@@ -7,7 +7,6 @@ each merge's weights into it and `ResidentModel.score` evaluates it under that m
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,29 +63,12 @@ def checkpoint_fingerprint(ref: str | Path) -> str:
     """The checkpoint's fingerprint as the merge engine defines it
     (`merging.open_checkpoint(ref).fingerprint`), so scores cached here are found again by the jobs
     layer under the same key."""
-    import merging
+    from merging import MergeError, open_checkpoint
 
-    opener = getattr(merging, "open_checkpoint", None)
-    if opener is None:
-        return _content_fingerprint(Path(ref))
     try:
-        return opener(ref).fingerprint
-    except Exception as err:  # merging raises its own MergeError family for unreadable checkpoints
+        return open_checkpoint(ref).fingerprint
+    except MergeError as err:
         raise EvaluationError(f"cannot fingerprint {ref}: {err}") from None
-
-
-def _content_fingerprint(path: Path) -> str:
-    """Used only while `merging.open_checkpoint` is not available: sha256 over config and weight bytes."""
-    if not path.is_dir():
-        raise EvaluationError(f"cannot fingerprint {path}: not a local checkpoint directory")
-    digest = hashlib.sha256()
-    for file in sorted(path.iterdir()):
-        if file.name == "config.json" or file.suffix in (".safetensors", ".bin"):
-            digest.update(file.name.encode())
-            with file.open("rb") as fh:
-                for block in iter(lambda fh=fh: fh.read(1 << 20), b""):
-                    digest.update(block)
-    return digest.hexdigest()[:32]
 
 
 def load_model(ref: str | Path, *, device: str = "auto", dtype: str | torch.dtype = "auto") -> LoadedModel:

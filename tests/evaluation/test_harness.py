@@ -151,3 +151,27 @@ def test_bad_batch_size_and_limit(family, zoo_root):
         evaluate(loaded.model, loaded.tokenizer, suite, fingerprint="x", model_name="x", limit=0)
     with pytest.raises(EvaluationError, match="has no tokenizer"):
         evaluate(loaded.model, None, suite, fingerprint="x", model_name="x")
+
+
+@pytest.mark.slow
+def test_engine_model_sink_into_resident_model(family, zoo_root, tmp_path):
+    """A task-arithmetic merge of base + one checkpoint at weight 1 is that checkpoint: written by the
+    engine's ModelSink into the resident base (no disk), it scores like the checkpoint loaded from disk."""
+    from merging import ModelSink, Recipe, run_merge
+
+    base, ft = family
+    suite = get_suite("zoo", zoo_root=zoo_root)
+    resident = ResidentModel(base, device="cpu")
+    recipe = Recipe.from_dict(
+        {
+            "merge_method": "task_arithmetic",
+            "base_model": str(base),
+            "models": [{"model": str(ft), "parameters": {"weight": 1.0}}],
+        }
+    )
+    result = run_merge(recipe, ModelSink(resident.model), device="cpu")
+    merged = resident.score(suite, fingerprint=result.fingerprint, batch_size=4)
+    loaded = load_model(ft)
+    direct = _score(loaded.model, loaded.tokenizer, suite, loaded.fingerprint)
+    assert [r.value for r in merged] == pytest.approx([r.value for r in direct])
+    assert {r.fingerprint for r in merged} == {result.fingerprint}
