@@ -7,7 +7,7 @@ and zoo through ui/.
 
 import streamlit as st
 
-from ui import sidebar
+from ui import session, sidebar
 
 st.set_page_config(page_title="MergeLab", page_icon=":material/merge:", layout="wide")
 
@@ -22,5 +22,6 @@ PAGES = [
 ]
 
 page = st.navigation(PAGES)
+session.sync_zoo()
 sidebar.render()
 page.run()

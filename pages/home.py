@@ -39,7 +39,7 @@ with guard("Workspace"):
         st.caption(jobs_view.zoo_summary(manifest))
     else:
         building = jobs_view.active_jobs(db, kind="build-zoo")
-        if building:
+        if not building.empty:
             st.info("The demo zoo is being built; follow it here or on the Jobs page.")
         else:
             st.write(

@@ -75,14 +75,17 @@ with guard("Merge"):
         if bases and f"{P}:base" not in st.session_state:
             st.session_state[f"{P}:base"] = bases[0]
         base = st.selectbox("Base model", bases, format_func=lambda r: label.get(r, r), key=f"{P}:base")
+    # Only checkpoints of the base's architecture are offered (the Models page shows why others refuse).
+    arch = dict(zip(registered.get("ref", []), registered.get("architecture", []), strict=False))
+    options = [r for r in checkpoints if r != base and (r in extra or arch.get(r) == arch.get(base))]
+    key = f"{P}:checkpoints"
+    if key not in st.session_state or st.session_state.get(f"{P}:base_prev") != base:
+        kept = [r for r in st.session_state.get(key, []) if r in options]
+        st.session_state[key] = kept or options[:3]
+    st.session_state[f"{P}:base_prev"] = base
     with c2:
-        if f"{P}:checkpoints" not in st.session_state:
-            st.session_state[f"{P}:checkpoints"] = [r for r in checkpoints if r != base][:3]
         chosen = st.multiselect(
-            "Checkpoints to merge",
-            [r for r in checkpoints if r != base],
-            format_func=lambda r: label.get(r, r),
-            key=f"{P}:checkpoints",
+            "Checkpoints to merge", options, format_func=lambda r: label.get(r, r), key=key
         )
     if f"{P}:method" not in st.session_state:
         st.session_state[f"{P}:method"] = "task_arithmetic"

@@ -102,3 +102,20 @@ def compatibility(base_ref: str, refs: list[str]) -> tuple[pd.DataFrame, pd.Data
         for c in [base, *cks]:
             c.close()
     return matrix, issues
+
+
+def register_zoo(db: Any, manifest: Any) -> int:
+    """Register every model of a built zoo that the store does not know yet; returns how many were added.
+
+    The build-zoo job only writes files; doing this on the app side means a zoo built by the CLI or by a
+    job shows up on the Models and Merge pages the next time any page runs.
+    """
+    known = set(db.models_df()["ref"]) if db.count("models") else set()
+    added = 0
+    for m in manifest.models:
+        ref = str(Path(manifest.root) / m.path)
+        if ref in known:
+            continue
+        register(db, ref, "base" if m.kind == "base" else "checkpoint", name=f"zoo {m.name}")
+        added += 1
+    return added

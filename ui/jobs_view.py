@@ -37,12 +37,13 @@ def active_jobs(db: Any, kind: str | None = None) -> pd.DataFrame:
 
 
 def zoo_summary(manifest: Any) -> str:
-    """One line about a built zoo, whatever shape its manifest has (dict or dataclass)."""
-    get = manifest.get if isinstance(manifest, dict) else lambda k, d=None: getattr(manifest, k, d)
-    checkpoints = get("checkpoints") or []
-    tasks = get("tasks") or []
-    bases = get("bases") or ([get("base")] if get("base") else [])
-    return f"{len(bases)} base model(s), {len(checkpoints)} checkpoints, {len(tasks)} tasks."
+    """One line about a built zoo: families, checkpoints per family, tasks and scale."""
+    families = list(manifest.families)
+    per_family = len(manifest.checkpoints(families[0])) if families else 0
+    return (
+        f"{len(families)} base model(s) ({', '.join(families)}), {per_family} checkpoints each, "
+        f"{len(manifest.tasks)} benchmark tasks ({', '.join(manifest.tasks)}); scale {manifest.scale}."
+    )
 
 
 def _job_card(row: pd.Series, key: str, show_log: bool) -> None:

@@ -89,3 +89,21 @@ def guard(context: str | None = None) -> Iterator[None]:
         yield
     except Exception as exc:  # noqa: BLE001 - this is the UI's last line of defence
         show_error(exc, context)
+
+
+def sync_zoo() -> None:
+    """Register a complete demo zoo's models once per zoo build (keyed by the manifest's mtime)."""
+    import zoo
+    from ui import catalog
+
+    root = workspace_home() / "zoo"
+    manifest_file = root / "zoo.json"
+    if not manifest_file.exists():
+        return
+    stamp = (str(root), manifest_file.stat().st_mtime_ns)
+    if st.session_state.get("_zoo_synced") == stamp:
+        return
+    with guard("Registering the demo zoo"):
+        if zoo.is_complete(root):
+            catalog.register_zoo(get_store(), zoo.load_manifest(root))
+            st.session_state["_zoo_synced"] = stamp
