@@ -22,9 +22,13 @@ def smallest_mask(a: torch.Tensor, j: int) -> torch.Tensor:
         return torch.ones_like(a, dtype=torch.bool)
     v = torch.kthvalue(a, j).values
     mask = a < v
-    need = j - int(mask.sum())
+    need = j - int(torch.count_nonzero(mask))
     eq = a == v
-    mask |= eq & (torch.cumsum(eq, 0, dtype=torch.int64) <= need)
+    if (
+        int(torch.count_nonzero(eq)) > need
+    ):  # ties at the threshold: keep the first `need` of them by position
+        eq &= torch.cumsum(eq, 0, dtype=torch.int64) <= need
+    mask |= eq
     return mask
 
 
