@@ -235,12 +235,20 @@ def _load(ck: Checkpoint, src: TensorSource, name: str, dev: torch.device) -> to
     if src.rows is not None:
         t = adjust_rows(t, src.rows)
     t = t.to(device=dev, dtype=torch.float32, copy=True)
-    if not bool(torch.isfinite(t).all()):
-        bad = int((~torch.isfinite(t)).sum())
+    bad = _count_nonfinite(t)
+    if bad:
         raise NonFiniteError(
             f"checkpoint {ck.ref!r}: tensor {name!r} holds {bad} NaN/Inf values; refusing to merge"
         )
     return t
+
+
+def _count_nonfinite(t: torch.Tensor) -> int:
+    """NaN/Inf entries. Fast path: a finite sum proves there are none (one pass, no bool temporary); only a
+    non-finite sum (NaN/Inf present, or a float32 overflow) pays for the exact count."""
+    if t.numel() == 0 or bool(torch.isfinite(t.sum())):
+        return 0
+    return int((~torch.isfinite(t)).sum())
 
 
 def _check_merged(merged: torch.Tensor, planned: PlannedTensor, method: str) -> torch.Tensor:
@@ -250,7 +258,7 @@ def _check_merged(merged: torch.Tensor, planned: PlannedTensor, method: str) -> 
             f"expected {planned.shape}"
         )
     merged = merged.float()
-    if not bool(torch.isfinite(merged).all()):
+    if _count_nonfinite(merged):
         raise NonFiniteError(
             f"method {method} produced NaN/Inf in tensor {planned.name!r}; "
             "check its parameters (e.g. weights summing to 0)"

@@ -2,8 +2,9 @@
 
 Per tensor: ‖τ_i‖₂, ‖Δ‖₂ (Δ = θ_merged − θ0), pairwise cos(τ_i, τ_j), the sign-conflict rate and, for chosen
 matrices, singular spectra of each τ_i and of Δ. Whole model: the same norms and cosines over all tensors
-together (accumulated Gram matrix), ‖θ_merged − θ0‖₂ being the paper's Figure 4 quantity. Sums are
-accumulated in float64; every number handed out is a plain Python float.
+together (accumulated Gram matrix), ‖θ_merged − θ0‖₂ being the paper's Figure 4 quantity. Per-tensor dot
+products are float32 BLAS dots (no temporaries); sums across tensors are float64; every number handed out is
+a plain Python float.
 """
 
 from __future__ import annotations
@@ -136,13 +137,13 @@ class GeometryRecorder:
         gram = [[0.0] * self.n for _ in range(self.n)]
         for i in range(self.n):
             for j in range(i, self.n):
-                v = float((taus[i] * taus[j]).sum(dtype=torch.float64))
+                v = float(torch.dot(taus[i].reshape(-1), taus[j].reshape(-1)))
                 gram[i][j] = gram[j][i] = v
                 self._gram[i][j] += v
                 if i != j:
                     self._gram[j][i] += v
         delta = merged - base
-        delta_sq = float((delta * delta).sum(dtype=torch.float64))
+        delta_sq = float(torch.dot(delta.reshape(-1), delta.reshape(-1)))
         self._delta_sq += delta_sq
         numel = base.numel()
         stats = TensorStats(

@@ -224,3 +224,25 @@ def test_pickle_checkpoint_merges_only_when_allowed(tmp_path, tiny_llama_family,
     r2 = recipe("task_arithmetic", base, [cks[0], cks[1]], {"weight": 1.0})  # the .bin holds cks[1]'s weights
     plain = weights(run_merge(r2, DirectorySink(tmp_path / "c")).output_path)
     assert all(torch.equal(with_bin[n], plain[n]) for n in plain)
+
+
+@pytest.mark.gpu
+def test_cuda_matches_cpu_for_deterministic_methods(tmp_path, tiny_llama_family):
+    base, cks = tiny_llama_family
+    r = recipe("ties", base, cks, {"weight": 0.6, "density": 0.5})
+    cpu = run_merge(r, DirectorySink(tmp_path / "cpu"), device="cpu")
+    gpu = run_merge(r, DirectorySink(tmp_path / "gpu"), device="cuda", spectra="all")
+    assert gpu.device.startswith("cuda") and gpu.fingerprint == cpu.fingerprint
+    a, b = weights(cpu.output_path), weights(gpu.output_path)
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-5)
+    assert gpu.stats.model_delta_norm == pytest.approx(cpu.stats.model_delta_norm, rel=1e-4)
+
+
+@pytest.mark.gpu
+def test_cuda_dare_reproducible(tmp_path, tiny_llama_family):
+    base, cks = tiny_llama_family
+    r = recipe("dare_ties", base, cks, {"weight": 1.0, "density": 0.3}, seed=3)
+    a = weights(run_merge(r, DirectorySink(tmp_path / "a"), device="cuda").output_path)
+    b = weights(run_merge(r, DirectorySink(tmp_path / "b"), device="cuda").output_path)
+    assert all(torch.equal(a[n], b[n]) for n in a)
