@@ -38,8 +38,18 @@ def uses_svd(name: str, t: torch.Tensor) -> bool:
 
 
 def svd(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Thin SVD in float32 (batched over leading dims); U, S, Vh with S descending."""
-    return torch.linalg.svd(a.float(), full_matrices=False)
+    """Thin SVD in float32 (batched over leading dims); U, S, Vh with S descending.
+
+    On CUDA the default (iterative) driver can fail to converge on ill-conditioned task vectors; like the
+    paper's fork, retry with the slower but robust gesvd driver.
+    """
+    a = a.float()
+    try:
+        return torch.linalg.svd(a, full_matrices=False)
+    except torch.linalg.LinAlgError:
+        if a.device.type != "cuda":
+            raise
+        return torch.linalg.svd(a, full_matrices=False, driver="gesvd")
 
 
 def polar(a: torch.Tensor) -> torch.Tensor:
