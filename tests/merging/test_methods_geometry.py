@@ -251,3 +251,16 @@ def test_subspace_boosting_skips_vectors():
 def test_subspace_boosting_zero_delta_stays_zero():
     base = torch.ones(3, 3)
     assert_close(merge("task_arithmetic_sb", base, [base.clone()], {"weight": 1.0}), base)
+
+
+@pytest.mark.parametrize("shape", [(5, 9), (9, 5), (3, 5, 9)])
+def test_svd_helper_wide_tall_and_batched(shape):
+    from merging.methods.subspace import svd
+
+    a = torch.arange(math.prod(shape), dtype=torch.float32).reshape(shape).sin()
+    u, s, vh = svd(a)
+    assert_close((u * s.unsqueeze(-2)) @ vh, a, atol=1e-5, rtol=1e-5)
+    eye = torch.eye(s.shape[-1]).expand(*s.shape[:-1], -1, -1)
+    assert_close(u.mT @ u, eye, atol=1e-5, rtol=1e-5)
+    assert_close(vh @ vh.mT, eye, atol=1e-5, rtol=1e-5)
+    assert bool((s[..., :-1] >= s[..., 1:]).all())
