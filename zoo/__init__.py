@@ -1,0 +1,29 @@
+"""The MergeLab demo zoo: two tiny base models (Llama and Qwen3 architectures), 12 heterogeneous
+checkpoints fine-tuned from each, and the `zoo` benchmark suite, all built offline on CPU.
+
+Public face (imports no other project package):
+    build_zoo(root=None, *, seed=0, families=("llama", "qwen3"), scale="full", on_progress=None,
+              should_cancel=None) -> Manifest
+    load_manifest(root=None) -> Manifest | None     is_complete(root=None) -> bool
+    default_root() -> Path                           tasks_dir(root=None) -> Path
+    TASKS                                            Manifest, ModelEntry, ZooError, BuildCancelled
+"""
+
+from zoo.build import build_zoo
+from zoo.manifest import Manifest, ModelEntry, ZooError, default_root, is_complete, load_manifest, tasks_dir
+from zoo.tasks import TASKS
+from zoo.train import FAMILIES, BuildCancelled
+
+__all__ = [
+    "FAMILIES",
+    "TASKS",
+    "BuildCancelled",
+    "Manifest",
+    "ModelEntry",
+    "ZooError",
+    "build_zoo",
+    "default_root",
+    "is_complete",
+    "load_manifest",
+    "tasks_dir",
+]
