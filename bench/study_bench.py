@@ -33,17 +33,8 @@ def _zoo_pool(zoo_root: Path, family: str) -> tuple[str, list[str]]:
         print(f"building the demo zoo under {zoo_root} ...", flush=True)
         zoo.build_zoo(zoo_root, scale="full")
     manifest = zoo.load_manifest(zoo_root)
-    data = manifest if isinstance(manifest, dict) else vars(manifest)
-    fam = data.get("families", data).get(family) if isinstance(data.get("families", data), dict) else None
-    if fam is None:
-        raise SystemExit(f"no family {family!r} in the zoo manifest under {zoo_root}; pass --base and --pool")
-    fam = fam if isinstance(fam, dict) else vars(fam)
-    base = fam.get("base")
-    cks = fam.get("checkpoints")
-    resolve = lambda p: str(p if Path(p).is_absolute() else zoo_root / p)  # noqa: E731
-    return resolve(base if isinstance(base, str) else base["path"]), [
-        resolve(c if isinstance(c, str) else c["path"]) for c in cks
-    ]
+    cks = [str(zoo_root / m.path) for m in manifest.models if m.family == family and m.kind != "base"]
+    return str(manifest.base_dir(family)), cks
 
 
 def _tiny_pool(root: Path, n: int) -> tuple[str, list[str], Path]:
@@ -59,7 +50,7 @@ def main() -> int:
     ap.add_argument("--base")
     ap.add_argument("--pool", help="comma-separated checkpoints")
     ap.add_argument("--zoo-root", default=os.environ.get("MERGELAB_HOME", "workspace") + "/zoo")
-    ap.add_argument("--family", default="zoo-llama")
+    ap.add_argument("--family", default="llama", help="zoo family (the zoo-llama models)")
     ap.add_argument("--methods", help="default: the paper's seven")
     ap.add_argument("--sizes", default="2,4,6,8,10,12")
     ap.add_argument("--subsets", type=int, default=5)

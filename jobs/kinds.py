@@ -248,22 +248,16 @@ def run_build_zoo_job(ctx: JobContext, params: dict[str, Any]) -> dict[str, Any]
     root = Path(params.get("root") or workspace_dir() / "zoo")
     started = time.perf_counter()
 
-    def progress(*args) -> None:
-        fraction = next((a for a in args if isinstance(a, float)), None)
-        message = next((a for a in args if isinstance(a, str)), None)
-        if fraction is None and args and hasattr(args[0], "fraction"):
-            fraction = float(args[0].fraction)
-        if fraction is not None:
-            ctx.progress(fraction, message)
-        if message:
-            ctx.log(message)
+    def progress(done: int, total: int, message: str) -> None:
+        ctx.progress(done / max(1, total), message)
+        ctx.log(message)
 
     try:
         zoo.build_zoo(
             root, scale=params.get("scale", "full"), on_progress=progress, should_cancel=ctx.should_cancel
         )
     except Exception as exc:
-        if type(exc).__name__ in ("BuildCancelled", "ZooCancelled"):
+        if isinstance(exc, zoo.BuildCancelled):
             raise JobCancelled(str(exc)) from exc
         raise
     return {"root": str(root), "seconds": round(time.perf_counter() - started, 1)}
