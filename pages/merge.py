@@ -177,6 +177,18 @@ with guard("Merge"):
             get_runner(), recipe, save=save, output=output, suite=suite, limit=limit, spectra=spectra
         )
         st.session_state[f"{P}:last_job"] = job_id
+        st.session_state[f"{P}:ref_jobs"] = []
+        if suite:
+            refs = {r: label.get(r, r) for r in [base, *chosen]}
+            kinds = {r: ("base" if r == base else "checkpoint") for r in refs}
+            st.session_state[f"{P}:ref_jobs"] = launch.submit_reference_scores(
+                get_runner(), db, refs, kinds, suite=suite, limit=limit
+            )
     if st.session_state.get(f"{P}:last_job"):
         st.success(f"Launched job `{st.session_state[f'{P}:last_job']}`.")
+        if st.session_state.get(f"{P}:ref_jobs"):
+            n = len(st.session_state[f"{P}:ref_jobs"])
+            st.caption(
+                f"Also queued {n} evaluation(s) of the base and checkpoints not yet scored on this suite."
+            )
         st.page_link("pages/jobs.py", label="Follow it on the Jobs page", icon=":material/pending_actions:")

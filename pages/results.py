@@ -97,6 +97,11 @@ with guard("Results"):
         )
     if best:
         m3.metric("Best checkpoint", f"{best[1]:.4f}", f"{merged_avg - best[1]:+.4f} merge vs best")
+    if not len(base_avg) or not best:
+        st.caption(
+            "The base or the checkpoints have no scores on this suite yet; merges launched with *Evaluate "
+            "now* queue their scoring, and the comparison appears here once those jobs are done."
+        )
     st.plotly_chart(
         charts.score_bars(subset, base=base_name, best=best_name, title="Score per task"), key="results:bars"
     )
@@ -113,5 +118,8 @@ with guard("Results"):
         if base_fp:
             rows.append(scores[scores["fingerprint"] == base_fp].assign(model=f"{base_name} (base)"))
         matrix = charts.score_matrix(pd.concat(rows, ignore_index=True))
-        st.dataframe(matrix.style.format("{:.4f}").highlight_max(axis=1, color="#d4edda"))
+        styled = matrix.style.format("{:.4f}")
+        if matrix.shape[1] > 1:
+            styled = styled.highlight_max(axis=1, color="#d4edda")
+        st.dataframe(styled)
         _download(matrix.reset_index(), "mergelab_comparison", "cmp")

@@ -116,6 +116,6 @@ def register_zoo(db: Any, manifest: Any) -> int:
         ref = str(Path(manifest.root) / m.path)
         if ref in known:
             continue
-        register(db, ref, "base" if m.kind == "base" else "checkpoint", name=f"zoo {m.name}")
+        register(db, ref, "base" if m.kind == "base" else "checkpoint", name=m.name)
         added += 1
     return added

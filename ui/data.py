@@ -92,6 +92,16 @@ def layer_label(layer: Any, kind: Any, tensor: str) -> str:
     return str(kind or tensor)
 
 
+_OUTSIDE_ORDER = {"embed": 0, "norm": 2, "head": 3}
+
+
+def depth_key(label: str) -> tuple[int, int, str]:
+    """Network order for layer labels: embedding, decoder layers by index, final norm, head, the rest."""
+    if label.startswith("layer "):
+        return (1, int(label.split()[1]), label)
+    return (_OUTSIDE_ORDER.get(label, 4), 0, label)
+
+
 def layer_norms(tensor_stats: pd.DataFrame, checkpoints: Sequence[str]) -> pd.DataFrame:
     """Per (checkpoint, layer) task-vector L2 norm: sqrt of the sum of squared per-tensor norms.
 
@@ -112,7 +122,7 @@ def layer_norms(tensor_stats: pd.DataFrame, checkpoints: Sequence[str]) -> pd.Da
     df = pd.DataFrame(rows, columns=["model", "layer", "norm"])
     if df.empty:
         return df
-    df["layer"] = pd.Categorical(df["layer"], categories=order, ordered=True)
+    df["layer"] = pd.Categorical(df["layer"], categories=sorted(order, key=depth_key), ordered=True)
     return df.sort_values(["layer", "model"], kind="stable").assign(layer=lambda d: d["layer"].astype(str))
 
 
@@ -132,7 +142,11 @@ def sign_conflicts(tensor_stats: pd.DataFrame) -> pd.DataFrame:
         rows[label][0] += weight * float(rate)
         rows[label][1] += weight
     return pd.DataFrame(
-        [{"layer": lay, "rate": rows[lay][0] / rows[lay][1]} for lay in order if rows[lay][1] > 0],
+        [
+            {"layer": lay, "rate": rows[lay][0] / rows[lay][1]}
+            for lay in sorted(order, key=depth_key)
+            if rows[lay][1] > 0
+        ],
         columns=["layer", "rate"],
     )
 

@@ -59,6 +59,39 @@ def submit_merge(
     return runner.submit("merge+evaluate" if suite else "merge", params)
 
 
+def submit_reference_scores(
+    runner: Any,
+    db: Any,
+    refs: dict[str, str],
+    kinds: dict[str, str],
+    *,
+    suite: str,
+    limit: int | None = None,
+) -> list[str]:
+    """Queue "evaluate" jobs for the base and checkpoints of a merge that have no score on `suite` yet, so
+    Results can set the merge against its base and its best checkpoint. Returns the job ids queued.
+
+    `refs` maps ref -> display name and `kinds` ref -> base/checkpoint. Models already scored on the suite,
+    or with an evaluate job queued or running for the same suite, are skipped.
+    """
+    models = db.models_df()
+    fp_of = dict(zip(models["ref"], models["fingerprint"], strict=False)) if len(models) else {}
+    scored = set(db.eval_rows_df(suite=suite)["fingerprint"]) if db.count("eval_rows") else set()
+    pending = set()
+    for job in db.jobs_with_status("queued", "running"):
+        if job.kind == "evaluate" and job.params.get("suite") == suite:
+            pending.add(job.params.get("model"))
+    queued = []
+    for ref, name in refs.items():
+        if fp_of.get(ref) in scored or ref in pending:
+            continue
+        params: dict[str, Any] = {"model": ref, "suite": suite, "model_name": name, "model_kind": kinds[ref]}
+        if limit:
+            params["limit"] = int(limit)
+        queued.append(runner.submit("evaluate", params))
+    return queued
+
+
 def default_spectra(
     tensor_names: list[str], per_layer: tuple[str, ...] = ("mlp.down_proj", "self_attn.q_proj")
 ) -> list[str]:

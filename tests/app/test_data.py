@@ -142,3 +142,8 @@ def test_study_and_merge_submissions_refuse_impossible_requests():
         )
     with pytest.raises(ValueError, match="at least one"):
         launch.submit_merge(None, None, save=False, suite=None)
+
+
+def test_depth_order_puts_embedding_first_and_head_last():
+    labels = ["head", "layer 10", "norm", "layer 02", "embed"]
+    assert sorted(labels, key=data.depth_key) == ["embed", "layer 02", "layer 10", "norm", "head"]
