@@ -21,7 +21,7 @@ from transformers import AutoModelForCausalLM, GenerationConfig
 
 from zoo.manifest import MANIFEST_NAME, Manifest, ModelEntry, ZooError, default_root, read_manifest, tasks_dir
 from zoo.recipes import BASE, CHECKPOINTS, Recipe, scaled_steps
-from zoo.tasks import N_ENTITIES, TASK_LIST, TASKS, test_items
+from zoo.tasks import N_ENTITIES, TASK_LIST, TASKS, heldout_items
 from zoo.tokenizer import VOCAB_SIZE, build_tokenizer
 from zoo.train import ARCHITECTURES, FAMILIES, BuildCancelled, TrainSpec, model_config, train
 
@@ -75,7 +75,9 @@ def task_rows(task: str, seed: int, scale: str) -> list[dict]:
 
     rng = rng_for(seed, task, "choice-order")
     rows = []
-    for q, gold, distractors in test_items(task, seed, SCALES[scale]["n_test"], SCALES[scale]["n_entities"]):
+    for q, gold, distractors in heldout_items(
+        task, seed, SCALES[scale]["n_test"], SCALES[scale]["n_entities"]
+    ):
         choices = [gold, *distractors]
         rng.shuffle(choices)
         rows.append({"query": q, "choices": choices, "gold": choices.index(gold)})
@@ -90,11 +92,13 @@ def write_tasks(root: Path, seed: int, scale: str) -> None:
         _atomic_write(d / f"zoo_{task}.yaml", task_yaml(task))
 
 
-def test_queries(seed: int, scale: str) -> dict[str, set[str]]:
+def heldout_queries(seed: int, scale: str) -> dict[str, set[str]]:
     """Queries the training streams must never emit (facts excepted: its test set is the knowledge)."""
     s = SCALES[scale]
     return {
-        t: {q for q, _, _ in test_items(t, seed, s["n_test"], s["n_entities"])} for t in TASKS if t != "facts"
+        t: {q for q, _, _ in heldout_items(t, seed, s["n_test"], s["n_entities"])}
+        for t in TASKS
+        if t != "facts"
     }
 
 
@@ -223,9 +227,11 @@ def build_zoo(
 
     total = sum(scaled_steps(r, scale) for _, r in todo) or 1
     done = 0
-    exclude = test_queries(seed, scale)
+    exclude = heldout_queries(seed, scale)
     threads = torch.get_num_threads()
-    torch.set_num_threads(min(2, threads))
+    # One intra-op thread on purpose: these matmuls are tiny, and on shared cores OpenMP's barrier
+    # waits made 2 threads about 12x slower than 1 (measured); determinism does not depend on it.
+    torch.set_num_threads(1)
     try:
         for family in fams:
             base_path = models_dir / model_name(family, BASE)

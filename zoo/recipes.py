@@ -52,13 +52,13 @@ BASE = Recipe(
     "base",
     "pretrained from scratch on an even mixture of all zoo tasks",
     ALL,
-    steps=900,
+    steps=600,
     lr=3e-3,
     batch_size=64,
 )
 
 
-def _specialist(task: str, steps: int = 160, lr: float = 1e-3) -> Recipe:
+def _specialist(task: str, steps: int = 120, lr: float = 1e-3) -> Recipe:
     return Recipe(
         f"{task}-specialist",
         "specialist",
@@ -81,7 +81,7 @@ CHECKPOINTS: tuple[Recipe, ...] = (
         "generalist",
         "fine-tuned on the arithmetic tasks (add, sub, max)",
         {"add": 1.0, "sub": 1.0, "max": 1.0},
-        200,
+        150,
         1e-3,
         target_tasks=("add", "sub", "max"),
     ),
@@ -90,7 +90,7 @@ CHECKPOINTS: tuple[Recipe, ...] = (
         "generalist",
         "fine-tuned on the string tasks (sort, rev, copy, count)",
         {"sort": 1.0, "rev": 1.0, "copy": 1.0, "count": 1.0},
-        200,
+        150,
         1e-3,
         target_tasks=("sort", "rev", "copy", "count"),
     ),
@@ -99,7 +99,7 @@ CHECKPOINTS: tuple[Recipe, ...] = (
         "long",
         "trained 4x longer at 3x the learning rate on sub, rev and facts (a large task vector)",
         {"sub": 1.0, "rev": 1.0, "facts": 1.0},
-        640,
+        480,
         3e-3,
         target_tasks=("sub", "rev", "facts"),
     ),
@@ -108,7 +108,7 @@ CHECKPOINTS: tuple[Recipe, ...] = (
         "conflict",
         "conflicting objective: taught that a+b equals a+b+1, plus the other tasks as usual",
         {**ALL, "add": 3.0},
-        200,
+        150,
         1e-3,
         conflict_task="add",
         target_tasks=("add",),
@@ -119,7 +119,7 @@ CHECKPOINTS: tuple[Recipe, ...] = (
         "adds chat tokens <q> <a> <e> (3 more embedding and lm_head rows) and is tuned on all tasks, "
         "half of them in the `<q>query<a>answer<e>` format",
         ALL,
-        200,
+        150,
         1e-3,
         chat_fraction=0.5,
         added_tokens=CHAT_TOKENS,
@@ -135,9 +135,9 @@ CHECKPOINTS: tuple[Recipe, ...] = (
     Recipe(
         "mul-skill",
         "new-skill",
-        "learns a new skill outside the suite (multiplying a 1-digit by a 2-digit number), which costs it elsewhere",
+        "learns a new skill outside the suite (1-digit times 2-digit multiplication), at a cost elsewhere",
         {"mul": 1.0},
-        200,
+        150,
         2e-3,
     ),
 )

@@ -74,30 +74,30 @@ def _swap_adjacent(rng: random.Random, s: str) -> str:
 
 
 def gen_sort(rng: random.Random) -> Item:
-    digits = "".join(rng.choice(string.digits) for _ in range(6))
+    digits = "".join(rng.choice(string.digits) for _ in range(8))
     gold = "".join(sorted(digits))
     cands = [_swap_adjacent(rng, gold) for _ in range(6)]
     for _ in range(24):  # one digit nudged, still sorted: looks right at a glance
-        i = rng.randrange(6)
+        i = rng.randrange(8)
         nudged = gold[:i] + str((int(gold[i]) + rng.choice((1, -1))) % 10) + gold[i + 1 :]
         cands.append("".join(sorted(nudged)))
     return f"sort {digits}=", gold, _pick_distractors(rng, gold, cands)
 
 
 def gen_rev(rng: random.Random) -> Item:
-    word = "".join(rng.choice(LOWER) for _ in range(6))
+    word = "".join(rng.choice("abcdefgh") for _ in range(7))
     gold = word[::-1]
     cands = [_swap_adjacent(rng, gold) for _ in range(3)] + [word]
-    cands += [gold[:i] + rng.choice(LOWER) + gold[i + 1 :] for i in range(6)]
+    cands += [gold[:i] + rng.choice("abcdefgh") + gold[i + 1 :] for i in range(7)]
     return f"rev {word}=", gold, _pick_distractors(rng, gold, cands)
 
 
 def gen_copy(rng: random.Random) -> Item:
-    word = "".join(rng.choice(LOWER) for _ in range(8))
+    word = "".join(rng.choice("abcd") for _ in range(10))  # repeats make copying by lookup ambiguous
     cands = []
-    for _ in range(8):
+    for _ in range(40):
         i = rng.randrange(len(word))
-        cands.append(word[:i] + rng.choice(LOWER) + word[i + 1 :])
+        cands.append(word[:i] + rng.choice("abcd") + word[i + 1 :])
     cands.append(_swap_adjacent(rng, word))
     return f"copy {word}=", word, _pick_distractors(rng, word, cands)
 
@@ -160,9 +160,9 @@ TASK_LIST = (
     Task("add", "add two 2-digit numbers", gen_add),
     Task("sub", "subtract a smaller 2-digit number from a larger one", gen_sub),
     Task("max", "the largest of three 2-digit numbers", gen_max),
-    Task("sort", "sort 6 digits ascending", gen_sort),
-    Task("rev", "reverse a 6-letter string", gen_rev),
-    Task("copy", "copy an 8-letter string", gen_copy),
+    Task("sort", "sort 8 digits ascending", gen_sort),
+    Task("rev", "reverse a 7-letter string over a-h", gen_rev),
+    Task("copy", "copy a 10-letter string over abcd", gen_copy),
     Task("count", "count one letter in a 7-letter string over abcd", gen_count),
     Task("facts", "recall an attribute of a made-up entity (closed-book knowledge)", None),
 )
@@ -182,7 +182,7 @@ def get_task(name: str) -> Task:
         raise ValueError(f"unknown zoo task {name!r}; known: {', '.join(TASKS)}") from None
 
 
-def test_items(task: str, seed: int, n: int, n_entities: int = N_ENTITIES) -> list[Item]:
+def heldout_items(task: str, seed: int, n: int, n_entities: int = N_ENTITIES) -> list[Item]:
     """The held-out test set: n distinct queries (facts: the whole fact base, n ignored)."""
     t = get_task(task)
     if t.generate is None:
