@@ -88,9 +88,17 @@ def score_bars(
     models = list(dict.fromkeys(scores["model"]))
     others = [m for m in models if m not in (base, best)]
     order = [m for m in (base, best) if m in models] + others
-    for i, model in enumerate(order):
+    others_palette = [c for c in PALETTE if c not in (BASE_COLOR, BEST_COLOR)]
+    for model in order:
         rows = scores[scores["model"] == model]
-        color = BASE_COLOR if model == base else BEST_COLOR if model == best else PALETTE[i % len(PALETTE)]
+        k = others.index(model) if model in others else 0
+        color = (
+            BASE_COLOR
+            if model == base
+            else BEST_COLOR
+            if model == best
+            else others_palette[k % len(others_palette)]
+        )
         label = (
             f"{model} (base)" if model == base else f"{model} (best checkpoint)" if model == best else model
         )

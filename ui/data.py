@@ -203,16 +203,16 @@ def spectra_long(spectra: pd.DataFrame, tensor: str, checkpoints: Sequence[str])
 
 
 def merge_table(merges: pd.DataFrame, averages: pd.DataFrame, models: pd.DataFrame) -> pd.DataFrame:
-    """One row per merge for the Results page: id, method, n, base, checkpoints, status, score, vs base."""
+    """One row per merge for the Results page: id, method, n, score, vs base, status, base, checkpoints."""
     cols = [
         "id",
         "method",
         "n",
-        "base",
-        "checkpoints",
-        "status",
         "average",
         "vs_base",
+        "status",
+        "base",
+        "checkpoints",
         "study_id",
         "started_at",
     ]

@@ -30,6 +30,7 @@ def test_score_bars_orders_base_and_best_first_with_fixed_colours():
     assert fig.data[0].marker.color == charts.BASE_COLOR
     assert fig.data[1].marker.color == charts.BEST_COLOR
     assert list(fig.data[2].y) == [0.5, 0.6]
+    assert fig.data[2].marker.color not in (charts.BASE_COLOR, charts.BEST_COLOR)
     assert fig.layout.barmode == "group"
 
 
