@@ -54,7 +54,7 @@ with guard("Models"):
         finally:
             ck.close()
         c = st.columns(5)
-        c[0].metric("Architecture", info["architecture"] or "?")
+        c[0].markdown(f"Architecture  \n**{info['architecture'] or '?'}**")
         c[1].metric("Parameters", f"{info['num_parameters']:,}")
         c[2].metric("dtype", info["dtype"] or "?")
         c[3].metric("Vocabulary", info["vocab_size"] or "?")
@@ -76,6 +76,7 @@ with guard("Models"):
         with guard("Compatibility check"):
             matrix, issues = catalog.compatibility(base_ref, chosen)
             matrix.insert(0, "name", [label.get(r, r) for r in matrix["checkpoint"]])
+            matrix = matrix.drop(columns=["checkpoint"])
             colors = {"ok": "#d4edda", "adjusted": "#fff3cd", "refused": "#f8d7da"}
             st.dataframe(
                 matrix.style.map(lambda v: f"background-color: {colors.get(v, '')}", subset=["status"]),

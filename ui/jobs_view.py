@@ -8,6 +8,7 @@ script thread ever calls `st.*`.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pandas as pd
@@ -46,6 +47,26 @@ def zoo_summary(manifest: Any) -> str:
     )
 
 
+def describe_job(kind: str, params: dict) -> str:
+    """One human line about what a job works on (which model, which method, which study)."""
+    if kind == "evaluate":
+        return f"{params.get('model_name') or params.get('model', '?')} on suite {params.get('suite', '?')}"
+    if kind in ("merge", "merge+evaluate"):
+        text = str(params.get("recipe_yaml", ""))
+        method = next(
+            (ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("merge_method:")), "?"
+        )
+        n = sum(1 for ln in text.splitlines() if ln.strip().startswith("- model:"))
+        suite = f", scored on {params['suite']}" if params.get("suite") else ""
+        return f"{method} of {n} checkpoint(s){suite}"
+    if kind == "study":
+        pool = len(params.get("pool") or [])
+        return f"{params.get('name', 'study')}: {pool} checkpoints, suite {params.get('suite')}"
+    if kind == "build-zoo":
+        return f"demo zoo ({params.get('scale', 'full')}) in {params.get('root', 'the workspace')}"
+    return ""
+
+
 def _job_card(row: pd.Series, key: str, show_log: bool) -> None:
     runner = get_runner()
     status = row["status"]
@@ -53,6 +74,11 @@ def _job_card(row: pd.Series, key: str, show_log: bool) -> None:
         head, buttons = st.columns([5, 2])
         with head:
             st.markdown(f"{STATUS_ICON.get(status, '')} **{row['kind']}** · `{row['id']}` · {status}")
+            try:
+                params = json.loads(row.get("params_json") or "{}")
+            except (TypeError, ValueError):
+                params = {}
+            st.caption(describe_job(str(row["kind"]), params))
             progress = float(row["progress"] or 0.0)
             if status in ACTIVE or status == "done":
                 st.progress(min(max(progress, 0.0), 1.0), text=str(row["message"] or status))

@@ -147,3 +147,14 @@ def test_study_and_merge_submissions_refuse_impossible_requests():
 def test_depth_order_puts_embedding_first_and_head_last():
     labels = ["head", "layer 10", "norm", "layer 02", "embed"]
     assert sorted(labels, key=data.depth_key) == ["embed", "layer 02", "layer 10", "norm", "head"]
+
+
+def test_job_descriptions_name_what_the_job_works_on():
+    from ui.jobs_view import describe_job
+
+    recipe = "models:\n- model: /a\n- model: /b\nmerge_method: ties\n"
+    assert (
+        describe_job("merge+evaluate", {"recipe_yaml": recipe, "suite": "zoo"})
+        == "ties of 2 checkpoint(s), scored on zoo"
+    )
+    assert describe_job("evaluate", {"model": "/m/x", "model_name": "x", "suite": "zoo"}) == "x on suite zoo"
