@@ -46,7 +46,7 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 def format_table(rows: dict[str, dict[str, float]], tasks: list[str]) -> str:
     """A markdown table: one row per model, one column per task (accuracy in %), and the suite mean."""
-    head = "| model | " + " | ".join(tasks) + " | mean |"
+    head = "| model | " + " | ".join(t.removeprefix("zoo_") for t in tasks) + " | mean |"
     lines = [head, "|" + "---|" * (len(tasks) + 2)]
     for name, accs in rows.items():
         vals = [accs[t] * 100 for t in tasks]  # fractions in, percent out

@@ -46,12 +46,15 @@ class Recipe:
 
 
 ALL = {t: 1.0 for t in TASKS}
+# Pretraining leans away from the tasks a tiny transformer masters fastest (sort, rev), so the base ends
+# clearly above chance and clearly below perfect on every task.
+PRETRAIN = {**ALL, "sub": 1.5, "dsum": 1.5, "count": 1.5, "facts": 1.5, "sort": 0.5, "rev": 0.6}
 
 BASE = Recipe(
     "base",
     "base",
-    "pretrained from scratch on an even mixture of all zoo tasks",
-    ALL,
+    "pretrained from scratch on a mixture of all zoo tasks",
+    PRETRAIN,
     steps=600,
     lr=3e-3,
     batch_size=64,
@@ -79,20 +82,20 @@ CHECKPOINTS: tuple[Recipe, ...] = (
     Recipe(
         "arith-generalist",
         "generalist",
-        "fine-tuned on the arithmetic tasks (add, sub, max)",
-        {"add": 1.0, "sub": 1.0, "max": 1.0},
+        "fine-tuned on the arithmetic tasks (add, sub, max, dsum)",
+        {"add": 1.0, "sub": 1.0, "max": 1.0, "dsum": 1.0},
         150,
         1e-3,
-        target_tasks=("add", "sub", "max"),
+        target_tasks=("add", "sub", "max", "dsum"),
     ),
     Recipe(
         "strings-generalist",
         "generalist",
-        "fine-tuned on the string tasks (sort, rev, copy, count)",
-        {"sort": 1.0, "rev": 1.0, "copy": 1.0, "count": 1.0},
+        "fine-tuned on the string tasks (sort, rev, count)",
+        {"sort": 1.0, "rev": 1.0, "count": 1.0},
         150,
         1e-3,
-        target_tasks=("sort", "rev", "copy", "count"),
+        target_tasks=("sort", "rev", "count"),
     ),
     Recipe(
         "marathon",

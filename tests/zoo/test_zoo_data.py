@@ -54,8 +54,8 @@ def _solve(task: str, query: str, seed: int) -> str:
         return "".join(sorted(arg))
     if task == "rev":
         return arg[::-1]
-    if task == "copy":
-        return arg
+    if task == "dsum":
+        return str(sum(map(int, arg)))
     if task == "count":
         letter, _, word = arg.split(" ")
         return str(word.count(letter))
@@ -76,7 +76,8 @@ def test_test_items_are_correct_with_same_length_distractors(task):
 
 def test_hand_computed_items():
     assert _solve("add", "75+23=", 0) == "98"
-    assert heldout_items("add", 0, 1)[0][:2] == ("75+23=", "98")
+    assert heldout_items("add", 0, 1)[0][:2] == ("75+3=", "78")
+    assert _solve("dsum", "dsum 386=", 0) == "17"
     assert _solve("count", "count c in dadbdaa=", 0) == "0"
 
 
@@ -99,8 +100,8 @@ def test_jsonl_rows_and_yaml_follow_the_lm_eval_contract():
     rows = task_rows("add", 0, "full")
     assert len(rows) == 240
     first = rows[0]
-    assert first["query"] == "75+23=" and first["choices"][first["gold"]] == "98"
-    assert sorted(first["choices"]) == ["88", "89", "98", "99"]
+    assert first["query"] == "75+3=" and first["choices"][first["gold"]] == "78"
+    assert sorted(first["choices"]) == ["69", "75", "78", "88"]
     assert json.loads(json.dumps(first)) == first
     cfg = yaml.safe_load(task_yaml("add"))
     assert cfg["task"] == "zoo_add" and cfg["tag"] == "zoo"
