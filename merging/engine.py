@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import secrets
 import time
 import zlib
@@ -24,9 +25,10 @@ import torch
 
 from merging.checkpoint import Checkpoint, open_checkpoint, parse_dtype
 from merging.compat import CompatReport, TensorSource, adjust_rows, check_compatibility
-from merging.errors import DeviceError, MergeCancelled, NonFiniteError, RecipeError
+from merging.errors import DeviceError, MergeCancelled, RecipeError
 from merging.geometry import GeometryRecorder, MergeStats, wants_spectrum
-from merging.methods.base import TensorInputs
+from merging.memory import Workspace, keep_freed_memory
+from merging.methods.base import ModelsFromTaskVectors, TensorInputs
 from merging.plan import MergePlan, PlannedTensor
 from merging.progress import Progress
 from merging.recipe import Recipe, canonical_dtype, validate_recipe
@@ -176,31 +178,51 @@ def run_merge(
 
         sink.begin(reference, used, plan)
         try:
-            recorder = GeometryRecorder(len(models), spectra)
+            recorder = GeometryRecorder(
+                len(models), spectra, labels=[m.ref for m in models], base_label=reference.ref
+            )
             bytes_read = bytes_written = 0
+            keep_freed_memory()
+            workspace = Workspace(dev)
+            workspace.reserve((len(models) + 1) * max((math.prod(t.shape) for t in plan.tensors), default=0))
             for done, planned in enumerate(plan.tensors, start=1):
                 if should_cancel is not None and should_cancel():
                     raise MergeCancelled(f"merge cancelled before tensor {planned.name!r}")
                 name = planned.name
-                base_t = _load(base, TensorSource(name), name, dev) if base else None
-                inputs = [
-                    _load(ck, src[name], name, dev) for ck, src in zip(models, report.sources, strict=True)
-                ]
+                shape = reference.tensors[name].shape
+                slots = workspace.slots(len(models) + 1, shape)
+                stacked, base_t = slots[:-1], slots[-1]
+                for row, ck, src in zip(stacked, models, report.sources, strict=True):
+                    _load_into(row, ck, src[name])
+                if base is not None:
+                    _load_into(base_t, base, TensorSource(name))
+                else:
+                    base_t.copy_(stacked[0])
                 bytes_read += (base.tensors[name].nbytes if base else 0) + sum(
                     ck.tensors[src[name].name].nbytes for ck, src in zip(models, report.sources, strict=True)
                 )
                 gen = torch.Generator(device=dev).manual_seed(tensor_seed(seed or 0, name))
-                merged = spec.merge(TensorInputs(name, base_t, inputs, mparams, gparams, gen))
-                merged = _check_merged(merged, planned, spec.name)
-                if any(merged.data_ptr() == t.data_ptr() for t in [*inputs, base_t] if t is not None):
-                    merged = merged.clone()  # the stats below turn inputs into task vectors in place
+                if base is not None:  # task vectors formed once, in place; methods and geometry share them
+                    stacked.sub_(base_t)
+                    inputs = TensorInputs(
+                        name, base_t, ModelsFromTaskVectors(base_t, stacked), mparams, gparams, gen, stacked
+                    )
+                else:  # linear without a base averages the weights themselves
+                    inputs = TensorInputs(name, None, list(stacked.unbind(0)), mparams, gparams, gen)
+                try:
+                    merged = spec.merge(inputs)
+                except (RuntimeError, ValueError):
+                    recorder.refuse_nonfinite_inputs(name, base_t, stacked)  # names a NaN input
+                    raise
+                merged = _check_shape(merged, planned, spec.name)
+                if merged.untyped_storage().data_ptr() == slots.untyped_storage().data_ptr():
+                    merged = merged.clone()  # the stats below reuse the inputs' memory in place
                 out = merged.to(planned.dtype)
-                sink.write(name, out)
+                sink.write(name, out)  # a NaN found below aborts the sink, so nothing bad is committed
                 bytes_written += out.numel() * out.element_size()
                 del out
-                theta0 = base_t if base_t is not None else inputs[0].clone()
-                recorder.record(name, theta0, inputs, merged)
-                del base_t, inputs, merged, theta0
+                recorder.record(name, base_t, stacked, merged, task_vectors=base is not None)
+                del base_t, stacked, slots, merged, inputs
                 if on_progress is not None:
                     on_progress(Progress(done, len(plan.tensors), bytes_read, bytes_total, name))
             if should_cancel is not None and should_cancel():
@@ -229,41 +251,22 @@ def run_merge(
             ck.close()
 
 
-def _load(ck: Checkpoint, src: TensorSource, name: str, dev: torch.device) -> torch.Tensor:
-    """One input tensor, vocabulary rows fitted, as a private float32 copy on the device; NaN/Inf refused."""
+def _load_into(dest: torch.Tensor, ck: Checkpoint, src: TensorSource) -> None:
+    """Read one input tensor into `dest` (float32 on the device): the dtype cast and the copy are one pass,
+    vocabulary rows fitted on the way."""
     t = ck.read(src.name)
     if src.rows is not None:
         t = adjust_rows(t, src.rows)
-    t = t.to(device=dev, dtype=torch.float32, copy=True)
-    bad = _count_nonfinite(t)
-    if bad:
-        raise NonFiniteError(
-            f"checkpoint {ck.ref!r}: tensor {name!r} holds {bad} NaN/Inf values; refusing to merge"
-        )
-    return t
+    dest.copy_(t)
 
 
-def _count_nonfinite(t: torch.Tensor) -> int:
-    """NaN/Inf entries. Fast path: a finite sum proves there are none (one pass, no bool temporary); only a
-    non-finite sum (NaN/Inf present, or a float32 overflow) pays for the exact count."""
-    if t.numel() == 0 or bool(torch.isfinite(t.sum())):
-        return 0
-    return int((~torch.isfinite(t)).sum())
-
-
-def _check_merged(merged: torch.Tensor, planned: PlannedTensor, method: str) -> torch.Tensor:
+def _check_shape(merged: torch.Tensor, planned: PlannedTensor, method: str) -> torch.Tensor:
     if tuple(merged.shape) != planned.shape:
         raise RuntimeError(
             f"method {method} returned shape {tuple(merged.shape)} for {planned.name!r}, "
             f"expected {planned.shape}"
         )
-    merged = merged.float()
-    if _count_nonfinite(merged):
-        raise NonFiniteError(
-            f"method {method} produced NaN/Inf in tensor {planned.name!r}; "
-            "check its parameters (e.g. weights summing to 0)"
-        )
-    return merged
+    return merged.float()
 
 
 def _check_spectra(spectra: str | Sequence[str] | None, names: list[str], reference: Checkpoint) -> None:

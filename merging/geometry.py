@@ -17,6 +17,8 @@ from typing import Literal
 
 import torch
 
+from merging.errors import NonFiniteError
+
 
 @dataclass(frozen=True)
 class TensorStats:
@@ -114,37 +116,61 @@ def wants_spectrum(name: str, ndim: int, spectra: str | Sequence[str] | None) ->
 
 
 class GeometryRecorder:
-    """Accumulates stats tensor by tensor while the engine streams."""
+    """Accumulates stats tensor by tensor while the engine streams.
 
-    def __init__(self, n_models: int, spectra: str | Sequence[str] | None = None):
+    Cost per tensor: one in-place subtraction turning the stacked inputs into task vectors, one Gram GEMM
+    (all norms and cosines at once), one `aminmax` pass (sign conflicts) and one dot product for ‖Δ‖. The
+    squared norms double as the NaN/Inf check of the inputs and the output, so no separate scan is needed.
+    """
+
+    def __init__(
+        self,
+        n_models: int,
+        spectra: str | Sequence[str] | None = None,
+        labels: Sequence[str] | None = None,
+        base_label: str = "base",
+    ):
         self.n = n_models
+        self.labels = list(labels) if labels is not None else [f"#{i + 1}" for i in range(n_models)]
+        self.base_label = base_label
         self.spectra = spectra
         self.stats = MergeStats()
-        self._gram = [[0.0] * n_models for _ in range(n_models)]
+        self._gram = torch.zeros(n_models, n_models, dtype=torch.float64)
         self._delta_sq = 0.0
 
     def record(
-        self, name: str, base: torch.Tensor, models: list[torch.Tensor], merged: torch.Tensor
+        self,
+        name: str,
+        base: torch.Tensor,
+        models: torch.Tensor | Sequence[torch.Tensor],
+        merged: torch.Tensor,
+        *,
+        task_vectors: bool = False,
     ) -> TensorStats:
-        """Record one tensor. All inputs float32 on one device, same shape.
+        """Record one tensor. float32 inputs on one device, same shape; `models` stacked as (T, *shape),
+        holding the checkpoints' weights, or already their task vectors with `task_vectors=True`.
 
-        Consumes `models`: each is turned into its task vector in place (the engine no longer needs it),
-        which keeps peak memory at the engine's (T + 3) tensors.
+        Consumes its arguments: `models` becomes the task vectors and `merged` becomes Δ = θ_merged − θ0,
+        both in place (the engine has already written the output), which keeps peak memory at (T + 3)
+        tensors. Raises NonFiniteError naming the culprit when an input or the output holds NaN/Inf.
         """
-        taus = models
-        for t in taus:
-            t.sub_(base)
-        gram = [[0.0] * self.n for _ in range(self.n)]
-        for i in range(self.n):
-            for j in range(i, self.n):
-                v = float(torch.dot(taus[i].reshape(-1), taus[j].reshape(-1)))
-                gram[i][j] = gram[j][i] = v
-                self._gram[i][j] += v
-                if i != j:
-                    self._gram[j][i] += v
-        delta = merged - base
+        stacked = models if isinstance(models, torch.Tensor) else torch.stack(list(models))
+        taus = stacked.view(self.n, -1)
+        if not task_vectors:
+            taus.sub_(base.reshape(1, -1))
+        gram_t = (taus @ taus.T).double().cpu()
+        delta = merged.sub_(base)
         delta_sq = float(torch.dot(delta.reshape(-1), delta.reshape(-1)))
+        if not bool(torch.isfinite(gram_t.diagonal()).all()):
+            self.refuse_nonfinite_inputs(name, base, taus)
+        if not math.isfinite(delta_sq) and not bool(torch.isfinite(delta).all()):
+            raise NonFiniteError(
+                f"the method produced NaN/Inf in tensor {name!r}; check its parameters "
+                "(e.g. weights summing to 0)"
+            )
+        self._gram += gram_t
         self._delta_sq += delta_sq
+        gram = gram_t.tolist()
         numel = base.numel()
         stats = TensorStats(
             name=name,
@@ -157,10 +183,16 @@ class GeometryRecorder:
         )
         self.stats.tensors.append(stats)
         if wants_spectrum(name, base.ndim, self.spectra):
-            for i, tau in enumerate(taus):
-                self._spectrum(name, "task", i, tau)
+            for i in range(self.n):
+                self._spectrum(name, "task", i, stacked[i])
             self._spectrum(name, "delta", -1, delta)
         return stats
+
+    def refuse_nonfinite_inputs(self, name: str, base: torch.Tensor, models: torch.Tensor) -> None:
+        """Raise NonFiniteError naming the first input (base or checkpoint row of `models`) that holds
+        NaN/Inf. Only called on slow paths: a non-finite norm, or a method that raised. (Rows may be
+        weights or task vectors: τ_i = θ_i − θ0 is finite exactly when θ_i and a finite θ0 are.)"""
+        _refuse_nonfinite_inputs(name, base, models.view(self.n, -1), self.base_label, self.labels)
 
     def _spectrum(
         self, name: str, source: Literal["task", "delta"], index: int, matrix: torch.Tensor
@@ -171,10 +203,24 @@ class GeometryRecorder:
         )
 
     def finish(self) -> MergeStats:
+        gram = self._gram.tolist()
         self.stats.model_delta_norm = math.sqrt(max(self._delta_sq, 0.0))
-        self.stats.model_task_norms = [math.sqrt(max(self._gram[i][i], 0.0)) for i in range(self.n)]
-        self.stats.model_cosines = _cosines(self._gram)
+        self.stats.model_task_norms = [math.sqrt(max(gram[i][i], 0.0)) for i in range(self.n)]
+        self.stats.model_cosines = _cosines(gram)
         return self.stats
+
+
+def _refuse_nonfinite_inputs(
+    name: str, base: torch.Tensor, taus: torch.Tensor, base_label: str, labels: Sequence[str]
+) -> None:
+    """Slow path, only after a non-finite squared norm: name the input holding NaN/Inf. τ_i = θ_i − θ0 is
+    finite exactly when θ_i and θ0 are; returns quietly when a finite vector's square merely overflowed."""
+    for label, t in [(base_label, base), *zip(labels, taus, strict=True)]:
+        bad = int((~torch.isfinite(t)).sum())
+        if bad:
+            raise NonFiniteError(
+                f"checkpoint {label!r}: tensor {name!r} holds {bad} NaN/Inf values; refusing to merge"
+            )
 
 
 def _cosines(gram: list[list[float]]) -> list[list[float]]:
@@ -188,12 +234,9 @@ def _cosines(gram: list[list[float]]) -> list[list[float]]:
     return out
 
 
-def _sign_conflict(taus: list[torch.Tensor], numel: int) -> float:
-    if numel == 0 or len(taus) < 2:
+def _sign_conflict(taus: torch.Tensor, numel: int) -> float:
+    """Entries where some τ_i > 0 and some τ_j < 0: the column minimum is below 0 and the maximum above."""
+    if numel == 0 or taus.shape[0] < 2:
         return 0.0
-    pos = torch.zeros_like(taus[0], dtype=torch.bool)
-    neg = torch.zeros_like(taus[0], dtype=torch.bool)
-    for t in taus:
-        pos |= t > 0
-        neg |= t < 0
-    return int((pos & neg).sum()) / numel
+    # amax and amin separately beat aminmax over dim 0 on CPU (measured: 88 vs 129 ms on 4 x 2.9M).
+    return int(torch.count_nonzero((taus.amin(0) < 0) & (taus.amax(0) > 0))) / numel

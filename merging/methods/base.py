@@ -13,6 +13,8 @@ from typing import Any, Literal
 
 import torch
 
+from merging.errors import RecipeError
+
 ParamKind = Literal["float", "int", "bool"]
 
 
@@ -33,7 +35,12 @@ class ParamSpec:
 
 @dataclass(frozen=True)
 class TensorInputs:
-    """Everything a method sees for one named tensor."""
+    """Everything a method sees for one named tensor.
+
+    `task_vectors`, when the engine gives it, is the (T, *shape) float32 stack of models[i] − base that
+    the engine formed once and will read again for geometry: methods read it and never write it. Use
+    `task_vector_stack(inputs)` to get it either way.
+    """
 
     name: str
     base: torch.Tensor | None
@@ -41,6 +48,33 @@ class TensorInputs:
     model_params: Sequence[Mapping[str, Any]]
     params: Mapping[str, Any]
     generator: torch.Generator | None = None
+    task_vectors: torch.Tensor | None = None
+
+
+def task_vector_stack(inputs: TensorInputs) -> torch.Tensor:
+    """(T, *shape) task vectors: the engine's read-only stack when present, else a fresh one."""
+    if inputs.task_vectors is not None:
+        return inputs.task_vectors
+    if inputs.base is None:
+        raise RecipeError(f"tensor {inputs.name}: this method needs a base model")
+    return torch.stack(list(inputs.models)).sub_(inputs.base)
+
+
+class ModelsFromTaskVectors(Sequence[torch.Tensor]):
+    """The checkpoints' weights θ_i = τ_i + θ0, formed on access from a task-vector stack, so the engine
+    keeps only the stack in memory while `TensorInputs.models` still reads as the weights."""
+
+    def __init__(self, base: torch.Tensor, task_vectors: torch.Tensor):
+        self._base = base
+        self._tv = task_vectors
+
+    def __len__(self) -> int:
+        return self._tv.shape[0]
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        return self._tv[i] + self._base
 
 
 MergeFn = Callable[[TensorInputs], torch.Tensor]

@@ -48,9 +48,13 @@ def merge(inputs: TensorInputs) -> torch.Tensor:
         raise RecipeError("model_stock needs a base model and at least 2 checkpoints")
     fw = bool(inputs.params["filter_wise"])
     base_rows = _rows(base, fw)
-    tv = torch.stack([_rows(m, fw) for m in inputs.models])  # (T, R, D)
-    avg = tv.mean(0)
-    tv.sub_(base_rows)
+    if inputs.task_vectors is not None:  # the engine's read-only stack: mean(θ_i) = θ0 + mean(τ_i)
+        tv = inputs.task_vectors.reshape(n, *base_rows.shape)  # (T, R, D)
+        avg = tv.mean(0).add_(base_rows)
+    else:
+        tv = torch.stack([_rows(m, fw) for m in inputs.models])
+        avg = tv.mean(0)
+        tv.sub_(base_rows)
     cos = mean_pairwise_cosine(tv).unsqueeze(-1)  # (R, 1)
     del tv
     denom = 1 + (n - 1) * cos

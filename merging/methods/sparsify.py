@@ -21,14 +21,13 @@ def smallest_mask(a: torch.Tensor, j: int) -> torch.Tensor:
     if j >= n:
         return torch.ones_like(a, dtype=torch.bool)
     v = torch.kthvalue(a, j).values
-    mask = a < v
-    need = j - int(torch.count_nonzero(mask))
-    eq = a == v
-    if (
-        int(torch.count_nonzero(eq)) > need
-    ):  # ties at the threshold: keep the first `need` of them by position
-        eq &= torch.cumsum(eq, 0, dtype=torch.int64) <= need
-    mask |= eq
+    mask = a <= v  # exactly j entries unless others tie with the threshold
+    extra = int(torch.count_nonzero(mask)) - j
+    if extra > 0:
+        # Entries equal to the threshold: keep the first ones by position, release the last `extra`.
+        # bf16 checkpoints tie here often, so index the tied entries rather than scanning cumulatively.
+        tied = torch.nonzero(a == v).view(-1)
+        mask[tied[tied.numel() - extra :]] = False
     return mask
 
 
@@ -41,9 +40,14 @@ def rank_window_mask(a: torch.Tensor, start: int, stop: int) -> torch.Tensor:
 
 
 def _apply(t: torch.Tensor, keep: torch.Tensor, rescale: bool) -> torch.Tensor:
+    """Zero the entries not kept; with `rescale`, restore the L1 norm of the original vector."""
+    return _drop(t, ~keep, rescale)
+
+
+def _drop(t: torch.Tensor, drop: torch.Tensor, rescale: bool) -> torch.Tensor:
     """Zero the dropped entries; with `rescale`, restore the L1 norm of the original vector."""
     before = t.abs().sum() if rescale else None
-    t.mul_(keep)
+    t.masked_fill_(drop, 0)
     if rescale:
         after = t.abs().sum()
         if before >= RESCALE_EPS and after >= RESCALE_EPS:
@@ -60,8 +64,7 @@ def magnitude_(t: torch.Tensor, density: float, rescale: bool = False) -> torch.
     flat = t.view(-1)
     n = flat.numel()
     k = max(1, int(density * n))
-    keep = ~smallest_mask(flat.abs(), n - k)
-    _apply(flat, keep, rescale)
+    _drop(flat, smallest_mask(flat.abs(), n - k), rescale)
     return t
 
 

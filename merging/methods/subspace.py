@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from merging.errors import RecipeError
-from merging.methods.base import ParamSpec, TensorInputs
+from merging.methods.base import ParamSpec, TensorInputs, task_vector_stack
 
 SKIP_NAMES = ("embed_tokens", "lm_head")
 
@@ -63,14 +63,10 @@ def polar(a: torch.Tensor) -> torch.Tensor:
     return p @ qh
 
 
-def _stack_task_vectors(inputs: TensorInputs) -> torch.Tensor:
-    if inputs.base is None:
-        raise RecipeError(f"tensor {inputs.name}: this method needs a base model")
-    return torch.stack(list(inputs.models)).sub_(inputs.base)
-
-
 def _mean_delta(inputs: TensorInputs) -> torch.Tensor:
-    """Δ = (1/T) Σ τ_i = mean(θ_i) − θ0, accumulated without stacking."""
+    """Δ = (1/T) Σ τ_i = mean(θ_i) − θ0; without the engine's stack, accumulated without stacking."""
+    if inputs.task_vectors is not None:
+        return inputs.task_vectors.mean(0)
     out = torch.zeros_like(inputs.base)
     for m in inputs.models:
         out.add_(m)
@@ -143,7 +139,7 @@ def _subspace_merge(delta_fn):
         if base is None:
             raise RecipeError(f"tensor {inputs.name}: this method needs a base model")
         if uses_svd(inputs.name, base):
-            delta = delta_fn(_stack_task_vectors(inputs), inputs.params)
+            delta = delta_fn(task_vector_stack(inputs), inputs.params)
         else:
             delta = _mean_delta(inputs)
         lam = float(inputs.params["lambda"])

@@ -59,11 +59,22 @@ def task_vector_delta(preset: Preset, inputs: TensorInputs) -> torch.Tensor:
     weights = [float(mp["weight"]) for mp in inputs.model_params]
     g = inputs.generator
 
-    if not preset.consensus:
+    tv = inputs.task_vectors
+    if not preset.consensus and preset.sparsifier == "none" and tv is not None:
+        # Σ w_i τ_i as one matrix-vector product over the engine's stack: a single pass over memory.
+        w = torch.tensor(weights, dtype=tv.dtype, device=tv.device)
+        mixed = torch.mv(tv.reshape(len(weights), -1).T, w).reshape(base.shape)
+        divisor = sum(weights)
+        if normalize:
+            mixed.div_(divisor if abs(divisor) >= DIVISOR_EPS else 1.0)
+    elif not preset.consensus:
         mixed = torch.zeros_like(base)
         scratch = torch.empty_like(base)
-        for model, mp, w in zip(inputs.models, inputs.model_params, weights, strict=True):
-            torch.sub(model, base, out=scratch)
+        for i, (mp, w) in enumerate(zip(inputs.model_params, weights, strict=True)):
+            if tv is not None:
+                scratch.copy_(tv[i])
+            else:
+                torch.sub(inputs.models[i], base, out=scratch)
             _sparsify_(scratch, preset, mp, rescale, g)
             mixed.add_(scratch, alpha=w)
         del scratch
@@ -71,22 +82,24 @@ def task_vector_delta(preset: Preset, inputs: TensorInputs) -> torch.Tensor:
         if normalize:
             mixed.div_(divisor if abs(divisor) >= DIVISOR_EPS else 1.0)
     else:
-        stacked = torch.stack(list(inputs.models)).sub_(base)
+        stacked = tv.clone() if tv is not None else torch.stack(list(inputs.models)).sub_(base)
         for i, mp in enumerate(inputs.model_params):
             _sparsify_(stacked[i], preset, mp, rescale, g)
         w = torch.tensor(weights, dtype=stacked.dtype, device=stacked.device)
-        stacked.mul_(w.view(-1, *([1] * base.dim())))
-        positive = stacked.sum(0) >= 0
-        agree = torch.where(positive, stacked > 0, stacked < 0)
-        stacked.mul_(agree)
-        mixed = stacked.sum(0)
-        del stacked
+        if any(wi != 1.0 for wi in weights):
+            stacked.mul_(w.view(-1, *([1] * base.dim())))
+        # Sign election without a (T, n) mask: with s = ±1 the elected sign (0 counts as +), the agreeing
+        # entries are those where s·x_i > 0, so Σ_agreeing x_i = s·Σ relu(s·x_i) and the divisor is
+        # Σ w_i·sign(relu(s·x_i)): a handful of passes over the stack instead of several boolean ones.
+        sign = torch.where(stacked.sum(0) >= 0, 1.0, -1.0).to(stacked.dtype)
+        stacked.mul_(sign).clamp_(min=0)
+        mixed = stacked.sum(0).mul_(sign)
         if normalize:
-            divisor = torch.zeros_like(mixed)
-            for i, wi in enumerate(weights):
-                divisor.add_(agree[i], alpha=wi)
+            agree = stacked.sign_().view(len(weights), -1)
+            divisor = torch.mv(agree.T, w).view(mixed.shape)
             divisor[divisor == 0] = 1
             mixed.div_(divisor)
+        del stacked
     if lam != 1.0:
         mixed.mul_(lam)
     return mixed
