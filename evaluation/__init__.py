@@ -4,9 +4,13 @@ and the paper's study metrics. Public face for jobs and pages; see design.md for
 from evaluation.cache import DirectoryScoreCache, ScoreCache
 from evaluation.errors import EvaluationError
 from evaluation.harness import evaluate, lm_eval_version
+from evaluation.home import confine_datasets_cache
 from evaluation.models import LoadedModel, ResidentModel, load_model, resolve_device, resolve_dtype
 from evaluation.rows import ScoreRow, aggregate
 from evaluation.suites import Suite, SuiteTask, folder_suite, get_suite
+
+# lm-eval and `datasets` are imported lazily, after this: their cache lands in the workspace.
+confine_datasets_cache()
 
 __all__ = [
     "DirectoryScoreCache",

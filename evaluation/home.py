@@ -16,3 +16,10 @@ def cache_dir(*parts: str) -> Path:
     path = mergelab_home().joinpath("cache", *parts)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def confine_datasets_cache() -> None:
+    """Point the `datasets` library's cache (lm-eval loads every task through it) into the workspace
+    unless the user chose one, so scoring local tasks writes nothing outside MERGELAB_HOME. Must run
+    before `datasets` is first imported: it reads the variable at import time."""
+    os.environ.setdefault("HF_DATASETS_CACHE", str(mergelab_home().resolve() / "cache" / "hf-datasets"))
