@@ -325,8 +325,15 @@ def spectra_chart(spectra: pd.DataFrame, title: str | None = None) -> go.Figure:
             marker=dict(size=4),
             hovertemplate="σ_%{x} = %{y:.4g}<extra>" + str(source) + "</extra>",
         )
-    fig.update_layout(xaxis_title="singular value index", yaxis_title="σ (log scale)", yaxis_type="log")
-    return _layout(fig, title)
+    fig = _layout(fig, title, height=460)
+    # Legend entries carry effective ranks and are long: below the plot they never cover the title.
+    fig.update_layout(
+        xaxis_title="singular value index",
+        yaxis=dict(title="σ (log scale)", type="log", exponentformat="power", minor=dict(showgrid=False)),
+        legend=dict(orientation="h", yanchor="top", y=-0.22, xanchor="left", x=0),
+        margin=dict(b=120),
+    )
+    return fig
 
 
 def format_cell(success: float | None, gain: float | None) -> str:
