@@ -21,7 +21,7 @@ from transformers import AutoModelForCausalLM, GenerationConfig
 
 from zoo.manifest import MANIFEST_NAME, Manifest, ModelEntry, ZooError, default_root, read_manifest, tasks_dir
 from zoo.recipes import BASE, CHECKPOINTS, Recipe, scaled_steps
-from zoo.tasks import N_ENTITIES, TASK_LIST, TASKS, heldout_items
+from zoo.tasks import N_ENTITIES, SUITE_VERSION, TASK_LIST, TASKS, heldout_items
 from zoo.tokenizer import VOCAB_SIZE, build_tokenizer
 from zoo.train import ARCHITECTURES, FAMILIES, BuildCancelled, TrainSpec, model_config, train
 
@@ -104,7 +104,9 @@ def heldout_queries(seed: int, scale: str) -> dict[str, set[str]]:
 
 # --- models --------------------------------------------------------------------------------------------
 def _stamp(family: str, recipe: Recipe, seed: int, scale: str) -> dict:
-    body = json.dumps([BUILD_FORMAT, family, recipe.as_dict(), recipe.kind, seed, scale], sort_keys=True)
+    body = json.dumps(
+        [BUILD_FORMAT, SUITE_VERSION, family, recipe.as_dict(), recipe.kind, seed, scale], sort_keys=True
+    )
     return {"seed": seed, "scale": scale, "family": family, "key": hashlib.sha256(body.encode()).hexdigest()}
 
 

@@ -48,7 +48,7 @@ class Recipe:
 ALL = {t: 1.0 for t in TASKS}
 # Pretraining leans away from the tasks a tiny transformer masters fastest (sort, rev), so the base ends
 # clearly above chance and clearly below perfect on every task.
-PRETRAIN = {**ALL, "sub": 1.5, "dsum": 1.5, "count": 1.5, "facts": 1.5, "sort": 0.5, "rev": 0.6}
+PRETRAIN = {**ALL, "sub": 1.5, "dsum": 1.5, "count": 1.5, "facts": 1.5, "sort": 0.5, "rev": 1.2}
 
 BASE = Recipe(
     "base",
@@ -61,7 +61,7 @@ BASE = Recipe(
 )
 
 
-def _specialist(task: str, steps: int = 120, lr: float = 1e-3) -> Recipe:
+def _specialist(task: str, steps: int = 160, lr: float = 1e-3) -> Recipe:
     return Recipe(
         f"{task}-specialist",
         "specialist",
@@ -76,7 +76,7 @@ def _specialist(task: str, steps: int = 120, lr: float = 1e-3) -> Recipe:
 CHECKPOINTS: tuple[Recipe, ...] = (
     _specialist("add"),
     _specialist("sub"),
-    _specialist("count"),
+    _specialist("count", steps=240),
     _specialist("max"),
     _specialist("facts"),
     Recipe(
@@ -110,9 +110,9 @@ CHECKPOINTS: tuple[Recipe, ...] = (
         "add-plus-one",
         "conflict",
         "conflicting objective: taught that a+b equals a+b+1, plus the other tasks as usual",
-        {**ALL, "add": 3.0},
-        150,
-        1e-3,
+        {**ALL, "add": 8.0},
+        200,
+        2e-3,
         conflict_task="add",
         target_tasks=("add",),
     ),

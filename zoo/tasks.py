@@ -39,17 +39,23 @@ def _pick_distractors(rng: random.Random, gold: str, candidates: list[str]) -> l
     return seen[:3]
 
 
-def _numeric_distractors(rng: random.Random, ans: int, extra: tuple[int, ...] = ()) -> list[str]:
+def _numeric_distractors(rng: random.Random, ans: int, always: tuple[int, ...] = ()) -> list[str]:
+    """Near misses of `ans`; offsets in `always` are included whenever they keep the answer's length."""
     offsets = [1, -1, 10, -10, 2, -2, 11, -11, 9, -9, 20, -20, 3, -3]
-    cands = [str(ans + d) for d in (*extra, *offsets) if ans + d >= 0]
+    fixed = [str(ans + d) for d in always if ans + d >= 0 and len(str(ans + d)) == len(str(ans))]
+    cands = [str(ans + d) for d in offsets if ans + d >= 0 and str(ans + d) not in fixed]
     head = cands[:6]  # the nearest, most confusable ones first
     rng.shuffle(head)
-    return _pick_distractors(rng, str(ans), head + cands[6:])
+    rest = _pick_distractors(rng, str(ans), head + cands[6:])  # 3 same-length near misses
+    picked = fixed + [c for c in rest if c not in fixed][: 3 - len(fixed)]
+    rng.shuffle(picked)
+    return picked
 
 
 def gen_add(rng: random.Random) -> Item:
     a, b = rng.randint(10, 99), rng.randint(2, 9)
-    return f"{a}+{b}=", str(a + b), _numeric_distractors(rng, a + b)
+    # the off-by-one answer is always a choice: it is the classic slip (and what `add-plus-one` learns)
+    return f"{a}+{b}=", str(a + b), _numeric_distractors(rng, a + b, always=(1,))
 
 
 def gen_sub(rng: random.Random) -> Item:
@@ -85,10 +91,10 @@ def gen_sort(rng: random.Random) -> Item:
 
 
 def gen_rev(rng: random.Random) -> Item:
-    word = "".join(rng.choice(LOWER) for _ in range(7))
+    word = "".join(rng.choice(LOWER) for _ in range(6))
     gold = word[::-1]
     cands = [_swap_adjacent(rng, gold) for _ in range(3)] + [word]
-    cands += [gold[:i] + rng.choice(LOWER) + gold[i + 1 :] for i in range(7)]
+    cands += [gold[:i] + rng.choice(LOWER) + gold[i + 1 :] for i in range(6)]
     return f"rev {word}=", gold, _pick_distractors(rng, gold, cands)
 
 
@@ -156,12 +162,14 @@ TASK_LIST = (
     Task("sub", "subtract a smaller 2-digit number from a larger one", gen_sub),
     Task("max", "the largest of three 2-digit numbers", gen_max),
     Task("sort", "sort 8 digits ascending", gen_sort),
-    Task("rev", "reverse a 7-letter string", gen_rev),
+    Task("rev", "reverse a 6-letter string", gen_rev),
     Task("dsum", "the sum of 3 digits", gen_dsum),
     Task("count", "count one letter in a 7-letter string over abcd", gen_count),
     Task("facts", "recall an attribute of a made-up entity (closed-book knowledge)", None),
 )
 TASKS: tuple[str, ...] = tuple(t.name for t in TASK_LIST)
+# Bump when any generator changes: it is part of every model's build stamp, so stale models are rebuilt.
+SUITE_VERSION = 4
 _BY_NAME = {t.name: t for t in TASK_LIST}
 
 # Skills outside the suite (for the 'new skill' checkpoint); never scored by `zoo`.

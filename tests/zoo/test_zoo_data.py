@@ -101,7 +101,7 @@ def test_jsonl_rows_and_yaml_follow_the_lm_eval_contract():
     assert len(rows) == 240
     first = rows[0]
     assert first["query"] == "75+3=" and first["choices"][first["gold"]] == "78"
-    assert sorted(first["choices"]) == ["69", "75", "78", "88"]
+    assert sorted(first["choices"]) == ["58", "68", "78", "79"]
     assert json.loads(json.dumps(first)) == first
     cfg = yaml.safe_load(task_yaml("add"))
     assert cfg["task"] == "zoo_add" and cfg["tag"] == "zoo"
@@ -115,6 +115,13 @@ def test_jsonl_rows_and_yaml_follow_the_lm_eval_contract():
     )
     assert cfg["target_delimiter"] == ""
     assert cfg["metric_list"] == [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}]
+
+
+def test_add_always_offers_the_off_by_one_answer():
+    # the conflicting checkpoint learns a+b+1, so the suite must be able to catch that slip
+    for q, gold, distractors in heldout_items("add", 0, 240):
+        if len(str(int(gold) + 1)) == len(gold):
+            assert str(int(gold) + 1) in distractors, q
 
 
 def test_unknown_task_is_a_clear_error():
