@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
 from pathlib import Path
@@ -59,6 +60,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     # Lazy: `evaluation` is a higher layer than `zoo`; only this CLI entry point uses it.
     import evaluation
 
+    for name in ("lm_eval", "datasets", "transformers"):  # the table is the output; keep per-call logs down
+        logging.getLogger(name).setLevel(logging.ERROR)
     root = Path(args.root) if args.root else default_root()
     manifest = load_manifest(root)
     if manifest is None:
