@@ -15,6 +15,7 @@ import argparse
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -77,6 +78,11 @@ def timed(cmd: list[str], env: dict | None = None) -> tuple[float, float]:
     return seconds, usage.ru_maxrss / 2**20
 
 
+def median_of(runs: list[tuple[float, float]]) -> tuple[float, float]:
+    """Median wall time and the largest peak RSS of several (seconds, GiB) runs."""
+    return statistics.median(r[0] for r in runs), max(r[1] for r in runs)
+
+
 IO_FLOOR = """
 import sys, torch
 from pathlib import Path
@@ -98,6 +104,7 @@ def main() -> None:
     ap.add_argument("--methods", default="all")
     ap.add_argument("--mergekit-python", default=os.environ.get("MERGEKIT_PYTHON"))
     ap.add_argument("--checkpoints", type=int, default=4)
+    ap.add_argument("--repeat", type=int, default=1, help="runs per measurement; the median is reported")
     ap.add_argument("--gpu", action="store_true", help="per-layer GPU timing at Llama-3.1-8B shapes instead")
     args = ap.parse_args()
     if args.gpu:
@@ -119,36 +126,49 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="mergebench-"))
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
     try:
-        floor, floor_rss = timed(
-            [sys.executable, "-c", IO_FLOOR, str(work / "floor.safetensors"), str(base), *map(str, cks)], env
-        )
+        floor_cmd = [
+            sys.executable,
+            "-c",
+            IO_FLOOR,
+            str(work / "floor.safetensors"),
+            str(base),
+            *map(str, cks),
+        ]
+        floor, floor_rss = median_of([timed(floor_cmd, env) for _ in range(args.repeat)])
         rows = []
         for method in methods:
             cfg = work / f"{method}.yml"
             cfg.write_text(recipe_yaml(method, base, cks))
-            ours, rss = timed(
-                [sys.executable, "-m", "merging", str(cfg), str(work / f"out-{method}"), "--device", "cpu"],
-                env,
-            )
-            shutil.rmtree(work / f"out-{method}", ignore_errors=True)
-            mk = None
-            if args.mergekit_python and method in MERGEKIT_COMPARED:
-                mk_cmd = [
-                    args.mergekit_python,
-                    "-m",
-                    "mergekit.scripts.run_yaml",
-                    str(cfg),
-                    str(work / f"mk-{method}"),
-                    "--quiet",
-                ]
-                mk, _ = timed(mk_cmd, {**os.environ, "HF_HUB_OFFLINE": "1"})
-                shutil.rmtree(work / f"mk-{method}", ignore_errors=True)
+            out = work / f"out-{method}"
+            ours_cmd = [sys.executable, "-m", "merging", str(cfg), str(out), "--device", "cpu", "--quiet"]
+            mk_out = work / f"mk-{method}"
+            mk_cmd = [
+                args.mergekit_python,
+                "-m",
+                "mergekit.scripts.run_yaml",
+                str(cfg),
+                str(mk_out),
+                "--quiet",
+            ]
+            compare = bool(args.mergekit_python) and method in MERGEKIT_COMPARED
+            ours_runs, mk_runs = [], []
+            for _ in range(args.repeat):  # interleaved, so drift in machine load hits both alike
+                ours_runs.append(timed(ours_cmd, env))
+                shutil.rmtree(out, ignore_errors=True)
+                if compare:
+                    mk_runs.append(timed(mk_cmd, {**os.environ, "HF_HUB_OFFLINE": "1"}))
+                    shutil.rmtree(mk_out, ignore_errors=True)
+            ours, rss = median_of(ours_runs)
+            mk = median_of(mk_runs)[0] if mk_runs else None
             rows.append((method, ours, ours / floor, rss, mk))
             print(f"  {method}: {ours:.1f} s", file=sys.stderr)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
-    print(f"\nmachine: {platform.machine()}, {os.cpu_count()} cores; family: {base.parent.name}, bf16")
+    print(
+        f"\nmachine: {platform.machine()}, {os.cpu_count()} cores; family: {base.parent.name}, bf16; "
+        f"median of {args.repeat} run(s)"
+    )
     print(
         f"I/O floor (read {1 + len(cks)} models once, write one): {floor:.1f} s, "
         f"peak RSS {floor_rss:.2f} GiB\n"

@@ -7,6 +7,7 @@ written. Ctrl-C aborts cleanly (temporary output removed) with exit code 130.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -178,4 +179,9 @@ def _print_summary(result) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    # Everything is written and closed by now; skipping interpreter teardown (torch's destructors, a
+    # multi-GB heap) saves about 0.4 s of a CLI merge. Flush first, since os._exit does not.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
