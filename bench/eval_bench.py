@@ -12,7 +12,6 @@ the same with the now-filled cache: every model must come back from it (checked,
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import sys
 import tempfile
@@ -24,31 +23,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from evaluation import DirectoryScoreCache, evaluate, get_suite, load_model  # noqa: E402
 from evaluation.home import mergelab_home  # noqa: E402
 
-TASK_YAML = """task: zoo_{name}
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: zoo_{name}.jsonl
-test_split: test
-output_type: multiple_choice
-doc_to_text: "{{{{query}}}}"
-doc_to_choice: "{{{{choices}}}}"
-doc_to_target: "{{{{gold}}}}"
-metric_list:
-  - metric: acc
-metadata:
-  version: 1.0
-"""
-
 
 def standin_zoo(root: Path, items: int = 200) -> Path:
     """A base + 12 noisy 'fine-tunes' (tests/tiny_models) and two generated tasks in the zoo's task format."""
     from tests.tiny_models import make_family
+    from tests.tiny_tasks import write_task_folder
 
     make_family(root / "models", arch="llama", n=12)
-    tasks = root / "tasks"
-    tasks.mkdir(parents=True)
     rng = random.Random(0)
+    standin: dict[str, list[dict]] = {}
     for name in ("add", "sub"):
         rows = []
         for _ in range(items):
@@ -59,9 +42,8 @@ def standin_zoo(root: Path, items: int = 200) -> Path:
             rng.shuffle(choices)
             op = "+" if name == "add" else "-"
             rows.append({"query": f"{a}{op}{b}=", "choices": choices, "gold": choices.index(str(ans))})
-        (tasks / f"zoo_{name}.yaml").write_text(TASK_YAML.format(name=name))
-        (tasks / f"zoo_{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return root
+        standin[name] = rows
+    return write_task_folder(root, standin)
 
 
 def find_models(root: Path) -> list[Path]:

@@ -75,7 +75,9 @@ def make_finetune(base_dir: Path, out: Path, seed: int, scale: float = 0.02, ext
     return save_model(model, out)
 
 
-def make_family(root: Path, arch: str = "llama", n: int = 3, tie: bool = False, **cfg) -> tuple[Path, list[Path]]:
+def make_family(
+    root: Path, arch: str = "llama", n: int = 3, tie: bool = False, **cfg
+) -> tuple[Path, list[Path]]:
     """A base and n checkpoints fine-tuned from it, under root/."""
     base = make_base(root / f"{arch}-base", arch=arch, tie=tie, **cfg)
     cks = [make_finetune(base, root / f"{arch}-ft{i}", seed=100 + i) for i in range(n)]
