@@ -135,7 +135,17 @@ def main() -> None:
             *map(str, cks),
         ]
         floor, floor_rss = median_of([timed(floor_cmd, env) for _ in range(args.repeat)])
-        rows = []
+        # Header first, then each row as it is measured, so an interrupted run still reports what it did.
+        print(
+            f"machine: {platform.machine()}, {os.cpu_count()} cores; family: {base.parent.name}, bf16; "
+            f"median of {args.repeat} run(s)"
+        )
+        print(
+            f"I/O floor (read {1 + len(cks)} models once, write one): {floor:.1f} s, "
+            f"peak RSS {floor_rss:.2f} GiB\n"
+        )
+        print("| method | seconds | × I/O floor | peak RSS (GiB) | mergekit 0.1.5 (s) | ours / mergekit |")
+        print("|---|---|---|---|---|---|", flush=True)
         for method in methods:
             cfg = work / f"{method}.yml"
             cfg.write_text(recipe_yaml(method, base, cks))
@@ -160,25 +170,11 @@ def main() -> None:
                     shutil.rmtree(mk_out, ignore_errors=True)
             ours, rss = median_of(ours_runs)
             mk = median_of(mk_runs)[0] if mk_runs else None
-            rows.append((method, ours, ours / floor, rss, mk))
-            print(f"  {method}: {ours:.1f} s", file=sys.stderr)
+            mk_s = f"{mk:.1f}" if mk else "—"
+            rel = f"{ours / mk:.2f}" if mk else "—"
+            print(f"| {method} | {ours:.1f} | {ours / floor:.2f} | {rss:.2f} | {mk_s} | {rel} |", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-
-    print(
-        f"\nmachine: {platform.machine()}, {os.cpu_count()} cores; family: {base.parent.name}, bf16; "
-        f"median of {args.repeat} run(s)"
-    )
-    print(
-        f"I/O floor (read {1 + len(cks)} models once, write one): {floor:.1f} s, "
-        f"peak RSS {floor_rss:.2f} GiB\n"
-    )
-    print("| method | seconds | × I/O floor | peak RSS (GiB) | mergekit 0.1.5 (s) | ours / mergekit |")
-    print("|---|---|---|---|---|---|")
-    for method, ours, ratio, rss, mk in rows:
-        mk_s = f"{mk:.1f}" if mk else "—"
-        rel = f"{ours / mk:.2f}" if mk else "—"
-        print(f"| {method} | {ours:.1f} | {ratio:.2f} | {rss:.2f} | {mk_s} | {rel} |")
 
 
 if __name__ == "__main__":
