@@ -28,6 +28,7 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -93,19 +94,37 @@ class Suite:
         """lm-eval's TaskManager for this suite; lm-eval's own ~15k task index is only built (once per
         process, it takes seconds) when a task of the suite needs it."""
         needs_defaults = any(not t.local for t in self.tasks)
-        return _task_manager(str(self.include_path) if self.include_path else None, needs_defaults)
+        include = str(self.include_path) if self.include_path else None
+        return _task_manager(include, needs_defaults, self.version)
 
 
 @functools.lru_cache(maxsize=8)
-def _task_manager(include_path: str | None, include_defaults: bool):
+def _task_manager(include_path: str | None, include_defaults: bool, suite_version: str):
+    """One manager per suite version (so edited task files never reuse stale tasks), which builds each
+    task once per thread: a study scores hundreds of models on the same tasks, and rebuilding them (task
+    objects, their datasets) cost more than scoring a tiny zoo model. Per thread, because lm-eval keeps
+    a run's requests on the task object, so concurrent workers must not share one."""
     from lm_eval.tasks import TaskManager
 
-    return TaskManager(include_path=include_path, include_defaults=include_defaults)
+    class ReusingTaskManager(TaskManager):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self._built: dict[tuple, Any] = {}
+
+        def load(self, task_list):
+            if not (isinstance(task_list, list | tuple) and all(isinstance(t, str) for t in task_list)):
+                return super().load(task_list)
+            key = (threading.get_ident(), tuple(task_list))
+            if key not in self._built:
+                self._built[key] = super().load(task_list)
+            return self._built[key]
+
+    return ReusingTaskManager(include_path=include_path, include_defaults=include_defaults)
 
 
 def builtin_task_manager():
     """The TaskManager over lm-eval's built-in tasks only (cached for the process)."""
-    return _task_manager(None, True)
+    return _task_manager(None, True, "builtin")
 
 
 def get_suite(spec: str, *, zoo_root: Path | None = None) -> Suite:
