@@ -8,12 +8,14 @@ outputs they declared, so nothing half-written survives a crash.
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import threading
 import time
 import traceback
 import uuid
+import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -95,6 +97,18 @@ def remove_paths(paths: Iterable[str]) -> list[str]:
     return removed
 
 
+_LIVE_RUNNERS: weakref.WeakSet[JobRunner] = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_live_runners() -> None:
+    """Stop every runner's workers before the interpreter finalizes. Worker threads are daemons; one still
+    inside DuckDB when finalization tears the interpreter down aborts the whole process (seen at the end
+    of a test session whose pages had started runners), so running jobs are cancelled and joined here."""
+    for runner in list(_LIVE_RUNNERS):
+        runner.shutdown(wait=True, cancel_running=True, timeout=10.0)
+
+
 class JobRunner:
     """Runs queued jobs on worker threads. `devices` overrides the worker layout (one worker per entry)."""
 
@@ -120,6 +134,7 @@ class JobRunner:
         self._threads: list[threading.Thread] = []
         self.recovered: list[str] = []
         _ACTIVE_OWNERS.add(self.owner)
+        _LIVE_RUNNERS.add(self)
         if start:
             self.start()
 
