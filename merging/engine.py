@@ -27,7 +27,7 @@ from merging.checkpoint import Checkpoint, open_checkpoint, parse_dtype
 from merging.compat import CompatReport, TensorSource, adjust_rows, check_compatibility
 from merging.errors import DeviceError, MergeCancelled, RecipeError
 from merging.geometry import GeometryRecorder, MergeStats, wants_spectrum
-from merging.memory import Workspace, keep_freed_memory
+from merging.memory import Workspace
 from merging.methods.base import ModelsFromTaskVectors, TensorInputs
 from merging.plan import MergePlan, PlannedTensor
 from merging.progress import Progress
@@ -182,7 +182,6 @@ def run_merge(
                 len(models), spectra, labels=[m.ref for m in models], base_label=reference.ref
             )
             bytes_read = bytes_written = 0
-            keep_freed_memory()
             workspace = Workspace(dev)
             workspace.reserve((len(models) + 1) * max((math.prod(t.shape) for t in plan.tensors), default=0))
             for done, planned in enumerate(plan.tensors, start=1):

@@ -1,43 +1,14 @@
-"""Keep freed memory in the process between tensors.
+"""A reused float32 workspace for the merge engine's per-tensor inputs.
 
-A merge allocates and frees the same few large buffers once per tensor. glibc serves big allocations
-with fresh mmap'd pages and hands them back on free, so every tensor pays page faults on zeroed pages
-again; on virtual machines (balloon drivers, DAMON reclaim) those faults cost more than the arithmetic.
-The engine therefore reuses one workspace for its inputs, and asks glibc to serve allocations up to its
-maximum mmap threshold (32 MiB) from a heap it does not trim. Process-wide and idempotent; a no-op where
-glibc is absent.
+A merge needs the same (T + 1) input slots for every tensor. Allocating them afresh per tensor makes the
+allocator hand pages back to the OS and fault zeroed ones in again each time, which on virtual machines
+costs more than the arithmetic; one buffer, grown to the largest tensor and reused, avoids it. Peak memory
+is unchanged: the largest tensor needs that much anyway.
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import sys
-
 import torch
-
-_M_TRIM_THRESHOLD = -1
-_M_MMAP_THRESHOLD = -3
-_GLIBC_MAX_MMAP_THRESHOLD = 32 * 2**20
-_configured = False
-
-
-def keep_freed_memory() -> bool:
-    """Tune glibc's allocator once per process; True when it took effect."""
-    global _configured
-    if _configured or not sys.platform.startswith("linux"):
-        return _configured
-    name = ctypes.util.find_library("c")
-    if not name:
-        return False
-    try:
-        libc = ctypes.CDLL(name)
-        ok = libc.mallopt(_M_MMAP_THRESHOLD, _GLIBC_MAX_MMAP_THRESHOLD) == 1
-        ok = libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1) == 1 and ok
-    except (OSError, AttributeError):  # not glibc (e.g. musl has no mallopt)
-        return False
-    _configured = ok
-    return ok
 
 
 class Workspace:
