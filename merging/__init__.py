@@ -21,7 +21,7 @@ from merging.errors import (
 )
 from merging.geometry import MergeStats, Spectrum, TensorStats
 from merging.methods import MethodSpec, ParamSpec, TensorInputs, all_methods, get_method, resolve_params
-from merging.plan import MergePlan, PlannedTensor
+from merging.plan import MergePlan, PlannedTensor, TensorInput
 from merging.progress import Progress
 from merging.recipe import DTYPES, ModelEntry, Recipe, validate_recipe
 from merging.sinks import DirectorySink, ModelSink, Sink
@@ -54,6 +54,7 @@ __all__ = [
     "Sink",
     "Spectrum",
     "TensorInfo",
+    "TensorInput",
     "TensorInputs",
     "TensorSource",
     "TensorStats",

@@ -29,7 +29,7 @@ from merging.errors import DeviceError, MergeCancelled, RecipeError
 from merging.geometry import GeometryRecorder, MergeStats, wants_spectrum
 from merging.memory import Workspace
 from merging.methods.base import ModelsFromTaskVectors, TensorInputs
-from merging.plan import MergePlan, PlannedTensor
+from merging.plan import MergePlan, PlannedTensor, plan_uniform
 from merging.progress import Progress
 from merging.recipe import Recipe, canonical_dtype, validate_recipe
 from merging.sinks import Sink
@@ -148,13 +148,14 @@ def run_merge(
             seed = secrets.randbits(31)  # recorded in the result's recipe, so the output is reproducible
         used = dataclasses.replace(recipe, seed=seed)
         plan = MergePlan(
-            tuple(
-                PlannedTensor(
-                    n,
-                    reference.tensors[n].shape,
-                    parse_dtype(out_dtype) if out_dtype else parse_dtype(reference.tensors[n].dtype),
-                )
-                for n in names
+            plan_uniform(
+                report,
+                reference,
+                [m.model for m in recipe.models],
+                base is not None,
+                gparams,
+                mparams,
+                parse_dtype(out_dtype) if out_dtype else None,
             ),
             out_dtype,
             reference.tied_embeddings,
@@ -170,11 +171,9 @@ def run_merge(
             seed if spec.randomized else None,
             dev.type if spec.randomized else None,
         )
-        bytes_total = sum(
-            (base.tensors[n].nbytes if base else 0)
-            + sum(ck.tensors[src[n].name].nbytes for ck, src in zip(models, report.sources, strict=True))
-            for n in names
-        )
+        by_ref = {m.model: ck for m, ck in zip(recipe.models, models, strict=True)}
+        model_refs = tuple(m.model for m in recipe.models)
+        bytes_total = sum(_input_bytes(planned, base, by_ref) for planned in plan.tensors)
 
         sink.begin(reference, used, plan)
         try:
@@ -183,31 +182,38 @@ def run_merge(
             )
             bytes_read = bytes_written = 0
             workspace = Workspace(dev)
-            workspace.reserve((len(models) + 1) * max((math.prod(t.shape) for t in plan.tensors), default=0))
+            workspace.reserve(
+                max((len(t.inputs) + 1) * math.prod(t.shape) for t in plan.tensors) if plan.tensors else 0
+            )
             for done, planned in enumerate(plan.tensors, start=1):
                 if should_cancel is not None and should_cancel():
                     raise MergeCancelled(f"merge cancelled before tensor {planned.name!r}")
                 name = planned.name
-                shape = reference.tensors[name].shape
-                slots = workspace.slots(len(models) + 1, shape)
+                slots = workspace.slots(len(planned.inputs) + 1, planned.shape)
                 stacked, base_t = slots[:-1], slots[-1]
-                for row, ck, src in zip(stacked, models, report.sources, strict=True):
-                    _load_into(row, ck, src[name])
-                if base is not None:
-                    _load_into(base_t, base, TensorSource(name))
+                for row, item in zip(stacked, planned.inputs, strict=True):
+                    _load_into(row, by_ref[item.checkpoint], item.source)
+                if base is not None and planned.base is not None:
+                    _load_into(base_t, base, planned.base)
                 else:
                     base_t.copy_(stacked[0])
-                bytes_read += (base.tensors[name].nbytes if base else 0) + sum(
-                    ck.tensors[src[name].name].nbytes for ck, src in zip(models, report.sources, strict=True)
-                )
+                bytes_read += _input_bytes(planned, base, by_ref)
+                gparams_t, mparams_t = planned.params, planned.model_params
                 gen = torch.Generator(device=dev).manual_seed(tensor_seed(seed or 0, name))
-                if base is not None:  # task vectors formed once, in place; methods and geometry share them
+                has_base = base is not None and planned.base is not None
+                if has_base:  # task vectors formed once, in place; methods and geometry share them
                     stacked.sub_(base_t)
                     inputs = TensorInputs(
-                        name, base_t, ModelsFromTaskVectors(base_t, stacked), mparams, gparams, gen, stacked
+                        name,
+                        base_t,
+                        ModelsFromTaskVectors(base_t, stacked),
+                        mparams_t,
+                        gparams_t,
+                        gen,
+                        stacked,
                     )
                 else:  # linear without a base averages the weights themselves
-                    inputs = TensorInputs(name, None, list(stacked.unbind(0)), mparams, gparams, gen)
+                    inputs = TensorInputs(name, None, list(stacked.unbind(0)), mparams_t, gparams_t, gen)
                 try:
                     merged = spec.merge(inputs)
                 except (RuntimeError, ValueError):
@@ -220,7 +226,10 @@ def run_merge(
                 sink.write(name, out)  # a NaN found below aborts the sink, so nothing bad is committed
                 bytes_written += out.numel() * out.element_size()
                 del out
-                recorder.record(name, base_t, stacked, merged, task_vectors=base is not None)
+                if (
+                    tuple(i.checkpoint for i in planned.inputs) == model_refs
+                ):  # geometry compares the recipe's models
+                    recorder.record(name, base_t, stacked, merged, task_vectors=has_base)
                 del base_t, stacked, slots, merged, inputs
                 if on_progress is not None:
                     on_progress(Progress(done, len(plan.tensors), bytes_read, bytes_total, name))
@@ -248,6 +257,12 @@ def run_merge(
     finally:
         for ck in opened:
             ck.close()
+
+
+def _input_bytes(planned: PlannedTensor, base: Checkpoint | None, by_ref: Mapping[str, Checkpoint]) -> int:
+    """Bytes read from disk for one output tensor: the base's tensor and every input's stored tensor."""
+    n = base.tensors[planned.base.name].nbytes if base is not None and planned.base is not None else 0
+    return n + sum(by_ref[i.checkpoint].tensors[i.source.name].nbytes for i in planned.inputs)
 
 
 def _load_into(dest: torch.Tensor, ck: Checkpoint, src: TensorSource) -> None:

@@ -1,21 +1,47 @@
-"""The merge plan: which tensors the engine will hand to a sink, in which order, with which shape and dtype.
+"""The merge plan: which tensors the engine will hand to a sink, in which order, with which shape and dtype,
+and, for each, where its inputs come from and with which resolved parameters.
 
 Known before any tensor is read (from headers), so a sink can lay out its shards up front and write each
-tensor straight through instead of buffering a shard in memory.
+tensor straight through instead of buffering a shard in memory. The plan is the one seam between the recipe
+layer and the engine: the recipe layer decides per output tensor which checkpoint tensors feed it (slices,
+layer ranges, passthrough) and what the method's parameters are there (gradients, filters); the engine only
+reads what the plan says.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
+
+from merging.checkpoint import Checkpoint, parse_dtype
+from merging.compat import CompatReport, TensorSource
+
+
+@dataclass(frozen=True)
+class TensorInput:
+    """One checkpoint's contribution to an output tensor: which checkpoint (its ref, as in the recipe), which
+    stored tensor (and vocabulary rows to fit), and the per-model parameters resolved for this tensor."""
+
+    checkpoint: str
+    source: TensorSource
+    params: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class PlannedTensor:
+    """One output tensor. `base` is the base checkpoint's stored tensor (None when the merge has no base);
+    `inputs` are the merged checkpoints' tensors in order; `params` the method's global parameters resolved
+    for this tensor. A plan built only for a sink may leave the sources empty."""
+
     name: str
     shape: tuple[int, ...]
     dtype: torch.dtype
+    base: TensorSource | None = None
+    inputs: tuple[TensorInput, ...] = ()
+    params: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def nbytes(self) -> int:
@@ -23,6 +49,10 @@ class PlannedTensor:
         for d in self.shape:
             n *= d
         return n
+
+    @property
+    def model_params(self) -> list[Mapping[str, Any]]:
+        return [i.params for i in self.inputs]
 
 
 @dataclass(frozen=True)
@@ -41,3 +71,34 @@ class MergePlan:
     @property
     def names(self) -> list[str]:
         return [t.name for t in self.tensors]
+
+
+def plan_uniform(
+    report: CompatReport,
+    reference: Checkpoint,
+    model_refs: Sequence[str],
+    has_base: bool,
+    global_params: Mapping[str, Any],
+    model_params: Sequence[Mapping[str, Any]],
+    out_dtype: torch.dtype | None,
+) -> tuple[PlannedTensor, ...]:
+    """The plan of a recipe without slices, gradients or filters: every output tensor is fed by the same
+    checkpoints with the same parameters, named and shaped as in the reference (base, else first model)."""
+    tensors = []
+    for name in report.tensor_names:
+        info = reference.tensors[name]
+        inputs = tuple(
+            TensorInput(ref, sources[name], dict(p))
+            for ref, sources, p in zip(model_refs, report.sources, model_params, strict=True)
+        )
+        tensors.append(
+            PlannedTensor(
+                name,
+                tuple(info.shape),
+                out_dtype or parse_dtype(info.dtype),
+                TensorSource(name) if has_base else None,
+                inputs,
+                dict(global_params),
+            )
+        )
+    return tuple(tensors)
