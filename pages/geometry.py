@@ -61,12 +61,16 @@ with guard("Geometry"):
     left, right = st.columns(2)
     with left:
         st.plotly_chart(
-            charts.layer_norm_heatmap(data.layer_norms(tensors, names), title="Task-vector norm per layer"),
+            charts.layer_norm_heatmap(
+                data.layer_norms(tensors, names), title="Task-vector norm per layer", order=names
+            ),
             key="geo:norms",
         )
     with right:
         cos = data.parse_cosines(row["model_cosines_json"].iloc[0] if len(row) else None, names)
-        st.plotly_chart(charts.cosine_heatmap(cos, title="Pairwise cosine of task vectors"), key="geo:cos")
+        st.plotly_chart(
+            charts.cosine_heatmap(cos, title="Pairwise cosine of task vectors", order=names), key="geo:cos"
+        )
     st.plotly_chart(
         charts.sign_conflict_bars(data.sign_conflicts(tensors), title="Sign-conflict rate per layer"),
         key="geo:signs",

@@ -43,8 +43,9 @@ with guard("Workspace"):
             st.info("The demo zoo is being built; follow it here or on the Jobs page.")
         else:
             st.write(
-                "No demo zoo in this workspace yet. It is a tiny Llama-architecture base with 12 fine-tuned "
-                "checkpoints and their benchmark tasks, trained on CPU, no downloads."
+                "No demo zoo in this workspace yet. It is two families of tiny models, a Llama-architecture "
+                "base and a Qwen3-architecture base, each with 12 fine-tuned checkpoints, and their "
+                "benchmark tasks, trained here on CPU with no downloads."
             )
             if st.button("Build the demo zoo", type="primary"):
                 job_id = runner.submit("build-zoo", {"root": str(zoo_root), "scale": "full"})
@@ -65,7 +66,7 @@ with guard("Workspace"):
             table.sort_values("started_at", ascending=False).head(10).drop(columns=["study_id"]),
             hide_index=True,
             column_config={
-                "average": st.column_config.NumberColumn("average score", format="%.4f"),
-                "vs_base": st.column_config.NumberColumn("vs base", format="%+.4f"),
+                "average": st.column_config.NumberColumn("average (%)", format="%.1f"),
+                "vs_base": st.column_config.NumberColumn("vs base (pp)", format="%+.1f"),
             },
         )

@@ -58,8 +58,8 @@ with guard("Results"):
         view,
         hide_index=True,
         column_config={
-            "average": st.column_config.NumberColumn("average score", format="%.4f"),
-            "vs_base": st.column_config.NumberColumn("vs base", format="%+.4f"),
+            "average": st.column_config.NumberColumn("average (%)", format="%.1f"),
+            "vs_base": st.column_config.NumberColumn("vs base (pp)", format="%+.1f"),
         },
     )
     _download(view, "mergelab_merges", "merges")
@@ -88,15 +88,15 @@ with guard("Results"):
     m1, m2, m3 = st.columns(3)
     merged_avg = float(averages.loc[averages["fingerprint"] == merged_fp, "average"].iloc[0])
     base_avg = averages.loc[averages["fingerprint"] == base_fp, "average"]
-    m1.metric("Merge (average)", f"{merged_avg:.4f}")
+    m1.metric("Merge (average)", f"{merged_avg:.1f}")
     if len(base_avg):
         m2.metric(
             "Base",
-            f"{float(base_avg.iloc[0]):.4f}",
-            f"{merged_avg - float(base_avg.iloc[0]):+.4f} merge vs base",
+            f"{float(base_avg.iloc[0]):.1f}",
+            f"{merged_avg - float(base_avg.iloc[0]):+.1f} pp merge vs base",
         )
     if best:
-        m3.metric("Best checkpoint", f"{best[1]:.4f}", f"{merged_avg - best[1]:+.4f} merge vs best")
+        m3.metric("Best checkpoint", f"{best[1]:.1f}", f"{merged_avg - best[1]:+.1f} pp merge vs best")
     if not len(base_avg) or not best:
         st.caption(
             "The base or the checkpoints have no scores on this suite yet; merges launched with *Evaluate "
@@ -118,7 +118,7 @@ with guard("Results"):
         if base_fp:
             rows.append(scores[scores["fingerprint"] == base_fp].assign(model=f"{base_name} (base)"))
         matrix = charts.score_matrix(pd.concat(rows, ignore_index=True))
-        styled = matrix.style.format("{:.4f}")
+        styled = matrix.style.format("{:.1f}")
         if matrix.shape[1] > 1:
             styled = styled.highlight_max(axis=1, color="#d4edda")
         st.dataframe(styled)

@@ -78,7 +78,7 @@ def score_bars(
 ) -> go.Figure:
     """Per-task scores of several models as grouped bars, base and best checkpoint in fixed colours.
 
-    `scores` columns: model, task, score (a fraction in [0, 1] or a percentage; drawn as given).
+    `scores` columns: model, task, score (percentage points, as ui.data.task_scores gives them).
     Include an "average" task row yourself if you want the aggregate drawn as its own group.
     """
     _require(scores, ["model", "task", "score"], "score_bars")
@@ -107,22 +107,25 @@ def score_bars(
             y=rows["score"],
             name=label,
             marker_color=color,
-            hovertemplate="%{x}<br>%{y:.4f}<extra>" + label + "</extra>",
+            hovertemplate="%{x}<br>%{y:.1f}<extra>" + label + "</extra>",
         )
-    fig.update_layout(barmode="group", xaxis_title="task", yaxis_title="score")
+    fig.update_layout(barmode="group", xaxis_title="task", yaxis_title="accuracy (%)")
     return _layout(fig, title)
 
 
-def layer_norm_heatmap(norms: pd.DataFrame, title: str | None = None) -> go.Figure:
+def layer_norm_heatmap(
+    norms: pd.DataFrame, title: str | None = None, order: Sequence[str] | None = None
+) -> go.Figure:
     """Task-vector L2 norm per (checkpoint, layer) as a heatmap; columns: model, layer, norm.
 
-    Layers keep their first-seen order so the y-axis follows the network's depth, not the alphabet.
+    Layers keep their first-seen order so the y-axis follows the network's depth, not the alphabet;
+    checkpoints follow `order` (the merge's order, shared with the cosine matrix) when given.
     """
     _require(norms, ["model", "layer", "norm"], "layer_norm_heatmap")
     if norms.empty:
         return empty_figure("No task-vector norms recorded", title)
     layers = list(dict.fromkeys(norms["layer"]))
-    models = list(dict.fromkeys(norms["model"]))
+    models = _ordered(norms["model"], order)
     grid = norms.pivot_table(index="layer", columns="model", values="norm", aggfunc="mean", sort=False)
     grid = grid.reindex(index=layers, columns=models)
     fig = go.Figure(
@@ -139,10 +142,18 @@ def layer_norm_heatmap(norms: pd.DataFrame, title: str | None = None) -> go.Figu
     return _layout(fig, title, height=max(320, 22 * len(layers) + 140))
 
 
-def cosine_matrix(pairs: pd.DataFrame, title: str | None = None) -> pd.DataFrame:
-    """Square symmetric cosine matrix (diagonal 1) from long rows a, b, cosine; missing pairs stay NaN."""
+def _ordered(names: Sequence[str], order: Sequence[str] | None) -> list[str]:
+    """Distinct `names`, those listed in `order` first and in its order, the rest as first seen."""
+    seen = list(dict.fromkeys(names))
+    head = [n for n in dict.fromkeys(order or []) if n in seen]
+    return head + [n for n in seen if n not in head]
+
+
+def cosine_matrix(pairs: pd.DataFrame, order: Sequence[str] | None = None) -> pd.DataFrame:
+    """Square symmetric cosine matrix (diagonal 1) from long rows a, b, cosine; missing pairs stay NaN.
+    Rows and columns follow `order` when given (the merge's checkpoint order)."""
     _require(pairs, ["a", "b", "cosine"], "cosine_matrix")
-    names = list(dict.fromkeys(list(pairs["a"]) + list(pairs["b"])))
+    names = _ordered(list(pairs["a"]) + list(pairs["b"]), order)
     mat = pd.DataFrame(np.nan, index=names, columns=names, dtype=float)
     for a, b, c in pairs[["a", "b", "cosine"]].itertuples(index=False):
         mat.loc[a, b] = c
@@ -152,12 +163,14 @@ def cosine_matrix(pairs: pd.DataFrame, title: str | None = None) -> pd.DataFrame
     return mat
 
 
-def cosine_heatmap(pairs: pd.DataFrame, title: str | None = None) -> go.Figure:
+def cosine_heatmap(
+    pairs: pd.DataFrame, title: str | None = None, order: Sequence[str] | None = None
+) -> go.Figure:
     """Pairwise cosine of task vectors as a red-blue heatmap fixed to [-1, 1]; columns a, b, cosine."""
     _require(pairs, ["a", "b", "cosine"], "cosine_heatmap")
     if pairs.empty:
         return empty_figure("Need at least two checkpoints for cosines", title)
-    mat = cosine_matrix(pairs)
+    mat = cosine_matrix(pairs, order)
     text = [[("" if np.isnan(v) else f"{v:.2f}") for v in row] for row in mat.to_numpy()]
     fig = go.Figure(
         go.Heatmap(
@@ -254,6 +267,13 @@ def _paper_lines(fig: go.Figure, paper: pd.DataFrame | None, value: str, color_o
         )
 
 
+def _integer_n_axis(fig: go.Figure, *frames: pd.DataFrame | None) -> None:
+    """Ticks only at the merge sizes that occur: n counts checkpoints, so 2.5 is never a tick."""
+    sizes = sorted({int(n) for f in frames if f is not None and not f.empty for n in f["n"]})
+    if sizes:
+        fig.update_xaxes(tickmode="array", tickvals=sizes, ticktext=[str(n) for n in sizes])
+
+
 def accuracy_vs_n(
     merges: pd.DataFrame,
     base_score: float | None = None,
@@ -281,7 +301,8 @@ def accuracy_vs_n(
         fig.add_hline(
             y=best_score, line=dict(color=BEST_COLOR, dash="dot"), annotation_text="best checkpoint"
         )
-    fig.update_layout(xaxis_title="checkpoints merged (n)", yaxis_title="average accuracy")
+    fig.update_layout(xaxis_title="checkpoints merged (n)", yaxis_title="average accuracy (%)")
+    _integer_n_axis(fig, merges, paper)
     return _layout(fig, title)
 
 
@@ -300,6 +321,7 @@ def distance_vs_n(
     _method_lines(fig, _mean_spread(merges, "distance"), "", True, color_of)
     _paper_lines(fig, paper, "distance", color_of)
     fig.update_layout(xaxis_title="checkpoints merged (n)", yaxis_title="‖θ_merged − θ_base‖₂")
+    _integer_n_axis(fig, merges, paper)
     return _layout(fig, title)
 
 

@@ -42,6 +42,9 @@ def pick_metric(metrics: Sequence[str]) -> str | None:
 def task_scores(eval_rows: pd.DataFrame, labels: Mapping[str, str] | None = None) -> pd.DataFrame:
     """Eval rows (fingerprint, task, metric, value) -> model, fingerprint, task, metric, score.
 
+    Scores are percentage points (the stored value times 100), the unit of the Study page, the paper and
+    README, so every page compares the same numbers.
+
     One headline metric per task (pick_metric) so every model is compared on the same number;
     `labels` maps fingerprints to display names (default: the stored model_name, else the fingerprint).
     """
@@ -55,7 +58,9 @@ def task_scores(eval_rows: pd.DataFrame, labels: Mapping[str, str] | None = None
         for r in chosen.itertuples(index=False):
             fp = r.fingerprint
             name = (labels or {}).get(fp) or getattr(r, "model_name", None) or fp
-            out.append({"model": name, "fingerprint": fp, "task": task, "metric": metric, "score": r.value})
+            out.append(
+                {"model": name, "fingerprint": fp, "task": task, "metric": metric, "score": 100.0 * r.value}
+            )
     df = pd.DataFrame(out, columns=cols)
     return df.drop_duplicates(["fingerprint", "task"], keep="last")
 

@@ -134,3 +134,26 @@ def test_score_matrix_adds_unweighted_average():
 def test_missing_columns_raise_a_clear_error():
     with pytest.raises(ValueError, match="missing"):
         charts.spectra_chart(pd.DataFrame({"source": []}))
+
+
+def test_norm_heatmap_and_cosine_matrix_share_the_merge_order():
+    order = ["zeta", "alpha", "mid"]
+    norms = pd.DataFrame(
+        {"model": ["alpha", "mid", "zeta"], "layer": ["layer 00"] * 3, "norm": [1.0, 2.0, 3.0]}
+    )
+    heat = charts.layer_norm_heatmap(norms, order=order)
+    assert list(heat.data[0].x) == order
+    pairs = pd.DataFrame(
+        {"a": ["alpha", "alpha", "mid"], "b": ["mid", "zeta", "zeta"], "cosine": [0.1, 0.2, 0.3]}
+    )
+    mat = charts.cosine_matrix(pairs, order)
+    assert list(mat.columns) == order and list(mat.index) == order
+    assert mat.loc["zeta", "alpha"] == 0.2
+
+
+def test_merge_size_axes_tick_only_at_whole_sizes():
+    merges = pd.DataFrame({"method": ["ta"] * 3, "n": [2, 3, 4], "accuracy": [50.0, 51.0, 52.0]})
+    fig = charts.accuracy_vs_n(merges)
+    assert list(fig.layout.xaxis.tickvals) == [2, 3, 4]
+    dist = pd.DataFrame({"method": ["ta"] * 2, "n": [2, 12], "distance": [1.0, 2.0]})
+    assert list(charts.distance_vs_n(dist).layout.xaxis.tickvals) == [2, 12]

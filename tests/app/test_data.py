@@ -21,8 +21,8 @@ def test_task_scores_picks_one_metric_per_task_and_averages():
     scores = data.task_scores(rows)
     assert set(scores["metric"]) == {"acc"}
     avg = data.average_scores(scores).set_index("fingerprint")["average"]
-    assert avg["a"] == pytest.approx(0.6) and avg["b"] == pytest.approx(0.3)
-    assert data.best_checkpoint(data.average_scores(scores), ["b"]) == ("b", pytest.approx(0.3))
+    assert avg["a"] == pytest.approx(60.0) and avg["b"] == pytest.approx(30.0)  # percentage points
+    assert data.best_checkpoint(data.average_scores(scores), ["b"]) == ("b", pytest.approx(30.0))
     assert data.best_checkpoint(data.average_scores(scores), ["zzz"]) is None
 
 

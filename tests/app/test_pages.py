@@ -37,11 +37,11 @@ def test_sidebar_counts_the_populated_workspace(populated_home):
 def test_results_scores_the_merge_against_base_and_best(populated_home):
     at = app_test(populated_home, "results")
     values = {m.label: (m.value, m.delta) for m in at.metric}
-    # the TA merge scored (0.55 + 0.45) / 2 = 0.50; base (0.50 + 0.40) / 2 = 0.45;
-    # best checkpoint ft2: (0.50 + 0.42) / 2 = 0.46
-    assert values["Merge (average)"][0] == "0.5000"
-    assert values["Base"] == ("0.4500", "+0.0500 merge vs base")
-    assert values["Best checkpoint"] == ("0.4600", "+0.0400 merge vs best")
+    # in percentage points: the TA merge scored (55 + 45) / 2 = 50; base (50 + 40) / 2 = 45;
+    # best checkpoint ft2: (50 + 42) / 2 = 46
+    assert values["Merge (average)"][0] == "50.0"
+    assert values["Base"] == ("45.0", "+5.0 pp merge vs base")
+    assert values["Best checkpoint"] == ("46.0", "+4.0 pp merge vs best")
 
 
 def test_geometry_draws_a_singular_spectrum(populated_home):
