@@ -328,15 +328,17 @@ def distance_vs_n(
 def spectra_chart(spectra: pd.DataFrame, title: str | None = None) -> go.Figure:
     """Singular values (descending) of each task vector and of the merged update, log y-axis.
 
-    `spectra` columns: source (e.g. a checkpoint name or "merged Δ"), index (0-based), value. The legend
-    carries each spectrum's effective rank, the number the paper's argument about subspaces turns on.
+    `spectra` columns: source (e.g. a checkpoint name or "merged Δ"), index (0-based), value, and
+    optionally effective_rank (as recorded by the merge; computed from the values only when absent). The
+    legend carries each spectrum's effective rank, the number the paper's argument about subspaces turns on.
     """
     _require(spectra, ["source", "index", "value"], "spectra_chart")
     if spectra.empty:
         return empty_figure("No singular spectra recorded", title)
     fig = go.Figure()
     for i, (source, rows) in enumerate(spectra.sort_values("index").groupby("source", sort=False)):
-        erank = effective_rank(rows["value"])
+        recorded = rows["effective_rank"].dropna() if "effective_rank" in rows else pd.Series(dtype=float)
+        erank = float(recorded.iloc[0]) if len(recorded) else effective_rank(rows["value"])
         merged = "merge" in str(source).lower() or str(source).startswith("Δ")
         fig.add_scatter(
             x=rows["index"] + 1,

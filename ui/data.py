@@ -190,10 +190,11 @@ def parse_cosines(raw: Any, names: Sequence[str]) -> pd.DataFrame:
 
 
 def spectra_long(spectra: pd.DataFrame, tensor: str, checkpoints: Sequence[str]) -> pd.DataFrame:
-    """Spectra rows of one tensor -> source, index, value, with sources named after the checkpoints.
+    """Spectra rows of one tensor -> source, index, value, effective_rank, with sources named after the
+    checkpoints. The effective rank is the one the merge recorded (store column), not recomputed here.
 
     Store rows: tensor, source ('task' with idx = checkpoint position, or 'delta' for the merged update),
-    singular_values (list).
+    singular_values (list), effective_rank.
     """
     out = []
     for r in spectra[spectra["tensor"] == tensor].itertuples(index=False):
@@ -202,9 +203,11 @@ def spectra_long(spectra: pd.DataFrame, tensor: str, checkpoints: Sequence[str])
         else:
             i = int(r.idx)
             label = f"τ {checkpoints[i]}" if i < len(checkpoints) else f"τ #{i}"
+        erank = getattr(r, "effective_rank", None)
+        erank = float(erank) if erank is not None and not pd.isna(erank) else None
         for k, v in enumerate(_as_list(r.singular_values)):
-            out.append({"source": label, "index": k, "value": float(v)})
-    return pd.DataFrame(out, columns=["source", "index", "value"])
+            out.append({"source": label, "index": k, "value": float(v), "effective_rank": erank})
+    return pd.DataFrame(out, columns=["source", "index", "value", "effective_rank"])
 
 
 def merge_table(merges: pd.DataFrame, averages: pd.DataFrame, models: pd.DataFrame) -> pd.DataFrame:

@@ -5,7 +5,7 @@ import json
 import pandas as pd
 import pytest
 
-from ui import data, launch
+from ui import charts, data, launch
 
 
 def test_task_scores_picks_one_metric_per_task_and_averages():
@@ -74,11 +74,16 @@ def test_spectra_long_names_sources_after_checkpoints():
             "source": ["task", "task", "delta", "task"],
             "idx": [0, 1, -1, 0],
             "singular_values": [[2.0, 1.0], [3.0], [4.0, 0.5], [9.0]],
+            "effective_rank": [1.9, 1.0, 1.5, 1.0],
         }
     )
     out = data.spectra_long(spectra, "w", ["ft0", "ft1"])
     assert list(out["source"]) == ["τ ft0", "τ ft0", "τ ft1", "merged Δ", "merged Δ"]
     assert list(out["value"]) == [2.0, 1.0, 3.0, 4.0, 0.5]
+    # the effective rank the merge recorded travels with the values (not recomputed by the UI)
+    assert list(out["effective_rank"]) == [1.9, 1.9, 1.0, 1.5, 1.5]
+    legend = [t.name for t in charts.spectra_chart(out).data]
+    assert "τ ft0 (eff. rank 1.9)" in legend
 
 
 def test_study_frames_join_merges_scores_and_pool():
