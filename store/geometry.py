@@ -54,6 +54,36 @@ def _finite_or_none(value: Any) -> float | None:
     return value if math.isfinite(value) else None
 
 
+# Named in inserts, so a later migration's columns never shift the values.
+_TENSOR_COLUMNS = (
+    "merge_id",
+    "tensor",
+    "layer",
+    "kind",
+    "shape",
+    "numel",
+    "delta_norm",
+    "task_norms",
+    "sign_conflict",
+    "cosines_json",
+    "task_dots",
+    "task_l1",
+    "dropped_l1",
+    "conflict_dropped",
+    "conflict_summed",
+)
+_MODEL_COLUMNS = (
+    "merge_id",
+    "model_delta_norm",
+    "model_task_norms",
+    "model_cosines_json",
+    "model_task_dots",
+    "mass_dropped",
+    "conflict_dropped",
+    "conflict_summed",
+)
+
+
 class GeometryMixin(StoreCore):
     def put_merge_stats(
         self,
@@ -76,6 +106,11 @@ class GeometryMixin(StoreCore):
                 _floats(t.get("task_norms")),
                 _finite_or_none(t.get("sign_conflict")),
                 json.dumps(t.get("cosines")),
+                _floats(t.get("task_dots")),
+                _finite_or_none(t.get("task_l1")),
+                _finite_or_none(t.get("dropped_l1")),
+                _finite_or_none(t.get("conflict_dropped")),
+                _finite_or_none(t.get("conflict_summed")),
             ]
             for t in tensors
         ]
@@ -94,23 +129,39 @@ class GeometryMixin(StoreCore):
             for table in ("tensor_stats", "model_stats", "spectra"):
                 cur.execute(f"DELETE FROM {table} WHERE merge_id = ?", [merge_id])
             if tensor_rows:
-                cur.executemany("INSERT INTO tensor_stats VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", tensor_rows)
+                cur.executemany(
+                    f"INSERT INTO tensor_stats ({', '.join(_TENSOR_COLUMNS)}) "
+                    f"VALUES ({', '.join('?' * len(_TENSOR_COLUMNS))})",
+                    tensor_rows,
+                )
             if spectrum_rows:
                 cur.executemany("INSERT INTO spectra VALUES (?, ?, ?, ?, ?, ?)", spectrum_rows)
             if model is not None:
                 cur.execute(
-                    "INSERT INTO model_stats VALUES (?, ?, ?, ?)",
+                    f"INSERT INTO model_stats ({', '.join(_MODEL_COLUMNS)}) "
+                    f"VALUES ({', '.join('?' * len(_MODEL_COLUMNS))})",
                     [
                         merge_id,
                         _finite_or_none(model.get("model_delta_norm")),
                         _floats(model.get("model_task_norms")),
                         json.dumps(model.get("model_cosines")),
+                        _floats(model.get("model_task_dots")),
+                        _finite_or_none(model.get("mass_dropped")),
+                        _finite_or_none(model.get("conflict_dropped")),
+                        _finite_or_none(model.get("conflict_summed")),
                     ],
                 )
 
-    def tensor_stats_df(self, merge_id: str) -> pd.DataFrame:
+    def tensor_stats_df(self, merge_id: str | Iterable[str]) -> pd.DataFrame:
+        """Per-tensor stats of one merge, or of several (a list of ids: Compare reads them together)."""
+        if isinstance(merge_id, str):
+            return self._df(
+                "SELECT * FROM tensor_stats WHERE merge_id = ? ORDER BY layer NULLS FIRST, tensor", [merge_id]
+            )
         return self._df(
-            "SELECT * FROM tensor_stats WHERE merge_id = ? ORDER BY layer NULLS FIRST, tensor", [merge_id]
+            "SELECT * FROM tensor_stats WHERE list_contains(?, merge_id) "
+            "ORDER BY merge_id, layer NULLS FIRST, tensor",
+            [list(merge_id)],
         )
 
     def spectra_df(self, merge_id: str, tensor: str | None = None) -> pd.DataFrame:

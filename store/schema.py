@@ -158,7 +158,21 @@ _V2 = [
     "ALTER TABLE merges ADD COLUMN subset_id VARCHAR",
 ]
 
-MIGRATIONS: list[list[str]] = [_V1, _V2]
+# Version 3: what a merge kept of its task vectors (merging.geometry's kept/dropped mass, ⟨Δ, τ_i⟩ and how
+# sign conflicts were resolved), so Compare can explain why methods differ on the same checkpoints.
+_V3 = [
+    "ALTER TABLE tensor_stats ADD COLUMN task_dots DOUBLE[]",
+    "ALTER TABLE tensor_stats ADD COLUMN task_l1 DOUBLE",
+    "ALTER TABLE tensor_stats ADD COLUMN dropped_l1 DOUBLE",
+    "ALTER TABLE tensor_stats ADD COLUMN conflict_dropped DOUBLE",
+    "ALTER TABLE tensor_stats ADD COLUMN conflict_summed DOUBLE",
+    "ALTER TABLE model_stats ADD COLUMN model_task_dots DOUBLE[]",
+    "ALTER TABLE model_stats ADD COLUMN mass_dropped DOUBLE",
+    "ALTER TABLE model_stats ADD COLUMN conflict_dropped DOUBLE",
+    "ALTER TABLE model_stats ADD COLUMN conflict_summed DOUBLE",
+]
+
+MIGRATIONS: list[list[str]] = [_V1, _V2, _V3]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -246,3 +246,22 @@ def test_cuda_dare_reproducible(tmp_path, tiny_llama_family):
     a = weights(run_merge(r, DirectorySink(tmp_path / "a"), device="cuda").output_path)
     b = weights(run_merge(r, DirectorySink(tmp_path / "b"), device="cuda").output_path)
     assert all(torch.equal(a[n], b[n]) for n in a)
+
+
+def test_kept_mass_tells_task_arithmetic_from_ties(tmp_path, tiny_llama_family):
+    """TA keeps every entry and resolves each conflict by the sum; TIES at density 0.1 leaves most of the task
+    vectors' mass at the base and drops conflicts. ⟨Δ, τ_i⟩ matches a hand computation on the output."""
+    base, cks = tiny_llama_family
+    ta = run_merge(recipe("task_arithmetic", base, cks, {"weight": 1.0}), DirectorySink(tmp_path / "ta"))
+    ties = run_merge(
+        recipe("ties", base, cks, {"weight": 1.0, "density": 0.1}), DirectorySink(tmp_path / "ties")
+    )
+    ta_sum, ties_sum = ta.stats.summary(), ties.stats.summary()
+    assert ta_sum["mass_dropped"] == pytest.approx(0.0, abs=1e-6)
+    assert ta_sum["conflict_summed"] == pytest.approx(1.0) and ta_sum["conflict_dropped"] == 0.0
+    assert ties_sum["mass_dropped"] > 0.5 and ties_sum["conflict_dropped"] > 0.5
+    out, b = weights(ta.output_path), load_file(base / "model.safetensors")
+    ms = [load_file(c / "model.safetensors") for c in cks]
+    for i, m in enumerate(ms):
+        dot = sum(float(((out[n] - b[n]).double() * (m[n] - b[n]).double()).sum()) for n in b)
+        assert ta.stats.model_task_dots[i] == pytest.approx(dot, rel=1e-4)

@@ -75,3 +75,48 @@ def test_effective_rank_and_selection():
     assert wants_spectrum("model.layers.0.mlp.up_proj.weight", 2, ["*.mlp.*"])
     assert not wants_spectrum("model.layers.0.mlp.up_proj.weight", 2, ["*.self_attn.*"])
     assert not wants_spectrum("model.norm.weight", 1, "all")
+
+
+def test_what_the_update_kept_of_the_task_vectors():
+    stats, w, v = _record(None)
+    # ⟨Δ, τ_i⟩: w: Δ = e00 picks τ1[0,0] = 1 and τ2[0,0] = 1; v: Δ = [1, 0] picks τ1 = [2, 0] -> 2, τ2 -> 0
+    assert w.task_dots == pytest.approx([1.0, 1.0]) and v.task_dots == pytest.approx([2.0, 0.0])
+    assert stats.model_task_dots == pytest.approx([3.0, 1.0])
+    # L1 mass of w: 4 + 4; Δ is 0 at (0,1), (1,0), (1,1) which carry 1+1, 0, 2+2 of it
+    assert (w.task_l1, w.dropped_l1) == (8.0, 6.0)
+    assert (v.task_l1, v.dropped_l1) == (2.0, 0.0)  # the entry Δ left alone carries no mass
+    # both conflicting entries of w were left at the base
+    assert (w.conflict_dropped, w.conflict_summed) == (1.0, 0.0)
+    summary = stats.summary()
+    assert summary["mass_dropped"] == pytest.approx(6 / 10)
+    assert summary["model_task_dots"] == pytest.approx([3.0, 1.0])
+    assert (summary["conflict_dropped"], summary["conflict_summed"]) == (1.0, 0.0)
+    assert stats.to_rows()["tensors"][0]["task_dots"] == pytest.approx([1.0, 1.0])
+
+
+def test_conflicts_resolved_with_or_against_the_summed_sign():
+    rec = GeometryRecorder(2)
+    base = torch.zeros(3)
+    # τ1 = [3, -1, 1], τ2 = [-1, 2, 1]: entries 0 and 1 conflict, Σ τ = [2, 1, 2]
+    u = rec.record(
+        "u",
+        base,
+        [torch.tensor([3.0, -1.0, 1.0]), torch.tensor([-1.0, 2.0, 1.0])],
+        torch.tensor([2.0, -0.5, 0.0]),
+    )
+    assert u.sign_conflict == pytest.approx(2 / 3)
+    # entry 0: Δ > 0 with Σ > 0 (summed side); entry 1: Δ < 0 against Σ > 0; nothing dropped among them
+    assert (u.conflict_dropped, u.conflict_summed) == (0.0, 0.5)
+    assert (u.task_l1, u.dropped_l1) == (9.0, 2.0)  # entry 2 (|1| + |1|) was left at the base
+    assert u.task_dots == pytest.approx([6.5, -3.0])
+    summary = rec.finish().summary()
+    assert summary["mass_dropped"] == pytest.approx(2 / 9)
+    assert summary["conflict_summed"] == pytest.approx(0.5)
+
+
+def test_one_checkpoint_has_no_conflicts_but_still_its_mass():
+    rec = GeometryRecorder(1)
+    t = rec.record("x", torch.zeros(2), torch.tensor([[1.0, -2.0]]), torch.tensor([0.0, -2.0]))
+    assert (t.sign_conflict, t.conflict_dropped, t.conflict_summed) == (0.0, 0.0, 0.0)
+    assert (t.task_l1, t.dropped_l1) == (3.0, 1.0)
+    assert rec.finish().summary()["conflict_dropped"] is None  # no conflicts: no rate to report

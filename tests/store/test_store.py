@@ -37,8 +37,8 @@ def _row(**over):
 
 
 def test_fresh_file_is_at_latest_version(db):
-    assert db.schema_version == SCHEMA_VERSION == 2
-    assert current_version(db.cursor()) == 2
+    assert db.schema_version == SCHEMA_VERSION == 3
+    assert current_version(db.cursor()) == 3
     assert db.count("jobs") == 0
 
 
@@ -52,12 +52,29 @@ def test_older_file_is_migrated_and_keeps_rows(tmp_path):
     )
     con.close()
     with Store(path) as store:
-        assert store.schema_version == 2
+        assert store.schema_version == SCHEMA_VERSION
         merge = store.get_merge("m1")
         assert merge["method"] == "ties" and merge["study_id"] is None
         assert store.count("studies") == 0
         versions = store.table("schema_version")["version"].tolist()
-        assert versions == [1, 2]
+        assert versions == list(range(1, SCHEMA_VERSION + 1))
+
+
+def test_version_2_geometry_gains_the_kept_mass_columns_empty(tmp_path):
+    path = tmp_path / "v2.duckdb"
+    con = duckdb.connect(str(path))
+    assert migrate(con, target=2) == 2
+    con.execute(
+        "INSERT INTO tensor_stats (merge_id, tensor, kind, numel, delta_norm) "
+        "VALUES ('m', 'w', 'mlp', 4, 1.5)"
+    )
+    con.execute("INSERT INTO model_stats (merge_id, model_delta_norm) VALUES ('m', 1.5)")
+    con.close()
+    with Store(path) as store:
+        row = store.tensor_stats_df("m").iloc[0]
+        assert row.delta_norm == 1.5 and pd.isna(row.task_dots) and pd.isna(row.dropped_l1)
+        model = store.model_stats_df(["m"]).iloc[0]
+        assert model.model_delta_norm == 1.5 and pd.isna(model.mass_dropped)
 
 
 def test_newer_file_is_refused(tmp_path):
@@ -156,6 +173,11 @@ def test_merge_record_and_geometry_roundtrip(db):
             delta_norm=float("nan"),
             cosines=None,
             sign_conflict=0.0,
+            task_dots=[0.5, -0.25],
+            task_l1=3.0,
+            dropped_l1=1.0,
+            conflict_dropped=0.75,
+            conflict_summed=0.25,
         ),
     ]
     spectra = [
@@ -172,7 +194,13 @@ def test_merge_record_and_geometry_roundtrip(db):
             mid,
             tensors=tensors,
             spectra=spectra,
-            model=dict(model_delta_norm=2.5, model_task_norms=[1.0, 2.0], model_cosines=[[1, 0], [0, 1]]),
+            model=dict(
+                model_delta_norm=2.5,
+                model_task_norms=[1.0, 2.0],
+                model_cosines=[[1, 0], [0, 1]],
+                model_task_dots=[0.5, -0.25],
+                mass_dropped=1 / 3,
+            ),
         )
     ts = db.tensor_stats_df(mid)
     assert len(ts) == 2
@@ -182,6 +210,14 @@ def test_merge_record_and_geometry_roundtrip(db):
     assert pd.isna(ts[ts.tensor == "model.norm.weight"].iloc[0].delta_norm)
     assert list(db.spectra_df(mid).iloc[0].singular_values) == [3.0, 1.0]
     assert db.model_stats_df([mid]).iloc[0].model_delta_norm == 2.5
+    norm = ts[ts.tensor == "model.norm.weight"].iloc[0]
+    assert list(norm.task_dots) == [0.5, -0.25] and (norm.task_l1, norm.dropped_l1) == (3.0, 1.0)
+    assert (norm.conflict_dropped, norm.conflict_summed) == (0.75, 0.25)
+    assert pd.isna(up.dropped_l1)  # a row recorded without the kept-mass fields keeps them empty
+    model = db.model_stats_df([mid]).iloc[0]
+    assert list(model.model_task_dots) == [0.5, -0.25] and model.mass_dropped == pytest.approx(1 / 3)
+    assert pd.isna(model.conflict_dropped)
+    assert len(db.tensor_stats_df([mid, "other"])) == 2  # several merges at once
     db.finish_merge(mid, "done", seconds=1.25, merged_fingerprint="mf")
     assert db.get_merge(mid)["merged_fingerprint"] == "mf"
     db.discard_merge(mid)
