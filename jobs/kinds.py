@@ -263,6 +263,43 @@ def run_build_zoo_job(ctx: JobContext, params: dict[str, Any]) -> dict[str, Any]
     return {"root": str(root), "seconds": round(time.perf_counter() - started, 1)}
 
 
+def validate_download(params: dict[str, Any]) -> dict[str, Any]:
+    from merging.hub import looks_like_hub_id
+
+    repo = params.get("repo_id")
+    if not isinstance(repo, str) or not looks_like_hub_id(repo):
+        raise JobError(f"repo_id must be a Hub id like owner/name, got {repo!r}.")
+    return params
+
+
+def run_download_job(ctx: JobContext, params: dict[str, Any]) -> dict[str, Any]:
+    """Download a Hub checkpoint's safetensors, configs and tokenizer into $MERGELAB_HOME/cache/hub.
+
+    Resumable: a cancelled or broken download keeps its partial files and the next attempt continues them.
+    """
+    from merging import MergeCancelled
+    from merging.hub import download_checkpoint
+
+    repo = params["repo_id"]
+
+    def progress(done: int, total: int, name: str) -> None:
+        ctx.progress(done / max(1, total), f"{name}: {done / 2**20:,.0f} of {total / 2**20:,.0f} MiB")
+
+    ctx.log(f"downloading {repo}")
+    try:
+        path = download_checkpoint(
+            repo,
+            cache_dir=workspace_dir() / "cache" / "hub",
+            revision=params.get("revision") or "main",
+            progress=progress,
+            should_cancel=ctx.should_cancel,
+        )
+    except MergeCancelled as exc:
+        raise JobCancelled(str(exc)) from exc
+    ctx.log(f"downloaded to {path}")
+    return {"repo_id": repo, "path": str(path)}
+
+
 register_kind("merge", run_merge_job, validate=validate_merge, description="merge a recipe to a model folder")
 register_kind(
     "evaluate", run_evaluate_job, validate=validate_evaluate, description="score a model on a suite"
@@ -275,3 +312,6 @@ register_kind(
 )
 register_kind("study", run_study_job, validate=validate_study, description="the paper's protocol on a pool")
 register_kind("build-zoo", run_build_zoo_job, validate=validate_build_zoo, description="build the demo zoo")
+register_kind(
+    "download", run_download_job, validate=validate_download, description="download a Hub checkpoint"
+)

@@ -5,7 +5,7 @@ package of the project.
 """
 
 from merging import errors, recipe
-from merging.checkpoint import Checkpoint, TensorInfo, open_checkpoint
+from merging.checkpoint import Checkpoint, RemoteCheckpoint, TensorInfo, open_checkpoint
 from merging.compat import CompatIssue, CompatReport, TensorSource, check_compatibility
 from merging.engine import MergeResult, merge_fingerprint, resolve_device, run_merge, tensor_seed
 from merging.errors import (
@@ -20,6 +20,7 @@ from merging.errors import (
     RecipeError,
 )
 from merging.geometry import MergeStats, Spectrum, TensorStats
+from merging.hub import download_checkpoint
 from merging.methods import MethodSpec, ParamSpec, TensorInputs, all_methods, get_method, resolve_params
 from merging.plan import MergePlan, PlannedTensor, TensorInput
 from merging.progress import Progress
@@ -50,6 +51,7 @@ __all__ = [
     "PlannedTensor",
     "Progress",
     "Recipe",
+    "RemoteCheckpoint",
     "RecipeError",
     "Sink",
     "Spectrum",
@@ -60,6 +62,7 @@ __all__ = [
     "TensorStats",
     "all_methods",
     "check_compatibility",
+    "download_checkpoint",
     "errors",
     "get_method",
     "merge_fingerprint",

@@ -105,7 +105,14 @@ def read_safetensors_header(file: Path) -> dict[str, TensorInfo]:
             raise ValueError("header is not a JSON object")
     except (UnicodeDecodeError, ValueError) as exc:
         raise CheckpointError(f"corrupt safetensors file {file}: unreadable header ({exc})") from None
-    data_start = 8 + n
+    return tensor_infos(header, 8 + n, size, file)
+
+
+def tensor_infos(
+    header: dict[str, Any], data_start: int, size: int | None, file: Path
+) -> dict[str, TensorInfo]:
+    """TensorInfos from a parsed safetensors header, every offset checked against the file's size (when
+    known: a remote file's size comes from the Hub's listing)."""
     infos: dict[str, TensorInfo] = {}
     for name, entry in header.items():
         if name == "__metadata__":
@@ -129,7 +136,7 @@ def read_safetensors_header(file: Path) -> dict[str, TensorInfo]:
                 f"corrupt safetensors file {file}: tensor {name!r} spans {end - begin} bytes, "
                 f"shape {shape} {code} needs {numel * width}"
             )
-        if data_start + end > size:
+        if size is not None and data_start + end > size:
             raise CheckpointError(
                 f"truncated safetensors file {file}: tensor {name!r} ends at byte {data_start + end}, "
                 f"file has {size}"
@@ -142,6 +149,8 @@ def read_safetensors_header(file: Path) -> dict[str, TensorInfo]:
 
 class Checkpoint:
     """An opened model directory. Cheap to open; tensors are read lazily with `read(name)`."""
+
+    remote = False
 
     def __init__(self, ref: str, path: Path, config: dict[str, Any], tensors: dict[str, TensorInfo], pickled):
         self.ref = ref
@@ -262,9 +271,68 @@ class Checkpoint:
         return f"Checkpoint({self.ref!r}, {self.architecture}, {len(self.tensors)} tensors)"
 
 
-def open_checkpoint(ref: str | Path, *, allow_bin: bool = False, cache_dir: Path | None = None) -> Checkpoint:
-    """Open a local model directory or a Hub id. Raises CheckpointError with a one-line reason."""
-    path = resolve_ref(ref, cache_dir)
+class RemoteCheckpoint(Checkpoint):
+    """A Hub checkpoint known from its config and safetensors headers only: enough to describe it, count
+    its parameters and check compatibility, without a byte of its weights. Reading a tensor needs a download
+    (`merging.hub.download_checkpoint`, which a merge job runs)."""
+
+    remote = True
+
+    def __init__(self, ref: str, sha: str, config: dict[str, Any], tensors: dict[str, TensorInfo]):
+        super().__init__(ref, Path(ref), config, tensors, None)
+        self.sha = sha
+
+    def _compute_fingerprint(self) -> str:
+        """Identity of a Hub revision: the repository, its commit and its headers (weights unseen)."""
+        h = hashlib.sha256(b"mergelab-hub-checkpoint-v1\0")
+        h.update(f"{self.ref}@{self.sha}".encode())
+        for name in sorted(self.tensors):
+            t = self.tensors[name]
+            h.update(f"\0{name}|{t.shape}|{t.dtype}|{t.nbytes}|{t.file.name}|{t.offset}".encode())
+        return h.hexdigest()[:32]
+
+    def read(self, name: str) -> torch.Tensor:
+        raise CheckpointError(
+            f"checkpoint {self.ref!r} is known from its Hub headers only; its weights are downloaded when a "
+            "merge needs them"
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"RemoteCheckpoint({self.ref!r}@{self.sha[:8]}, {self.architecture}, {len(self.tensors)} tensors)"
+        )
+
+
+def _open_remote(ref: str) -> RemoteCheckpoint:
+    from merging.hub import fetch_remote
+
+    listing, config, headers = fetch_remote(ref)
+    sizes = {f.name: f.size for f in listing.files}
+    tensors: dict[str, TensorInfo] = {}
+    for fname, (header, data_start) in headers.items():
+        for name, info in tensor_infos(header, data_start, sizes.get(fname), Path(fname)).items():
+            if name in tensors:
+                raise CheckpointError(f"checkpoint {ref!r}: tensor {name!r} is stored twice ({fname})")
+            tensors[name] = info
+    if not tensors:
+        raise CheckpointError(f"checkpoint {ref!r} holds no tensors")
+    if not isinstance(config, dict):
+        raise CheckpointError(f"checkpoint {ref!r}: config.json is not a JSON object")
+    return RemoteCheckpoint(ref, listing.sha, config, tensors)
+
+
+def open_checkpoint(
+    ref: str | Path, *, allow_bin: bool = False, cache_dir: Path | None = None, download: bool = True
+) -> Checkpoint:
+    """Open a local model directory or a Hub id. Raises CheckpointError with a one-line reason.
+
+    A Hub id is served from the workspace's Hub cache when it was downloaded before; otherwise
+    download=True fetches it (what a merge needs) and download=False reads only its config and headers over
+    HTTP and returns a RemoteCheckpoint (what pages need: seconds, not gigabytes).
+    """
+    path = resolve_ref(ref, cache_dir, download=download)
+    if path is None:
+        return _open_remote(str(ref))
     config = _read_config(path, str(ref))
     files = _safetensors_files(path, str(ref))
     if files:

@@ -6,7 +6,7 @@ import streamlit as st
 
 import merging
 from ui import catalog
-from ui.session import get_store, guard
+from ui.session import get_runner, get_store, guard
 
 st.title("Models")
 
@@ -47,7 +47,7 @@ with guard("Models"):
     st.subheader("Inspect")
     ref = st.selectbox("Model", list(label), format_func=label.get, key="models:inspect")
     with guard("Could not open"):
-        ck = merging.open_checkpoint(ref)
+        ck = merging.open_checkpoint(ref, download=False)
         try:
             info = catalog.describe(ck)
             table = catalog.tensor_table(ck)
@@ -61,6 +61,14 @@ with guard("Models"):
         c[4].metric("Tensors", info["tensors"])
         if info["tied_embeddings"]:
             st.caption("Tied embeddings: the output head reuses the input embedding.")
+        if info["remote"]:
+            st.caption(
+                "Read from the Hub's safetensors headers; no weights downloaded. A merge downloads them, or "
+                "fetch them now as a background job (resumable, into the workspace)."
+            )
+            if st.button("Download weights", key=f"models:download:{ref}"):
+                job = get_runner().submit("download", {"repo_id": ref})
+                st.success(f"Download queued as job {job}; follow it on the Jobs page.")
         st.dataframe(table, hide_index=True, height=300)
 
     st.subheader("Compatibility matrix")

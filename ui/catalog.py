@@ -1,8 +1,9 @@
 """Registering checkpoints and describing them: the glue between `merging.open_checkpoint` and the store.
 
-Registration reads only headers (config, safetensors headers, a few sampled bytes for the fingerprint),
-so it is quick enough to run in the page script; the fingerprint is the model's identity everywhere
-(scores, merges), so the same files registered twice are one model.
+Registration reads only headers (config and safetensors headers; for a Hub id over HTTP with ranged reads,
+never the weights), so it is quick enough to run in the page script; the fingerprint is the model's
+identity everywhere (scores, merges), so the same files registered twice are one model. Hub weights are
+downloaded by a background `download` job or by the merge that needs them, into MERGELAB_HOME.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ def describe(ck: Any) -> dict[str, Any]:
         "tensors": len(ck.tensors),
         "tied_embeddings": bool(ck.tied_embeddings),
         "fingerprint": ck.fingerprint,
+        "remote": bool(ck.remote),
     }
 
 
@@ -71,7 +73,7 @@ def register(db: Any, ref: str, kind: str, name: str | None = None) -> dict[str,
     ref = str(ref).strip()
     if not ref:
         raise ValueError("Give a local folder or a Hugging Face Hub id (owner/name).")
-    ck = merging.open_checkpoint(ref)
+    ck = merging.open_checkpoint(ref, download=False)
     try:
         info = describe(ck)
         name = (name or "").strip() or default_name(ref)
@@ -92,8 +94,8 @@ def register(db: Any, ref: str, kind: str, name: str | None = None) -> dict[str,
 
 def compatibility(base_ref: str, refs: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(one row per checkpoint: status, counts, details; every issue as a row) for the chosen set."""
-    base = merging.open_checkpoint(base_ref)
-    cks = [merging.open_checkpoint(r) for r in refs]
+    base = merging.open_checkpoint(base_ref, download=False)
+    cks = [merging.open_checkpoint(r, download=False) for r in refs]
     try:
         report = merging.check_compatibility(base, cks)
         matrix = pd.DataFrame(report.matrix())

@@ -159,7 +159,7 @@ def matrix_names(ref: str) -> list[str]:
     import merging
 
     try:
-        ck = merging.open_checkpoint(ref)
+        ck = merging.open_checkpoint(ref, download=False)
     except merging.MergeError:
         return []
     try:
