@@ -25,7 +25,7 @@ import torch
 
 from merging.checkpoint import Checkpoint, open_checkpoint, parse_dtype
 from merging.compat import CompatReport, TensorSource, adjust_rows, check_compatibility
-from merging.errors import DeviceError, MergeCancelled, RecipeError
+from merging.errors import DeviceError, MergeCancelled, NonFiniteError, RecipeError
 from merging.geometry import GeometryRecorder, MergeStats, wants_spectrum
 from merging.memory import Workspace
 from merging.methods.base import ModelsFromTaskVectors, TensorInputs
@@ -222,8 +222,14 @@ def run_merge(
                 merged = _check_shape(merged, planned, spec.name)
                 if merged.untyped_storage().data_ptr() == slots.untyped_storage().data_ptr():
                     merged = merged.clone()  # the stats below reuse the inputs' memory in place
+                if not output_is_finite(merged):  # checked before the sink sees it (issue 11)
+                    recorder.refuse_nonfinite_inputs(name, base_t, stacked)  # names a NaN input
+                    raise NonFiniteError(
+                        f"the method produced NaN/Inf in tensor {name!r}; check its parameters "
+                        "(e.g. weights summing to 0)"
+                    )
                 out = merged.to(planned.dtype)
-                sink.write(name, out)  # a NaN found below aborts the sink, so nothing bad is committed
+                sink.write(name, out)
                 bytes_written += out.numel() * out.element_size()
                 del out
                 if (
@@ -257,6 +263,12 @@ def run_merge(
     finally:
         for ck in opened:
             ck.close()
+
+
+def output_is_finite(merged: torch.Tensor) -> bool:
+    """No NaN/Inf in a merged tensor: one sum pass, a full scan only when the sum is not finite (a finite
+    tensor whose float64 sum overflows still passes)."""
+    return math.isfinite(float(merged.sum(dtype=torch.float64))) or bool(torch.isfinite(merged).all())
 
 
 def _input_bytes(planned: PlannedTensor, base: Checkpoint | None, by_ref: Mapping[str, Checkpoint]) -> int:

@@ -3,17 +3,20 @@ tensor in plan order, then commit(result) or abort().
 
 `DirectorySink` writes a loadable model directory, streaming each tensor straight into its safetensors shard
 (the layout is fixed from the plan up front, so no shard is buffered in memory), inside a temporary sibling
-directory that is renamed into place only on commit. `ModelSink` writes into a resident transformers model,
-so evaluation can score a merge without touching disk.
+directory that is renamed into place only on commit. The temporary directory is named after the output and
+the writing process (`.NAME.mergelab-tmp-PID-RAND`), so a later merge to the same output can tell a dead
+writer's leftovers from a live one's and remove them; abort removes only what this sink created, never a
+folder another merge may be using. `ModelSink` writes into a resident transformers model, so evaluation can
+score a merge without touching disk; a refused merge leaves it marked `stale`.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import struct
-import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
@@ -48,6 +51,45 @@ class Sink(Protocol):
     def write(self, name: str, tensor: torch.Tensor) -> None: ...
     def commit(self, result: MergeResult) -> Path | None: ...
     def abort(self) -> None: ...
+
+
+TMP_MARK = ".mergelab-tmp-"
+
+
+def temp_name(out_dir: Path, pid: int | None = None) -> str:
+    """The temporary sibling's name for one merge into `out_dir`: output name, writer's PID, random tag."""
+    return f".{out_dir.name}{TMP_MARK}{os.getpid() if pid is None else pid}-{secrets.token_hex(6)}"
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_temps(out_dir: Path) -> list[Path]:
+    """Remove temporary siblings of `out_dir` left by merges whose process is gone (kill -9, power loss).
+    A live process's temporary folder is left alone, whoever it belongs to. Returns what was removed."""
+    removed: list[Path] = []
+    prefix = f".{out_dir.name}{TMP_MARK}"
+    try:
+        siblings = list(out_dir.parent.iterdir())
+    except OSError:
+        return removed
+    for p in siblings:
+        if not p.name.startswith(prefix) or not p.is_dir():
+            continue
+        pid_text = p.name[len(prefix) :].split("-", 1)[0]
+        if pid_text.isdigit() and not _pid_alive(int(pid_text)):
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+    return removed
 
 
 def _check_target(out_dir: Path) -> None:
@@ -112,7 +154,7 @@ class DirectorySink:
         self._writer: _ShardWriter | None = None
         self._shard_idx = -1
         self._pos = 0
-        self._created_root: Path | None = None
+        self._created_dirs: list[Path] = []
 
     def shard_names(self) -> list[str]:
         n = len(self._shards)
@@ -131,16 +173,23 @@ class DirectorySink:
                 size = 0
             self._shards[-1].append(t)
             size += t.nbytes
-        missing = [d for d in self.out_dir.parents if not d.exists()]
-        self._created_root = missing[-1] if missing else None  # removed again by abort()
-        try:
-            self.out_dir.parent.mkdir(parents=True, exist_ok=True)
-            self.tmp_dir = self.out_dir.parent / f".{self.out_dir.name}.tmp-{uuid.uuid4().hex[:12]}"
-            self.tmp_dir.mkdir()
-        except OSError as exc:
-            raise OutputError(
-                f"cannot create the output next to {str(self.out_dir)!r}: {exc.strerror or exc}"
-            ) from None
+        self._created_dirs = [d for d in self.out_dir.parents if not d.exists()]  # abort removes if empty
+        remove_stale_temps(self.out_dir)
+        for attempt in range(5):  # a sibling merge's abort may remove an empty parent between our mkdirs
+            try:
+                self.out_dir.parent.mkdir(parents=True, exist_ok=True)
+                self.tmp_dir = self.out_dir.parent / temp_name(self.out_dir)
+                self.tmp_dir.mkdir()
+                break
+            except FileNotFoundError:
+                self.tmp_dir = None
+                if attempt == 4:
+                    raise OutputError(f"cannot create the output next to {str(self.out_dir)!r}") from None
+            except OSError as exc:
+                self.tmp_dir = None
+                raise OutputError(
+                    f"cannot create the output next to {str(self.out_dir)!r}: {exc.strerror or exc}"
+                ) from None
 
     def write(self, name: str, tensor: torch.Tensor) -> None:
         plan = self._plan
@@ -202,19 +251,24 @@ class DirectorySink:
             self.abort()
             raise
         self.tmp_dir = None
+        self._created_dirs = []
         return self.out_dir
 
     def abort(self) -> None:
+        """Remove this merge's temporary folder, and the parents begin() created if they are now empty.
+        Never a non-empty folder: a sibling merge may be writing next to us (issue 11)."""
         if self._writer is not None:
             self._writer.close()
             self._writer = None
         if self.tmp_dir is not None:
             shutil.rmtree(self.tmp_dir, ignore_errors=True)
             self.tmp_dir = None
-        root = getattr(self, "_created_root", None)
-        if root is not None and root.is_dir() and not self.out_dir.exists():
-            shutil.rmtree(root, ignore_errors=True)
-            self._created_root = None
+        for d in self._created_dirs:  # deepest first
+            try:
+                d.rmdir()
+            except OSError:
+                break
+        self._created_dirs = []
 
     @staticmethod
     def _copy_base_files(base: Checkpoint, dest: Path) -> None:
@@ -281,12 +335,14 @@ class ModelSink:
     """Copies merged tensors into a resident transformers model (parameters and persistent buffers).
 
     Reusable: every begin() starts a fresh merge into the same model. After abort() the model holds a mix
-    of old and new weights (`complete` is False) until the next committed merge.
+    of old and new weights: `stale` is True (and `complete` False) until the next committed merge, so no
+    one evaluates a half-overwritten model.
     """
 
     def __init__(self, model: torch.nn.Module):
         self.model = model
         self.complete = False
+        self.stale = False
         self._targets: dict[str, torch.Tensor] = {}
         self._written: set[int] = set()
         self._tie_copy: tuple[str, torch.Tensor] | None = None
@@ -326,6 +382,7 @@ class ModelSink:
         target = self._targets.get(name)
         if target is None:
             raise OutputError(f"ModelSink.write: unexpected tensor {name!r}")
+        self.stale = True  # until commit: the model now mixes old and new weights
         target.copy_(tensor.to(device=target.device, dtype=target.dtype))
         self._written.add(target.data_ptr())
         if self._tie_copy is not None and self._tie_copy[0] == name:
@@ -338,6 +395,7 @@ class ModelSink:
             if p.data_ptr() not in self._written:
                 raise OutputError(f"the merge did not provide parameter {name!r} of the resident model")
         self.complete = True
+        self.stale = False
         return None
 
     def abort(self) -> None:

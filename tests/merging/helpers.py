@@ -31,4 +31,4 @@ def weights(path: Path) -> dict[str, torch.Tensor]:
 
 def leftovers(parent: Path) -> list[str]:
     """Temporary output directories the sink might have left behind."""
-    return [p.name for p in parent.iterdir() if ".tmp-" in p.name]
+    return [p.name for p in parent.iterdir() if ".tmp-" in p.name or ".mergelab-tmp-" in p.name]

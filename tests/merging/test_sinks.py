@@ -1,4 +1,9 @@
 import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -6,7 +11,9 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from merging import DirectorySink, ModelSink, OutputError, Recipe, open_checkpoint, run_merge
+from merging.errors import MergeCancelled, NonFiniteError
 from merging.plan import MergePlan, PlannedTensor
+from merging.sinks import remove_stale_temps, temp_name
 from tests.merging.helpers import leftovers, recipe, weights
 
 
@@ -116,3 +123,112 @@ def test_model_sink_refuses_a_model_of_other_shape(tiny_llama_family, odd):
         r"the merge gives \(32, 64\)",
     ):
         run_merge(recipe("ties", base, cks, {"weight": 1.0}), ModelSink(other))
+
+
+def test_aborted_merge_leaves_a_sibling_merge_in_a_fresh_parent_intact(tmp_path, tiny_llama_family):
+    """Two merges into sibling folders of a parent neither found: the cancelled one removes only its own
+    temporary folder; the other finishes and its output is intact (issue 11)."""
+    base, cks = tiny_llama_family
+    parent = tmp_path / "fresh" / "merges"
+    r = recipe("task_arithmetic", base, cks, {"weight": 1.0})
+    first, second = DirectorySink(parent / "a"), DirectorySink(parent / "b")
+    ck = open_checkpoint(base)
+    plan = MergePlan((PlannedTensor("x", (2,), torch.float32),), None, False)
+    first.begin(ck, r, plan)
+    second.begin(ck, r, plan)
+    first.write("x", torch.ones(2))
+    first.abort()  # the cancelled one
+    assert parent.is_dir() and second.tmp_dir is not None and second.tmp_dir.is_dir()
+    second.abort()
+    assert list(parent.iterdir()) == []  # each removed only its own temporary folder
+    done = run_merge(r, DirectorySink(parent / "b"))
+    cancelled = DirectorySink(parent / "a")
+    with pytest.raises(MergeCancelled):
+        run_merge(r, cancelled, should_cancel=lambda: True)
+    assert leftovers(parent) == [] and done.output_path == parent / "b"
+    assert AutoModelForCausalLM.from_pretrained(parent / "b") is not None
+
+
+def test_temp_folder_names_the_output_and_the_writer(tmp_path, tiny_llama_family):
+    sink = DirectorySink(tmp_path / "o")
+    plan = MergePlan((PlannedTensor("x", (2,), torch.float32),), None, False)
+    sink.begin(open_checkpoint(tiny_llama_family[0]), Recipe("ties", "x", []), plan)
+    assert sink.tmp_dir.name.startswith(f".o.mergelab-tmp-{os.getpid()}-")
+    sink.abort()
+
+
+def test_stale_temp_of_a_dead_merge_is_removed_live_one_kept(tmp_path, tiny_llama_family):
+    out = tmp_path / "o"
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    stale = tmp_path / temp_name(out, pid=int(dead.stdout))
+    live = tmp_path / temp_name(out)  # this process: alive
+    other = tmp_path / temp_name(tmp_path / "other", pid=int(dead.stdout))  # another output's: not ours
+    for d in (stale, live, other):
+        d.mkdir()
+    assert remove_stale_temps(out) == [stale]
+    assert not stale.exists() and live.exists() and other.exists()
+
+
+KILLED_MERGE = """
+import os, signal, sys
+from merging import DirectorySink, ModelEntry, Recipe, run_merge
+base, out, *cks = sys.argv[1:]
+r = Recipe("task_arithmetic", base, [ModelEntry(c, {"weight": 1.0}) for c in cks])
+run_merge(r, DirectorySink(out, max_shard_bytes=20_000),
+          on_progress=lambda p: p.tensors_done == 3 and os.kill(os.getpid(), signal.SIGKILL))
+"""
+
+
+def test_kill_9_mid_write_leaves_a_temp_the_next_run_removes(tmp_path, tiny_llama_family):
+    base, cks = tiny_llama_family
+    out = tmp_path / "o"
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.run(
+        [sys.executable, "-c", KILLED_MERGE, str(base), str(out), *map(str, cks)],
+        cwd=root,
+        capture_output=True,
+        timeout=120,
+    )
+    assert proc.returncode == -signal.SIGKILL
+    assert len(leftovers(tmp_path)) == 1 and not out.exists()  # what a kill -9 leaves
+    run_merge(recipe("task_arithmetic", base, cks, {"weight": 1.0}), DirectorySink(out))
+    assert leftovers(tmp_path) == [] and (out / "model.safetensors").is_file()
+
+
+def test_model_sink_is_stale_after_a_refused_merge(tiny_llama_family, odd):
+    base, cks = tiny_llama_family
+    model = AutoModelForCausalLM.from_pretrained(base)
+    sink = ModelSink(model)
+    assert not sink.stale
+    with pytest.raises(NonFiniteError):
+        run_merge(recipe("task_arithmetic", base, [cks[0], odd["nan"]], {"weight": 1.0}), sink)
+    assert sink.stale and not sink.complete
+    run_merge(recipe("task_arithmetic", base, cks, {"weight": 1.0}), sink)
+    assert sink.complete and not sink.stale
+
+
+def test_nan_output_is_refused_before_the_sink_sees_it(tmp_path, tiny_llama_family):
+    base, cks = tiny_llama_family
+    seen: list[str] = []
+
+    class Recording(DirectorySink):
+        def write(self, name, tensor):
+            seen.append(name)
+            super().write(name, tensor)
+
+    # a weighted sum with weights of 3e38 overflows float32 (norm gains are ~1): the method produces Inf
+    bad = recipe("linear", None, cks, {"weight": 3e38}, parameters={"normalize": False})
+    with pytest.raises(NonFiniteError, match="produced NaN/Inf") as err:
+        run_merge(bad, Recording(tmp_path / "o"))
+    culprit = str(err.value).split("'")[1]
+    assert culprit not in seen and leftovers(tmp_path) == []
+
+
+def test_abort_removes_the_parents_it_created_when_empty(tmp_path, tiny_llama_family):
+    sink = DirectorySink(tmp_path / "new" / "deeper" / "o")
+    plan = MergePlan((PlannedTensor("x", (2,), torch.float32),), None, False)
+    sink.begin(open_checkpoint(tiny_llama_family[0]), Recipe("ties", "x", []), plan)
+    sink.abort()
+    assert list(tmp_path.iterdir()) == []
