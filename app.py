@@ -22,6 +22,7 @@ PAGES = [
 ]
 
 page = st.navigation(PAGES)
+session.get_runner()  # the job runner starts with the app, whatever page is opened first
 session.sync_zoo()
 sidebar.render()
 page.run()

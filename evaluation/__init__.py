@@ -2,7 +2,7 @@
 and the paper's study metrics. Public face for jobs and pages; see design.md for the layering."""
 
 from evaluation.cache import DirectoryScoreCache, ScoreCache
-from evaluation.errors import EvaluationError
+from evaluation.errors import EvaluationCancelled, EvaluationError
 from evaluation.harness import evaluate, lm_eval_version
 from evaluation.home import confine_datasets_cache
 from evaluation.models import LoadedModel, ResidentModel, load_model, resolve_device, resolve_dtype
@@ -13,6 +13,7 @@ from evaluation.suites import Suite, SuiteTask, folder_suite, get_suite
 confine_datasets_cache()
 
 __all__ = [
+    "EvaluationCancelled",
     "DirectoryScoreCache",
     "EvaluationError",
     "LoadedModel",

@@ -16,13 +16,16 @@ from importlib import metadata
 from typing import Any
 
 from evaluation.cache import ScoreCache
-from evaluation.errors import EvaluationError
+from evaluation.errors import EvaluationCancelled, EvaluationError
 from evaluation.models import resolve_device
 from evaluation.rows import ScoreRow
 from evaluation.suites import Suite
 
 ProgressFn = Callable[[int, int, str], None]
 """on_progress(tasks_done, tasks_total, task_name), called after each task of the suite."""
+
+CancelFn = Callable[[], bool]
+"""should_cancel(): polled before each task and before every model call lm-eval makes (one batch)."""
 
 # Errors lm-eval and `datasets` raise for unusable task input (missing data, offline Hub, bad YAML).
 _TASK_ERRORS = (OSError, ValueError, KeyError, TypeError, ImportError, ConnectionError)
@@ -51,12 +54,15 @@ def evaluate(
     device: str | None = None,
     cache: ScoreCache | None = None,
     on_progress: ProgressFn | None = None,
+    should_cancel: CancelFn | None = None,
 ) -> list[ScoreRow]:
     """Score `model` on every task of `suite`, one row per task, in suite order.
 
     limit caps items per task (None: the suite's default_limit, else all). With a cache, a stored result for
     (fingerprint, suite.version, limit) is returned without running anything, and fresh results are stored.
-    device moves the model first (None: leave it where it is).
+    device moves the model first (None: leave it where it is). should_cancel is polled before each task
+    and before each batch lm-eval runs; once it returns True, EvaluationCancelled is raised within one
+    batch and nothing is cached.
     """
     if tokenizer is None:
         raise EvaluationError(f"model {model_name} has no tokenizer; lm-eval needs one to build its prompts")
@@ -76,10 +82,14 @@ def evaluate(
         model.to(resolve_device(device))
     model.eval()
     lm = _wrap(model, tokenizer, batch_size)
+    if should_cancel is not None:
+        _cancel_between_batches(lm, should_cancel)
     manager = suite.task_manager()
     version = lm_eval_version()
     rows = []
     for i, task in enumerate(suite.tasks):
+        if should_cancel is not None and should_cancel():
+            raise EvaluationCancelled(f"scoring {model_name} cancelled before task {task.task!r}")
         start = time.perf_counter()
         result = _run_task(lm, manager, task.task, task.num_fewshot, limit)
         value, stderr, n = _extract(result, task.task, task.metric)
@@ -122,6 +132,21 @@ def _wrap(model, tokenizer, batch_size: int | str):
         if batch < 1:
             raise EvaluationError(f"batch size must be a positive integer, not {batch}")
     return HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch, max_batch_size=64)
+
+
+def _cancel_between_batches(lm, should_cancel: CancelFn) -> None:
+    """Poll should_cancel before each forward pass and generation of this HFLM instance (lm-eval calls
+    them once per batch), so a cancel lands within one batch, not at the end of a task."""
+    for name in ("_model_call", "_model_generate"):
+        inner = getattr(lm, name)
+
+        @functools.wraps(inner)
+        def checked(*args, _inner=inner, **kwargs):
+            if should_cancel():
+                raise EvaluationCancelled("scoring cancelled")
+            return _inner(*args, **kwargs)
+
+        setattr(lm, name, checked)
 
 
 @functools.cache

@@ -130,8 +130,17 @@ class ResidentModel:
         self.base_fingerprint = loaded.fingerprint
         self.ref = loaded.ref
         self.device = str(next(self.model.parameters()).device)
-        self._base_state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+        self.dtype = next(self.model.parameters()).dtype
+        # No copy of the base is kept: restore_base reads it back from the memory-mapped safetensors files.
         self.fingerprint = self.base_fingerprint
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes the resident's weights occupy on its device (tied tensors counted once)."""
+        seen: dict[int, int] = {}
+        for t in list(self.model.parameters()) + list(self.model.buffers()):
+            seen[t.data_ptr()] = t.numel() * t.element_size()
+        return sum(seen.values())
 
     def load_state_dict(self, state: dict[str, torch.Tensor], *, fingerprint: str | None = None) -> None:
         """Copy weights into the resident model (strict: every tensor of the base must be given)."""
@@ -146,8 +155,40 @@ class ResidentModel:
         self.fingerprint = fingerprint
 
     def restore_base(self) -> None:
-        """Put the base weights back (after a merge was scored)."""
-        self.model.load_state_dict(self._base_state)
+        """Put the base weights back (after a merge was scored, or a merge that failed half-way), reading
+        them from the base checkpoint's memory-mapped files instead of a second copy held in memory."""
+        from merging import MergeError, open_checkpoint
+
+        self.fingerprint = None  # unknown contents until every tensor is back
+        try:
+            ck = open_checkpoint(self.ref)
+        except MergeError as err:
+            raise EvaluationError(f"cannot restore the base {self.ref}: {err}") from None
+        with ck, torch.no_grad():
+            if ck.fingerprint != self.base_fingerprint:
+                raise EvaluationError(
+                    f"the base {self.ref} changed on disk since it was loaded; its merges must be redone"
+                )
+            state = self.model.state_dict(keep_vars=True)
+            done: set[int] = set()
+            for name, target in state.items():
+                if name in ck.tensors:
+                    source = ck.read(name)
+                elif "lm_head" in name and ck.tied_embeddings:
+                    if target.data_ptr() in done:
+                        continue  # tied to the embedding, already restored
+                    source = ck.read(next(n for n in ck.tensors if "embed_tokens" in n))
+                elif target.data_ptr() in done:
+                    continue
+                else:
+                    raise EvaluationError(f"the base {self.ref} has no tensor {name!r} to restore")
+                if tuple(source.shape) != tuple(target.shape):
+                    raise EvaluationError(
+                        f"the base {self.ref} changed on disk: {name} is {tuple(source.shape)}, "
+                        f"the resident model has {tuple(target.shape)}"
+                    )
+                target.copy_(source.to(device=target.device, dtype=target.dtype))
+                done.add(target.data_ptr())
         self.fingerprint = self.base_fingerprint
 
     def score(self, suite, *, fingerprint: str | None = None, model_name: str | None = None, **kwargs):

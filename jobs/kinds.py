@@ -120,9 +120,10 @@ def _merge_record(ctx: JobContext, recipe, **extra) -> str:
 
 
 def _fail_merge(ctx: JobContext, merge_id: str, exc: BaseException) -> None:
+    from evaluation.errors import EvaluationCancelled
     from merging import MergeCancelled
 
-    status = "cancelled" if isinstance(exc, MergeCancelled | JobCancelled) else "failed"
+    status = "cancelled" if isinstance(exc, MergeCancelled | JobCancelled | EvaluationCancelled) else "failed"
     ctx.store.finish_merge(merge_id, status, error=None if status == "cancelled" else str(exc))
 
 
@@ -186,6 +187,7 @@ def run_evaluate_job(ctx: JobContext, params: dict[str, Any]) -> dict[str, Any]:
         limit=_limit(params),
         cache=StoreScoreCache(ctx.store),
         on_progress=lambda done, total, task: ctx.progress(done / max(1, total), f"scored {task}"),
+        should_cancel=ctx.should_cancel,
     )
     return {
         "fingerprint": loaded.fingerprint,

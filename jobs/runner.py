@@ -80,6 +80,12 @@ def _cancel_types() -> tuple[type[BaseException], ...]:
         types.append(MergeCancelled)
     except ImportError:
         pass
+    try:
+        from evaluation.errors import EvaluationCancelled
+
+        types.append(EvaluationCancelled)
+    except ImportError:
+        pass
     return tuple(types)
 
 

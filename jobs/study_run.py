@@ -95,7 +95,7 @@ def run_study(ctx: JobContext, params: dict[str, Any]) -> dict[str, Any]:
         from jobs.ray_backend import run_study_ray
 
         return run_study_ray(ctx, params)
-    from evaluation import evaluate, load_model
+    from evaluation import EvaluationCancelled, evaluate, load_model
     from merging import MergeCancelled, MergeError
 
     definition, suite, plan, cks, skipped = start_study(ctx, params)
@@ -116,9 +116,11 @@ def run_study(ctx: JobContext, params: dict[str, Any]) -> dict[str, Any]:
                         model_name=name,
                         limit=definition.limit,
                         cache=cache,
+                        should_cancel=ctx.should_cancel,
                     )
             else:
                 loaded = load_model(ref, device=ctx.device)
+                ctx.check_cancel()
                 evaluate(
                     loaded.model,
                     loaded.tokenizer,
@@ -127,6 +129,7 @@ def run_study(ctx: JobContext, params: dict[str, Any]) -> dict[str, Any]:
                     model_name=name,
                     limit=definition.limit,
                     cache=cache,
+                    should_cancel=ctx.should_cancel,
                 )
                 del loaded
             done += 1
@@ -153,13 +156,16 @@ def run_study(ctx: JobContext, params: dict[str, Any]) -> dict[str, Any]:
                         checkpoints=cks.opened,
                         model_name=label,
                     )
-                except (JobCancelled, MergeCancelled):
+                except (JobCancelled, MergeCancelled, EvaluationCancelled):
                     ctx.store.finish_merge(merge_id, "cancelled")
                     raise
                 except MergeError as exc:
                     ctx.store.finish_merge(merge_id, "failed", error=str(exc))
                     failures.append(f"{label}: {exc}")
                     ctx.log(f"FAILED {label}: {exc}")
+                except BaseException as exc:  # scoring, memory, a bug: close the record, stop the study
+                    ctx.store.finish_merge(merge_id, "failed", error=f"{type(exc).__name__}: {exc}")
+                    raise
                 else:
                     record_outcome(ctx.store, merge_id, outcome, base_ref=definition.base)
                     mean = sum(r["value"] for r in outcome["scores"]) / max(1, len(outcome["scores"]))

@@ -6,6 +6,7 @@ Computing and recording are separate so Ray workers can compute and return, whil
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -139,15 +140,23 @@ def merge_and_score_resident(
         if on_progress:
             on_progress(0.5 * frac, msg)
 
-    result, peak = run_merge_tracked(
-        recipe,
-        ModelSink(resident.model),
-        device=device,
-        should_cancel=should_cancel,
-        on_progress=merging_progress,
-        spectra=spectra,
-        checkpoints=checkpoints,
-    )
+    try:
+        result, peak = run_merge_tracked(
+            recipe,
+            ModelSink(resident.model),
+            device=device,
+            should_cancel=should_cancel,
+            on_progress=merging_progress,
+            spectra=spectra,
+            checkpoints=checkpoints,
+        )
+    except BaseException:
+        # a refused or cancelled merge may have overwritten part of the resident: put the base back
+        # (or, if even that fails, leave it marked unknown so nothing is scored under a wrong name)
+        resident.fingerprint = None
+        with contextlib.suppress(Exception):
+            resident.restore_base()
+        raise
     resident.fingerprint = result.fingerprint
     if should_cancel and should_cancel():
         from jobs.errors import JobCancelled
@@ -166,6 +175,7 @@ def merge_and_score_resident(
         limit=limit,
         cache=cache,
         on_progress=eval_progress,
+        should_cancel=should_cancel,
     )
     return merge_outcome(result, peak, rows, time.perf_counter() - started)
 
