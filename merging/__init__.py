@@ -5,6 +5,7 @@ package of the project.
 """
 
 from merging import errors, recipe
+from merging.analyse import AnalysisResult, LayerConflict, analyse_checkpoints
 from merging.checkpoint import Checkpoint, RemoteCheckpoint, TensorInfo, open_checkpoint
 from merging.compat import CompatIssue, CompatReport, TensorSource, check_compatibility
 from merging.engine import MergeResult, merge_fingerprint, resolve_device, run_merge, tensor_seed
@@ -29,6 +30,7 @@ from merging.sinks import DirectorySink, ModelSink, Sink
 
 __all__ = [
     "DTYPES",
+    "AnalysisResult",
     "CheckpointError",
     "Checkpoint",
     "CompatIssue",
@@ -60,7 +62,9 @@ __all__ = [
     "TensorInputs",
     "TensorSource",
     "TensorStats",
+    "LayerConflict",
     "all_methods",
+    "analyse_checkpoints",
     "check_compatibility",
     "download_checkpoint",
     "errors",

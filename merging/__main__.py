@@ -1,4 +1,5 @@
-"""Command line: `python -m merging CONFIG.yml OUT_DIR [...]` and `python -m merging --list-methods`.
+"""Command line: `python -m merging CONFIG.yml OUT_DIR [...]`, `python -m merging --list-methods`, and
+`python -m merging analyse --base BASE CKPT... [--json]` (stats of the task vectors, nothing written).
 
 Every MergeError ends the run with exit code 2 and exactly one `error: …` line on stderr, and nothing
 written. Ctrl-C aborts cleanly (temporary output removed) with exit code 130.
@@ -22,7 +23,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse, but usage mistakes follow the same one-line `error:` rule as merge errors."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        print(f"error: {message} (see python -m merging --help)", file=sys.stderr)
+        print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
         raise SystemExit(EXIT_USER_ERROR)
 
 
@@ -46,6 +47,59 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--list-methods", action="store_true", help="list every merge method and its parameters")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
+
+
+def build_analyse_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="python -m merging analyse",
+        description="Analyse checkpoints before merging: per-layer task-vector norms, pairwise cosines, "
+        "sign-conflict rates, singular spectra and the layers where they conflict most. Writes nothing.",
+    )
+    p.add_argument("checkpoints", nargs="+", metavar="CKPT", help="checkpoint folders or Hub ids")
+    p.add_argument("--base", required=True, help="the base model the checkpoints were fine-tuned from")
+    p.add_argument("--json", action="store_true", help="print everything as one JSON document")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
+    p.add_argument(
+        "--spectra",
+        default="auto",
+        help="'auto' (a few representative matrices), 'all', 'none', or comma-separated names/patterns",
+    )
+    p.add_argument("--top", type=int, default=5, help="how many most-conflicting layers to list")
+    p.add_argument("--allow-bin", action="store_true", help="accept pickled .bin weights (weights_only load)")
+    return p
+
+
+def analyse_main(argv: Sequence[str]) -> int:
+    args = build_analyse_parser().parse_args(argv)
+    if args.top < 1:
+        print("error: --top must be at least 1", file=sys.stderr)
+        return EXIT_USER_ERROR
+    try:
+        return _analyse(args)
+    except MergeError as exc:
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except (MergeCancelled, KeyboardInterrupt):
+        print("error: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _analyse(args: argparse.Namespace) -> int:
+    import json
+
+    from merging.analyse import analyse_checkpoints, format_report
+
+    spectra = {"auto": "auto", "all": "all", "none": None}.get(args.spectra.strip().lower())
+    if spectra is None and args.spectra.strip().lower() != "none":
+        spectra = [s.strip() for s in args.spectra.split(",") if s.strip()]
+    result = analyse_checkpoints(
+        args.base, args.checkpoints, device=args.device, allow_bin=args.allow_bin, spectra=spectra
+    )
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=1))
+    else:
+        print(format_report(result, top=args.top))
+    return 0
 
 
 def list_methods() -> str:
@@ -79,6 +133,9 @@ def _one_line(exc: BaseException) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["analyse"]:
+        return analyse_main(argv[1:])
     args = build_parser().parse_args(argv)
     if args.list_methods:
         print(list_methods())

@@ -41,7 +41,7 @@ class TensorStats:
     shape: tuple[int, ...]
     numel: int
     task_norms: list[float]
-    delta_norm: float
+    delta_norm: float | None  # None in a stats-only pass (analysis before merging): no merged update
     cosines: list[list[float]]
     sign_conflict: float
     task_dots: list[float] = field(default_factory=list)
@@ -78,7 +78,7 @@ class MergeStats:
 
     tensors: list[TensorStats] = field(default_factory=list)
     spectra: list[Spectrum] = field(default_factory=list)
-    model_delta_norm: float = 0.0
+    model_delta_norm: float | None = 0.0  # None for a stats-only pass (analysis before merging)
     model_task_norms: list[float] = field(default_factory=list)
     model_cosines: list[list[float]] = field(default_factory=list)
     model_task_dots: list[float] = field(default_factory=list)
@@ -168,6 +168,7 @@ class GeometryRecorder:
         self._gram = torch.zeros(n_models, n_models, dtype=torch.float64)
         self._delta_sq = 0.0
         self._dots = [0.0] * n_models
+        self._merged = False  # a stats-only pass (record_task_vectors alone) has no merged update
 
     def record(
         self,
@@ -201,6 +202,7 @@ class GeometryRecorder:
             )
         self._gram += gram_t
         self._delta_sq += delta_sq
+        self._merged = True
         gram = gram_t.tolist()
         numel = base.numel()
         flat = delta.reshape(-1)
@@ -228,6 +230,35 @@ class GeometryRecorder:
             self._spectrum(name, "delta", -1, delta)
         return stats
 
+    def record_task_vectors(self, name: str, base: torch.Tensor, taus: torch.Tensor) -> TensorStats:
+        """Record one tensor of a stats-only pass (analysis before merging): `taus` are the checkpoints'
+        task vectors stacked as (T, *shape), float32 on the base's device. The same norms, cosines, sign
+        conflicts, task L1 mass and task spectra as `record`; the fields about a merged update stay
+        None (delta_norm) or empty."""
+        flat = taus.reshape(self.n, -1)
+        gram_t = (flat @ flat.T).double().cpu()
+        if not bool(torch.isfinite(gram_t.diagonal()).all()):
+            self.refuse_nonfinite_inputs(name, base, flat)
+        self._gram += gram_t
+        gram = gram_t.tolist()
+        numel = base.numel()
+        conflict = _conflicts(flat) if numel and self.n >= 2 else None
+        stats = TensorStats(
+            name=name,
+            shape=tuple(base.shape),
+            numel=numel,
+            task_norms=[math.sqrt(max(gram[i][i], 0.0)) for i in range(self.n)],
+            delta_norm=None,
+            cosines=_cosines(gram),
+            sign_conflict=int(torch.count_nonzero(conflict)) / numel if conflict is not None else 0.0,
+            task_l1=float(torch.linalg.vector_norm(flat, ord=1, dim=0).sum(dtype=torch.float64)),
+        )
+        self.stats.tensors.append(stats)
+        if wants_spectrum(name, base.ndim, self.spectra):
+            for i in range(self.n):
+                self._spectrum(name, "task", i, taus[i])
+        return stats
+
     def refuse_nonfinite_inputs(self, name: str, base: torch.Tensor, models: torch.Tensor) -> None:
         """Raise NonFiniteError naming the first input (base or checkpoint row of `models`) that holds
         NaN/Inf. Only called on slow paths: a non-finite norm, or a method that raised. (Rows may be
@@ -244,10 +275,11 @@ class GeometryRecorder:
 
     def finish(self) -> MergeStats:
         gram = self._gram.tolist()
-        self.stats.model_delta_norm = math.sqrt(max(self._delta_sq, 0.0))
+        stats_only = bool(self.stats.tensors) and not self._merged
+        self.stats.model_delta_norm = None if stats_only else math.sqrt(max(self._delta_sq, 0.0))
         self.stats.model_task_norms = [math.sqrt(max(gram[i][i], 0.0)) for i in range(self.n)]
         self.stats.model_cosines = _cosines(gram)
-        self.stats.model_task_dots = list(self._dots)
+        self.stats.model_task_dots = [] if stats_only else list(self._dots)
         return self.stats
 
 

@@ -31,6 +31,7 @@ TABLES = (
     "jobs",
     "studies",
     "study_subsets",
+    "analyses",
     "schema_version",
 )
 EXPORT_FORMATS = ("csv", "parquet")

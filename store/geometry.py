@@ -94,6 +94,18 @@ class GeometryMixin(StoreCore):
         model: Mapping[str, Any] | None = None,
     ) -> None:
         """Store one merge's geometry in one transaction, replacing whatever was stored for it before."""
+        with self.transaction() as cur:
+            self._put_stats(cur, merge_id, tensors, spectra, model)
+
+    @staticmethod
+    def _put_stats(
+        cur,
+        merge_id: str,
+        tensors: Iterable[Mapping[str, Any]],
+        spectra: Iterable[Mapping[str, Any]],
+        model: Mapping[str, Any] | None,
+    ) -> None:
+        """put_merge_stats inside the caller's transaction (an analysis stores its stats with its record)."""
         tensor_rows = [
             [
                 merge_id,
@@ -125,32 +137,31 @@ class GeometryMixin(StoreCore):
             ]
             for s in spectra
         ]
-        with self.transaction() as cur:
-            for table in ("tensor_stats", "model_stats", "spectra"):
-                cur.execute(f"DELETE FROM {table} WHERE merge_id = ?", [merge_id])
-            if tensor_rows:
-                cur.executemany(
-                    f"INSERT INTO tensor_stats ({', '.join(_TENSOR_COLUMNS)}) "
-                    f"VALUES ({', '.join('?' * len(_TENSOR_COLUMNS))})",
-                    tensor_rows,
-                )
-            if spectrum_rows:
-                cur.executemany("INSERT INTO spectra VALUES (?, ?, ?, ?, ?, ?)", spectrum_rows)
-            if model is not None:
-                cur.execute(
-                    f"INSERT INTO model_stats ({', '.join(_MODEL_COLUMNS)}) "
-                    f"VALUES ({', '.join('?' * len(_MODEL_COLUMNS))})",
-                    [
-                        merge_id,
-                        _finite_or_none(model.get("model_delta_norm")),
-                        _floats(model.get("model_task_norms")),
-                        json.dumps(model.get("model_cosines")),
-                        _floats(model.get("model_task_dots")),
-                        _finite_or_none(model.get("mass_dropped")),
-                        _finite_or_none(model.get("conflict_dropped")),
-                        _finite_or_none(model.get("conflict_summed")),
-                    ],
-                )
+        for table in ("tensor_stats", "model_stats", "spectra"):
+            cur.execute(f"DELETE FROM {table} WHERE merge_id = ?", [merge_id])
+        if tensor_rows:
+            cur.executemany(
+                f"INSERT INTO tensor_stats ({', '.join(_TENSOR_COLUMNS)}) "
+                f"VALUES ({', '.join('?' * len(_TENSOR_COLUMNS))})",
+                tensor_rows,
+            )
+        if spectrum_rows:
+            cur.executemany("INSERT INTO spectra VALUES (?, ?, ?, ?, ?, ?)", spectrum_rows)
+        if model is not None:
+            cur.execute(
+                f"INSERT INTO model_stats ({', '.join(_MODEL_COLUMNS)}) "
+                f"VALUES ({', '.join('?' * len(_MODEL_COLUMNS))})",
+                [
+                    merge_id,
+                    _finite_or_none(model.get("model_delta_norm")),
+                    _floats(model.get("model_task_norms")),
+                    json.dumps(model.get("model_cosines")),
+                    _floats(model.get("model_task_dots")),
+                    _finite_or_none(model.get("mass_dropped")),
+                    _finite_or_none(model.get("conflict_dropped")),
+                    _finite_or_none(model.get("conflict_summed")),
+                ],
+            )
 
     def tensor_stats_df(self, merge_id: str | Iterable[str]) -> pd.DataFrame:
         """Per-tensor stats of one merge, or of several (a list of ids: Compare reads them together)."""

@@ -172,7 +172,27 @@ _V3 = [
     "ALTER TABLE model_stats ADD COLUMN conflict_summed DOUBLE",
 ]
 
-MIGRATIONS: list[list[str]] = [_V1, _V2, _V3]
+# Version 4: analyses (stats-only passes before merging). Their geometry shares the merge geometry tables,
+# keyed by the analysis id ("analysis-…"), so only the record of what was analysed is new.
+_V4 = [
+    """
+    CREATE TABLE analyses (
+        id VARCHAR PRIMARY KEY,
+        base_ref VARCHAR NOT NULL,
+        base_fingerprint VARCHAR,
+        checkpoint_refs VARCHAR[] NOT NULL,
+        checkpoint_fingerprints VARCHAR[],
+        n INTEGER NOT NULL,
+        created_at TIMESTAMP NOT NULL,
+        seconds DOUBLE,
+        device VARCHAR,
+        summary_json VARCHAR,
+        job_id VARCHAR
+    )
+    """,
+]
+
+MIGRATIONS: list[list[str]] = [_V1, _V2, _V3, _V4]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

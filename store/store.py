@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from store.analyses import AnalysesMixin
 from store.evals import EvalsMixin
 from store.geometry import GeometryMixin
 from store.jobs import JobsMixin
@@ -10,7 +11,7 @@ from store.models import ModelsMixin
 from store.studies import StudiesMixin
 
 
-class Store(ModelsMixin, MergesMixin, EvalsMixin, GeometryMixin, JobsMixin, StudiesMixin):
+class Store(ModelsMixin, MergesMixin, EvalsMixin, AnalysesMixin, GeometryMixin, JobsMixin, StudiesMixin):
     """MergeLab's results database (`$MERGELAB_HOME/mergelab.duckdb` unless a path is given).
 
     One per process. Reads return DataFrames (for the pages) or plain dicts/records (for code);

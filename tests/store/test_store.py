@@ -37,8 +37,8 @@ def _row(**over):
 
 
 def test_fresh_file_is_at_latest_version(db):
-    assert db.schema_version == SCHEMA_VERSION == 3
-    assert current_version(db.cursor()) == 3
+    assert db.schema_version == SCHEMA_VERSION == 4
+    assert current_version(db.cursor()) == 4
     assert db.count("jobs") == 0
 
 
@@ -55,7 +55,7 @@ def test_older_file_is_migrated_and_keeps_rows(tmp_path):
         assert store.schema_version == SCHEMA_VERSION
         merge = store.get_merge("m1")
         assert merge["method"] == "ties" and merge["study_id"] is None
-        assert store.count("studies") == 0
+        assert store.count("studies") == 0 and store.count("analyses") == 0
         versions = store.table("schema_version")["version"].tolist()
         assert versions == list(range(1, SCHEMA_VERSION + 1))
 
