@@ -23,15 +23,16 @@ from typing import Any
 
 import torch
 
-from merging.checkpoint import Checkpoint, open_checkpoint, parse_dtype
-from merging.compat import CompatReport, TensorSource, adjust_rows, check_compatibility
+from merging.checkpoint import Checkpoint, open_checkpoint
+from merging.compat import CompatReport, TensorSource, adjust_rows
 from merging.errors import DeviceError, MergeCancelled, NonFiniteError, RecipeError
 from merging.geometry import GeometryRecorder, MergeStats, wants_spectrum
 from merging.memory import Workspace
 from merging.methods.base import ModelsFromTaskVectors, TensorInputs
-from merging.plan import MergePlan, PlannedTensor, plan_uniform
+from merging.plan import PlannedTensor
+from merging.planner import plan_recipe
 from merging.progress import Progress
-from merging.recipe import Recipe, canonical_dtype, validate_recipe
+from merging.recipe import Recipe, validate_recipe
 from merging.sinks import Sink
 
 
@@ -85,9 +86,11 @@ def merge_fingerprint(
     out_dtype: str | None,
     seed: int | None = None,
     device_type: str | None = None,
+    plan_digest: str | None = None,
 ) -> str:
-    """Identity of a merged model: method, resolved parameters, inputs by content, output dtype, and for
-    randomized methods the seed and device type (CPU and CUDA generators draw different masks)."""
+    """Identity of a merged model: method, resolved parameters, inputs by content, output dtype, for
+    randomized methods the seed and device type (CPU and CUDA generators draw different masks), and the
+    digest of the per-tensor plan (slices, gradients, filters, tokenizer) when given."""
     canon = {
         "v": 1,
         "method": method,
@@ -101,6 +104,8 @@ def merge_fingerprint(
         "device": device_type,
         "vocab_policy": "base",
     }
+    if plan_digest is not None:
+        canon["plan"] = plan_digest
     text = json.dumps(canon, sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
@@ -119,9 +124,8 @@ def run_merge(
     """Merge `recipe` into `sink`. MergeError subclasses for anything the user can fix; MergeCancelled when
     `should_cancel()` turns true (the sink is aborted first, so no output is left)."""
     started = time.perf_counter()
-    spec, gparams, mparams = validate_recipe(recipe)
+    spec, _, _ = validate_recipe(recipe)
     dev = resolve_device(device)
-    out_dtype = canonical_dtype(recipe.out_dtype)
     if isinstance(spectra, str) and spectra != "all":
         raise RecipeError(f"spectra must be 'all', a list of tensor names, or None; got {spectra!r}")
 
@@ -135,44 +139,30 @@ def run_merge(
         return given[ref]
 
     try:
-        base = get(recipe.base_model) if recipe.base_model else None
-        models = [get(m.model) for m in recipe.models]
-        reference = base or models[0]
-        report = check_compatibility(reference, models)
-        report.raise_if_refused()
-        names = report.tensor_names
-        _check_spectra(spectra, names, reference)
+        planned_recipe = plan_recipe(recipe, spec, get)  # slices, gradients, filters resolved here
+        plan, base, reference = planned_recipe.plan, planned_recipe.base, planned_recipe.reference
+        report = planned_recipe.report
+        _check_spectra(spectra, {t.name: len(t.shape) for t in plan.tensors})
 
         seed = recipe.seed
         if seed is None and spec.randomized:
             seed = secrets.randbits(31)  # recorded in the result's recipe, so the output is reproducible
         used = dataclasses.replace(recipe, seed=seed)
-        plan = MergePlan(
-            plan_uniform(
-                report,
-                reference,
-                [m.model for m in recipe.models],
-                base is not None,
-                gparams,
-                mparams,
-                parse_dtype(out_dtype) if out_dtype else None,
-            ),
-            out_dtype,
-            reference.tied_embeddings,
-        )
-        input_fps = {ck.ref: ck.fingerprint for ck in ([base] if base else []) + models}
+        model_refs = planned_recipe.geometry_refs
+        models = [planned_recipe.checkpoints[r] for r in model_refs]
+        input_fps = {ref: ck.fingerprint for ref, ck in planned_recipe.checkpoints.items()}
         fingerprint = merge_fingerprint(
             spec.name,
-            gparams,
-            mparams,
+            planned_recipe.global_params,
+            planned_recipe.model_params,
             base.fingerprint if base else None,
             [m.fingerprint for m in models],
-            out_dtype,
+            plan.out_dtype,
             seed if spec.randomized else None,
             dev.type if spec.randomized else None,
+            plan_digest=planned_recipe.digest,
         )
-        by_ref = {m.model: ck for m, ck in zip(recipe.models, models, strict=True)}
-        model_refs = tuple(m.model for m in recipe.models)
+        by_ref = planned_recipe.checkpoints
         bytes_total = sum(_input_bytes(planned, base, by_ref) for planned in plan.tensors)
 
         sink.begin(reference, used, plan)
@@ -295,10 +285,10 @@ def _check_shape(merged: torch.Tensor, planned: PlannedTensor, method: str) -> t
     return merged.float()
 
 
-def _check_spectra(spectra: str | Sequence[str] | None, names: list[str], reference: Checkpoint) -> None:
+def _check_spectra(spectra: str | Sequence[str] | None, ndims: Mapping[str, int]) -> None:
     """Every requested name or pattern must pick at least one matrix, so typos fail before the merge."""
     if not spectra or spectra == "all":
         return
     for pat in spectra:
-        if not any(wants_spectrum(n, len(reference.tensors[n].shape), [pat]) for n in names):
+        if not any(wants_spectrum(n, nd, [pat]) for n, nd in ndims.items()):
             raise RecipeError(f"spectra: no 2-D tensor matches {pat!r}")

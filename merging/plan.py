@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -57,12 +58,19 @@ class PlannedTensor:
 
 @dataclass(frozen=True)
 class MergePlan:
-    """Output tensors in write order. `out_dtype` is the recipe's explicit output dtype (None: each tensor
-    keeps the base's dtype); `tied_embeddings` tells whether the output ties lm_head to embed_tokens."""
+    """Output tensors in write order. `out_dtype` is the recipe's output dtype (`out_dtype`, else `dtype`;
+    None: each tensor keeps its stored dtype); `tied_embeddings` tells whether the output ties lm_head to
+    embed_tokens. The optional rest describe an output that differs from the reference checkpoint:
+    `num_layers` (slices), `vocab_size` and `tokenizer_dir` (a built tokenizer to ship instead of the
+    reference's files), `chat_template` (already written into that tokenizer's config)."""
 
     tensors: tuple[PlannedTensor, ...]
     out_dtype: str | None
     tied_embeddings: bool
+    num_layers: int | None = None
+    vocab_size: int | None = None
+    tokenizer_dir: Path | None = None
+    chat_template: str | None = None
 
     @property
     def nbytes(self) -> int:

@@ -237,6 +237,10 @@ class DirectorySink:
                 }
                 (tmp / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
             self._copy_base_files(base, tmp)
+            if (
+                plan.tokenizer_dir is not None
+            ):  # a tokenizer built for this merge (union, other model, template)
+                _copy_tokenizer_files(Path(plan.tokenizer_dir), tmp)
             (tmp / "config.json").write_text(json.dumps(_out_config(base.config, plan), indent=2) + "\n")
             (tmp / "merge_config.yml").write_text(result.recipe.to_yaml())
             (tmp / "README.md").write_text(model_card(result, base))
@@ -280,14 +284,42 @@ class DirectorySink:
                     shutil.copyfile(f, dest / f.name)
 
 
+def _copy_tokenizer_files(src: Path, dest: Path) -> None:
+    """Replace the copied tokenizer with the one the plan built (every tokenizer file of the base goes)."""
+    for f in dest.iterdir():
+        if f.name != "generation_config.json" and any(f.match(p) for p in COPIED_PATTERNS):
+            f.unlink()
+    for f in sorted(src.iterdir()):
+        if f.is_file():
+            shutil.copyfile(f, dest / f.name)
+
+
+_LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
+
+
 def _out_config(config: dict[str, Any], plan: MergePlan) -> dict[str, Any]:
-    """The base's config with its dtype key(s) set to the output dtype."""
+    """The base's config with its dtype key(s) set to the output dtype, and, when the plan changes them,
+    the layer count (slices) and vocabulary size (a built tokenizer)."""
     out = dict(config)
     out.pop("_name_or_path", None)
     if plan.out_dtype is not None:
         keys = [k for k in ("dtype", "torch_dtype") if k in out] or ["dtype"]
         for k in keys:
             out[k] = plan.out_dtype
+    inner = dict(out["text_config"]) if isinstance(out.get("text_config"), dict) else out
+    if plan.num_layers is not None:
+        key = next((k for k in _LAYER_COUNT_KEYS if isinstance(inner.get(k), int)), "num_hidden_layers")
+        old = inner.get(key)
+        inner[key] = plan.num_layers
+        types = inner.get("layer_types")
+        if isinstance(types, list) and types and len(types) != plan.num_layers:
+            inner["layer_types"] = [types[i % len(types)] for i in range(plan.num_layers)]
+        if old != plan.num_layers and isinstance(inner.get("max_window_layers"), int):
+            inner["max_window_layers"] = min(inner["max_window_layers"], plan.num_layers)
+    if plan.vocab_size is not None:
+        inner["vocab_size"] = plan.vocab_size
+    if inner is not out:
+        out["text_config"] = inner
     return out
 
 
@@ -352,6 +384,16 @@ class ModelSink:
         self._written = set()
         targets = dict(self.model.named_parameters(remove_duplicate=False))
         targets.update(dict(self.model.named_buffers(remove_duplicate=False)))
+        cfg = getattr(self.model, "config", None)
+        cfg = getattr(cfg, "text_config", None) or cfg
+        resident_layers = next(
+            (getattr(cfg, k) for k in _LAYER_COUNT_KEYS if isinstance(getattr(cfg, k, None), int)), None
+        )
+        if plan.num_layers is not None and resident_layers is not None and plan.num_layers != resident_layers:
+            raise CompatibilityError(
+                f"this merge builds a model with {plan.num_layers} layers but the resident model has "
+                f"{resident_layers}: it cannot be merged in place; save it to a directory instead"
+            )
         for t in plan.tensors:
             target = targets.get(t.name)
             if target is None:

@@ -57,8 +57,24 @@ def test_from_yaml_reads_a_file(tmp_path):
         ("merge_method: ties\nmodels: []\n", "models: a non-empty list"),
         ("models:\n  - model: a\n", "needs merge_method"),
         ("merge_method: ties\nmodels:\n  - path: a\n", r"models\[0\] must be a mapping with a 'model'"),
-        ("merge_method: ties\nslices: []\nmodels:\n  - model: a\n", "unsupported recipe key 'slices'"),
-        ("merge_method: ties\nmodels:\n  - model: a\n    parameters:\n      weight: [0, 1]\n", "gradients"),
+        ("merge_method: ties\nslices: []\nmodels:\n  - model: a\n", "both models: and slices:"),
+        (
+            "merge_method: ties\nslice:\n  - sources: []\n",
+            "unsupported recipe key 'slice'; did you mean 'slices'",
+        ),
+        (
+            "merge_method: ties\nmodels:\n  - model: a\n    parameters:\n      weight: [0, {value: 1}]\n",
+            "mixes numbers",
+        ),
+        (
+            "merge_method: ties\nmodels:\n  - model: a\n    parameters:\n      weight: {filter: mlp}\n",
+            "needs value",
+        ),
+        ("merge_method: ties\nmodules: {}\n", "multi-module configs"),
+        (
+            "merge_method: x\nslices:\n  - sources:\n    - model: a\n      layer_range: [4, 2]\n",
+            "layer_range",
+        ),
         ("merge_method: ties\nmodels:\n  - model: a\nout_dtype: int8\n", "out_dtype must be one of"),
         ("merge_method: ties\nmodels:\n  - model: a\nseed: -3\n", "seed must be a non-negative integer"),
         ("- just\n- a list\n", "recipe must be a mapping"),
