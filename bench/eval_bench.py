@@ -21,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from evaluation import DirectoryScoreCache, evaluate, get_suite, load_model  # noqa: E402
-from evaluation.home import mergelab_home  # noqa: E402
+from mergelab_home import zoo_dir  # noqa: E402
 
 
 def standin_zoo(root: Path, items: int = 200) -> Path:
@@ -98,7 +98,7 @@ def main() -> int:
     datasets.disable_progress_bars()
 
     with tempfile.TemporaryDirectory() as tmp:
-        root = args.zoo_root or mergelab_home() / "zoo"
+        root = args.zoo_root or zoo_dir()
         if args.standin:
             root = standin_zoo(Path(tmp) / "zoo")
         if not (root / "tasks").is_dir():

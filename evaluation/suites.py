@@ -36,7 +36,7 @@ from typing import Any
 import yaml
 
 from evaluation.errors import EvaluationError
-from evaluation.home import cache_dir, mergelab_home
+from mergelab_home import cache_dir, zoo_dir
 
 # Metric per paper benchmark. Rule: acc_norm where lm-eval's YAML (paper.md §1.2 table) reports acc_norm as
 # its only metric (the leaderboard's gpqa and bbh), acc everywhere else. Which one the paper aggregated is
@@ -137,7 +137,7 @@ def get_suite(spec: str, *, zoo_root: Path | None = None) -> Suite:
             "the suite is empty: give `zoo`, `paper16`, `quick`, task names or a task folder"
         )
     if spec == "zoo":
-        root = Path(zoo_root) if zoo_root is not None else mergelab_home() / "zoo"
+        root = Path(zoo_root) if zoo_root is not None else zoo_dir()
         folder = root / "tasks"
         if not folder.is_dir():
             raise EvaluationError(

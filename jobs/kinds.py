@@ -22,7 +22,7 @@ from jobs.work import (
     register_inputs,
     run_merge_tracked,
 )
-from store import workspace_dir
+from mergelab_home import merges_dir, zoo_dir
 
 
 # --- parameter checks ---------------------------------------------------------------------------------
@@ -58,7 +58,7 @@ def _suite(params: dict[str, Any]):
 
 def _output_dir(params: dict[str, Any], job_id: str) -> Path:
     out = params.get("output")
-    return Path(out) if out else workspace_dir() / "merges" / job_id
+    return Path(out) if out else merges_dir() / job_id
 
 
 def validate_merge(params: dict[str, Any]) -> dict[str, Any]:
@@ -247,7 +247,7 @@ def run_build_zoo_job(ctx: JobContext, params: dict[str, Any]) -> dict[str, Any]
     """Train the demo zoo (base models, 12 checkpoints, task data) under root (default $MERGELAB_HOME/zoo)."""
     import zoo
 
-    root = Path(params.get("root") or workspace_dir() / "zoo")
+    root = Path(params.get("root") or zoo_dir())
     started = time.perf_counter()
 
     def progress(done: int, total: int, message: str) -> None:

@@ -1,13 +1,13 @@
 """Checkpoints: a model directory's config, tensor headers and lazy tensor reads.
 
 Opening a checkpoint reads only the safetensors headers (parsed here, byte by byte, so a truncated or corrupt
-file is caught before a merge starts), config.json and a few fixed byte samples for the fingerprint. Tensors
-are read one at a time on demand through `safetensors.safe_open`, which memory-maps the file.
+file is caught before a merge starts) and config.json; the fingerprint hashes every tensor byte once per file
+version (merging/fingerprint.py). Tensors are read one at a time on demand through `safetensors.safe_open`,
+which memory-maps the file.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import struct
 from dataclasses import dataclass
@@ -44,9 +44,6 @@ ST_DTYPES: dict[str, tuple[torch.dtype, int]] = {
 }
 TORCH_TO_ST = {dt: code for code, (dt, _) in ST_DTYPES.items()}
 _MAX_HEADER = 100_000_000  # the safetensors format's own limit on the JSON header
-_SAMPLE_BYTES = 32
-_MAX_SAMPLED_TENSORS = 4096
-_CONFIG_VOLATILE = ("transformers_version", "_name_or_path", "_commit_hash")
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -200,39 +197,26 @@ class Checkpoint:
 
     @property
     def fingerprint(self) -> str:
-        """Content hash, stable across processes and paths: config, headers, file sizes and fixed samples
-        of every tensor's bytes (two fine-tunes of one base share headers and sizes, not bytes)."""
+        """Content hash, stable across processes, paths and sharding: config, tensor names, shapes, dtypes
+        and an XXH3-128 digest of every byte of every tensor (merging/fingerprint.py). Hashed once per
+        weight file and cached under $MERGELAB_HOME/cache/fingerprints by the file's identity."""
         if self._fingerprint is None:
             self._fingerprint = self._compute_fingerprint()
         return self._fingerprint
 
     def _compute_fingerprint(self) -> str:
-        h = hashlib.sha256(b"mergelab-checkpoint-v1\0")
-        cfg = {k: v for k, v in self.config.items() if k not in _CONFIG_VOLATILE}
-        h.update(json.dumps(cfg, sort_keys=True, default=str).encode())
-        names = sorted(self.tensors)
-        for name in names:
-            t = self.tensors[name]
-            h.update(f"\0{name}|{t.shape}|{t.dtype}|{t.nbytes}".encode())
-        for f in self.files:
-            h.update(f"\0{f.name}|{f.stat().st_size}".encode())
-        step = max(1, len(names) // _MAX_SAMPLED_TENSORS)
-        for name in names[::step]:
-            h.update(self._sample(self.tensors[name]))
-        return h.hexdigest()[:32]
+        from merging import fingerprint as fp
 
-    def _sample(self, info: TensorInfo) -> bytes:
-        """First bytes and bytes around the middle of a tensor's data: fixed, cheap, content-sensitive."""
-        n = min(_SAMPLE_BYTES, info.nbytes)
-        mid = max(0, info.nbytes // 2 - n // 2)
-        if self._pickled is None:
-            with open(info.file, "rb") as fh:
-                fh.seek(info.offset)
-                first = fh.read(n)
-                fh.seek(info.offset + mid)
-                return first + fh.read(n)
-        raw = self.read(info.name).contiguous().reshape(-1).view(torch.uint8)
-        return bytes(raw[:n].tolist()) + bytes(raw[mid : mid + n].tolist())
+        spans: dict[Path, list[tuple[str, int, int]]] = {}
+        for t in self.tensors.values():
+            spans.setdefault(t.file, []).append((t.name, t.offset, t.nbytes))
+        read_pickled = None if self._pickled is None else self._pickled.__getitem__
+        try:
+            digests = fp.tensor_digests(spans, read_pickled=read_pickled)
+        except OSError as exc:
+            raise CheckpointError(f"cannot fingerprint {self.ref!r}: {exc}") from None
+        shapes = {name: (t.shape, t.dtype) for name, t in self.tensors.items()}
+        return fp.combine(self.config, shapes, digests)
 
     # --- tensors --------------------------------------------------------------------------------
     def read(self, name: str) -> torch.Tensor:

@@ -198,8 +198,7 @@ class JobsMixin(StoreCore):
             return status
 
     def is_cancel_requested(self, job_id: str) -> bool:
-        row = self.cursor().execute("SELECT cancel_requested FROM jobs WHERE id = ?", [job_id]).fetchone()
-        return bool(row and row[0])
+        return bool(self._scalar("SELECT cancel_requested FROM jobs WHERE id = ?", [job_id]))
 
     def retry_job(self, job_id: str) -> None:
         """Put a failed, cancelled or interrupted job back in the queue."""

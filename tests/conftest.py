@@ -1,4 +1,5 @@
 import os
+import tempfile
 
 import pytest
 
@@ -6,6 +7,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Anything a test writes to the workspace without choosing one (e.g. the fingerprint cache) lands in a
+# throwaway home, never in the repository's ./workspace.
+os.environ.setdefault("MERGELAB_HOME", tempfile.mkdtemp(prefix="mergelab-test-home-"))
 
 
 def pytest_collection_modifyitems(config, items):

@@ -8,7 +8,6 @@ fresh folder get a fresh store and runner.
 
 from __future__ import annotations
 
-import os
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,24 +16,21 @@ from pathlib import Path
 import streamlit as st
 
 import jobs
+import mergelab_home
 import store
 from evaluation import EvaluationError
 from jobs.errors import JobError
 from merging.errors import MergeError
 
-DEFAULT_HOME = "workspace"
-
 
 def workspace_home() -> Path:
     """MERGELAB_HOME (default ./workspace) as an absolute path, created if missing."""
-    home = Path(os.environ.get("MERGELAB_HOME", DEFAULT_HOME)).expanduser().resolve()
-    home.mkdir(parents=True, exist_ok=True)
-    return home
+    return mergelab_home.home_dir(create=True)
 
 
 @st.cache_resource(show_spinner=False)
 def _store_for(home: str) -> store.Store:
-    return store.Store(Path(home) / "mergelab.duckdb")
+    return store.Store(Path(home) / mergelab_home.DATABASE_NAME)
 
 
 @st.cache_resource(show_spinner=False)

@@ -7,9 +7,10 @@ complete; readers (the app, jobs, evaluation) only need this module's `Manifest`
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from mergelab_home import zoo_dir
 
 MANIFEST_NAME = "zoo.json"
 MANIFEST_VERSION = 1
@@ -20,8 +21,8 @@ class ZooError(Exception):
 
 
 def default_root() -> Path:
-    """`$MERGELAB_HOME/zoo`, with MERGELAB_HOME defaulting to ./workspace (design.md "Workspace")."""
-    return Path(os.environ.get("MERGELAB_HOME", "workspace")) / "zoo"
+    """`$MERGELAB_HOME/zoo`, with MERGELAB_HOME defaulting to ./workspace (mergelab_home.py)."""
+    return zoo_dir()
 
 
 def tasks_dir(root: Path | None = None) -> Path:

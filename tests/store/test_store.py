@@ -38,7 +38,8 @@ def _row(**over):
 
 def test_fresh_file_is_at_latest_version(db):
     assert db.schema_version == SCHEMA_VERSION == 4
-    assert current_version(db.cursor()) == 4
+    with db.cursor() as cur:
+        assert current_version(cur) == 4
     assert db.count("jobs") == 0
 
 
@@ -314,3 +315,35 @@ def test_study_results_join_merges_and_scores(db):
     res = db.study_results_df(sid)
     assert list(res["value"]) == [0.4] and res.iloc[0]["subset_id"] == "n2-00"
     assert db.get_study(sid)["pool"] == ["c1", "c2", "c3"]
+
+
+def test_cursor_pool_is_bounded_whatever_the_number_of_threads(db):
+    """Streamlit runs each rerun on a fresh thread: 200 short-lived threads must not open 200 cursors."""
+    from store.db import POOL_SIZE
+
+    db.add_job("merge", {})
+    errors = []
+
+    def poll():
+        try:
+            db.jobs_df()
+            db.count("jobs")
+        except Exception as exc:  # noqa: BLE001 - collected and asserted below
+            errors.append(exc)
+
+    for _ in range(20):
+        threads = [threading.Thread(target=poll) for _ in range(10)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert not errors
+    assert 1 <= db.cursors_open <= POOL_SIZE
+
+
+def test_reads_inside_a_transaction_see_its_writes(db):
+    job = db.add_job("merge", {})
+    with db.transaction() as cur:
+        cur.execute("UPDATE jobs SET message = 'inside' WHERE id = ?", [job])
+        assert db.get_job(job).message == "inside"  # same thread, same cursor, same transaction
+    assert db.get_job(job).message == "inside"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -167,7 +168,7 @@ def test_default_root_follows_mergelab_home(monkeypatch, tmp_path):
     assert default_root() == tmp_path / "zoo"
     assert tasks_dir() == tmp_path / "zoo" / "tasks"
     monkeypatch.delenv("MERGELAB_HOME")
-    assert str(default_root()) == "workspace/zoo"
+    assert default_root() == Path.cwd() / "workspace" / "zoo"
 
 
 def test_bad_arguments_are_clear_errors(tmp_path):
