@@ -22,7 +22,7 @@ from jobs.work import (
     register_inputs,
     run_merge_tracked,
 )
-from mergelab_home import merges_dir, zoo_dir
+from mergelab_home import cache_dir, merges_dir, zoo_dir
 
 
 # --- parameter checks ---------------------------------------------------------------------------------
@@ -291,7 +291,7 @@ def run_download_job(ctx: JobContext, params: dict[str, Any]) -> dict[str, Any]:
     try:
         path = download_checkpoint(
             repo,
-            cache_dir=workspace_dir() / "cache" / "hub",
+            cache_dir=cache_dir("hub"),
             revision=params.get("revision") or "main",
             progress=progress,
             should_cancel=ctx.should_cancel,

@@ -8,6 +8,7 @@ which memory-maps the file.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import struct
 from dataclasses import dataclass

@@ -60,7 +60,9 @@ def offline() -> bool:
 
 def default_cache_dir() -> Path:
     """`$MERGELAB_HOME/cache/hub` (MERGELAB_HOME defaults to ./workspace, as everywhere)."""
-    return Path(os.environ.get("MERGELAB_HOME", "workspace")).expanduser() / "cache" / "hub"
+    from mergelab_home import cache_dir
+
+    return cache_dir("hub", create=False)
 
 
 # --- HTTP -----------------------------------------------------------------------------------------------
