@@ -1,4 +1,4 @@
-"""The job kinds MergeLab ships: merge, evaluate, merge+evaluate, study, build-zoo.
+"""The job kinds MergeLab ships: merge, evaluate, merge+evaluate, study, build-zoo, download, analyse.
 
 Each kind validates its parameters at submit time (a bad recipe is refused before it is queued) and runs
 on a worker thread with a JobContext. Heavy packages are imported inside the functions, so importing jobs
@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from jobs.analyse import run_analyse_job, validate_analyse
 from jobs.cache import StoreScoreCache
 from jobs.context import JobContext
 from jobs.errors import JobCancelled, JobError
@@ -316,4 +317,10 @@ register_kind("study", run_study_job, validate=validate_study, description="the 
 register_kind("build-zoo", run_build_zoo_job, validate=validate_build_zoo, description="build the demo zoo")
 register_kind(
     "download", run_download_job, validate=validate_download, description="download a Hub checkpoint"
+)
+register_kind(
+    "analyse",
+    run_analyse_job,
+    validate=validate_analyse,
+    description="stats of checkpoints' task vectors before merging (nothing written)",
 )

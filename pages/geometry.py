@@ -1,12 +1,13 @@
 """Geometry: what a merge did to the weights. Task-vector norms per layer, pairwise cosines, sign
 conflicts, the distance of every merge from its base against n (the paper's Figure 4), and singular
-spectra of chosen matrices for each task vector and for the merged update."""
+spectra of chosen matrices for each task vector and for the merged update. A second tab analyses
+checkpoints before any merge (the same statistics, no merge; ui.analysis_view)."""
 
 import pandas as pd
 import streamlit as st
 
-from ui import charts, data
-from ui.session import get_store, guard
+from ui import analysis_view, charts, data
+from ui.session import get_runner, get_store, guard
 
 st.title("Geometry")
 st.caption(
@@ -14,12 +15,16 @@ st.caption(
     "of the merged update are the paper's signature of merges that leave the base model's basin."
 )
 
-with guard("Geometry"):
-    db = get_store()
+
+def _merge_geometry(db) -> None:
+    """Geometry of finished merges: Figure 4 over all merges, then one merge in detail."""
     merges = db.merges_df(status="done")
     if merges.empty:
-        st.info("No finished merges yet. Launch one on the Merge page; its geometry appears here.")
-        st.stop()
+        st.info(
+            "No finished merges yet. Launch one on the Merge page; its geometry appears here. To see "
+            "whether checkpoints are likely to merge well before merging them, use Analyse before merging."
+        )
+        return
 
     stats = db.model_stats_df()
     st.subheader("Distance from the base against n (the paper's Figure 4)")
@@ -90,3 +95,11 @@ with guard("Geometry"):
             ),
             key="geo:spectra",
         )
+
+
+with guard("Geometry"):
+    merges_tab, analyse_tab = st.tabs(["Merges", "Analyse before merging"])
+    with merges_tab, guard("Geometry"):
+        _merge_geometry(get_store())
+    with analyse_tab, guard("Analyse before merging"):
+        analysis_view.render(get_store(), get_runner())

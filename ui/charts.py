@@ -190,16 +190,23 @@ def cosine_heatmap(
     return _layout(fig, title, height=max(320, 40 * len(mat) + 160))
 
 
-def sign_conflict_bars(conflicts: pd.DataFrame, title: str | None = None) -> go.Figure:
-    """Sign-conflict rate per layer (or tensor) as bars on a 0-1 axis; columns: layer, rate."""
+def sign_conflict_bars(
+    conflicts: pd.DataFrame, title: str | None = None, highlight: Sequence[str] | None = None
+) -> go.Figure:
+    """Sign-conflict rate per layer (or tensor) as bars on a 0-1 axis; columns: layer, rate.
+    Layers named in `highlight` (e.g. the ones that conflict most) are drawn dark, the others light."""
     _require(conflicts, ["layer", "rate"], "sign_conflict_bars")
     if conflicts.empty:
         return empty_figure("No sign-conflict rates recorded", title)
+    marked = set(highlight or ())
+    colors = (
+        ["#8b0000" if layer in marked else "#f4a3a3" for layer in conflicts["layer"]] if marked else "#d62728"
+    )
     fig = go.Figure(
         go.Bar(
             x=conflicts["layer"],
             y=conflicts["rate"],
-            marker_color="#d62728",
+            marker_color=colors,
             hovertemplate="%{x}<br>%{y:.1%} of entries disagree<extra></extra>",
         )
     )

@@ -154,6 +154,15 @@ def submit_study(
     return runner.submit("study", params)
 
 
+def submit_analysis(runner: Any, *, base: str, checkpoints: list[str], spectra: str = "auto") -> str:
+    """Queue the stats-only pass over `checkpoints` against `base` (kind "analyse"); returns the job id."""
+    if not base:
+        raise ValueError("Choose the base model the checkpoints were fine-tuned from.")
+    if not checkpoints:
+        raise ValueError("Choose at least one checkpoint to analyse (two or more for cosines).")
+    return runner.submit("analyse", {"base": base, "checkpoints": list(checkpoints), "spectra": spectra})
+
+
 def matrix_names(ref: str) -> list[str]:
     """The 2-D tensors of a checkpoint (from its headers), the candidates for recorded spectra."""
     import merging

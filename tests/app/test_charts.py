@@ -157,3 +157,10 @@ def test_merge_size_axes_tick_only_at_whole_sizes():
     assert list(fig.layout.xaxis.tickvals) == [2, 3, 4]
     dist = pd.DataFrame({"method": ["ta"] * 2, "n": [2, 12], "distance": [1.0, 2.0]})
     assert list(charts.distance_vs_n(dist).layout.xaxis.tickvals) == [2, 12]
+
+
+def test_sign_conflict_bars_highlight_the_named_layers():
+    df = pd.DataFrame({"layer": ["layer 00", "layer 01", "head"], "rate": [0.7, 0.2, 0.5]})
+    fig = charts.sign_conflict_bars(df, highlight=["layer 00", "head"])
+    assert list(fig.data[0].marker.color) == ["#8b0000", "#f4a3a3", "#8b0000"]
+    assert charts.sign_conflict_bars(df).data[0].marker.color == "#d62728"
