@@ -50,7 +50,9 @@ def test_analyse_from_the_page_runs_a_job_and_shows_the_cosine_matrix(registered
     shutil.copytree(registered_home, home)
     at = app_test(home, "geometry")
     assert errors_of(at) == []
-    picked = at.multiselect(key=next(m.key for m in at.multiselect if m.key.startswith("analyse:checkpoints")))
+    picked = at.multiselect(
+        key=next(m.key for m in at.multiselect if m.key.startswith("analyse:checkpoints"))
+    )
     assert len(picked.value) == 3  # every checkpoint of the base's architecture, up to four
     at.button(key="analyse:go").click().run()
     assert errors_of(at) == []
