@@ -15,6 +15,7 @@ confine_datasets_cache()
 __all__ = [
     "EvaluationCancelled",
     "DirectoryScoreCache",
+    "EvaluationCancelled",
     "EvaluationError",
     "LoadedModel",
     "ResidentModel",

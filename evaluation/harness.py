@@ -18,6 +18,7 @@ from typing import Any
 from evaluation.cache import ScoreCache
 from evaluation.errors import EvaluationCancelled, EvaluationError
 from evaluation.models import resolve_device
+from evaluation.prepared import prepared_suite, wrap_model
 from evaluation.rows import ScoreRow
 from evaluation.suites import Suite
 
@@ -25,21 +26,25 @@ ProgressFn = Callable[[int, int, str], None]
 """on_progress(tasks_done, tasks_total, task_name), called after each task of the suite."""
 
 CancelFn = Callable[[], bool]
-"""should_cancel(): polled before each task and before every model call lm-eval makes (one batch)."""
-
-# Errors lm-eval and `datasets` raise for unusable task input (missing data, offline Hub, bad YAML).
-_TASK_ERRORS = (OSError, ValueError, KeyError, TypeError, ImportError, ConnectionError)
+"""should_cancel(): polled before every forward pass or generation lm-eval makes (one batch)."""
 
 
 def lm_eval_version() -> str:
     return metadata.version("lm_eval")
 
 
+_CPU_LOGITS_BYTES = 1 << 30  # float32 logits of one CPU batch at a 256-token padded length
+
+
 def cpu_batch_size(model) -> int:
     """lm-eval's automatic batch size probes for CUDA out-of-memory, which does not exist on CPU; there we
-    pick a fixed size by model size so a 3B model does not materialise 32 sequences of full-vocab logits."""
+    size the batch so its full-vocabulary logits stay near 1 GiB (a tiny zoo model gets large batches,
+    hence few forward passes; a 128k-vocabulary model a handful) and cap it by model size."""
     params = sum(p.numel() for p in model.parameters())
-    return 32 if params < 50_000_000 else 8 if params < 1_000_000_000 else 2
+    vocab = int(getattr(model.config, "vocab_size", 0) or 32_000)
+    by_logits = max(1, _CPU_LOGITS_BYTES // (4 * vocab * 256))
+    by_params = 256 if params < 50_000_000 else 16 if params < 1_000_000_000 else 4
+    return int(min(by_logits, by_params))
 
 
 def evaluate(
@@ -60,9 +65,10 @@ def evaluate(
 
     limit caps items per task (None: the suite's default_limit, else all). With a cache, a stored result for
     (fingerprint, suite.version, limit) is returned without running anything, and fresh results are stored.
-    device moves the model first (None: leave it where it is). should_cancel is polled before each task
-    and before each batch lm-eval runs; once it returns True, EvaluationCancelled is raised within one
-    batch and nothing is cached.
+    device moves the model first (None: leave it where it is). The suite's requests are built and tokenized
+    once per (suite, limit) and reused for every later model (evaluation/prepared.py); the whole suite runs
+    in one lm-eval call so batches span tasks. should_cancel is polled before every forward pass; when it
+    returns True, EvaluationCancelled is raised and nothing is cached.
     """
     if tokenizer is None:
         raise EvaluationError(f"model {model_name} has no tokenizer; lm-eval needs one to build its prompts")
@@ -81,18 +87,20 @@ def evaluate(
     if device is not None:
         model.to(resolve_device(device))
     model.eval()
-    lm = _wrap(model, tokenizer, batch_size)
-    if should_cancel is not None:
-        _cancel_between_batches(lm, should_cancel)
-    manager = suite.task_manager()
+    if should_cancel is not None and should_cancel():
+        raise EvaluationCancelled(f"scoring {model_name} cancelled before task {suite.tasks[0].task!r}")
+    _speed_up_lm_eval()
+    prepared = prepared_suite(suite, limit)
+    lm = wrap_model(model, tokenizer, _batch_size(model, batch_size), should_cancel)
+    start = time.perf_counter()
+    with prepared.lock:
+        result = prepared.run(lm)
+    elapsed = time.perf_counter() - start
     version = lm_eval_version()
     rows = []
     for i, task in enumerate(suite.tasks):
-        if should_cancel is not None and should_cancel():
-            raise EvaluationCancelled(f"scoring {model_name} cancelled before task {task.task!r}")
-        start = time.perf_counter()
-        result = _run_task(lm, manager, task.task, task.num_fewshot, limit)
-        value, stderr, n = _extract(result, task.task, task.metric)
+        value, stderr, n = _extract(prepared.view(result, task.task), task.task, task.metric)
+        share = sum(len(prepared.task_dict["tasks"][t].instances) for t in prepared.leaves[task.task])
         rows.append(
             ScoreRow(
                 model=model_name,
@@ -106,7 +114,7 @@ def evaluate(
                 n=n,
                 limit=limit,
                 lm_eval_version=version,
-                seconds=round(time.perf_counter() - start, 4),
+                seconds=round(elapsed * share / max(1, prepared.n_requests), 4),
             )
         )
         if on_progress:
@@ -116,37 +124,19 @@ def evaluate(
     return rows
 
 
-def _wrap(model, tokenizer, batch_size: int | str):
-    from lm_eval.models.huggingface import HFLM
-
+def _batch_size(model, batch_size: int | str) -> int | str:
     on_gpu = next(model.parameters()).device.type == "cuda"
     if batch_size == "auto":
-        batch = "auto" if on_gpu else cpu_batch_size(model)
-    else:
-        try:
-            batch = int(batch_size)
-        except (TypeError, ValueError):
-            raise EvaluationError(
-                f"batch size must be 'auto' or a positive integer, not {batch_size!r}"
-            ) from None
-        if batch < 1:
-            raise EvaluationError(f"batch size must be a positive integer, not {batch}")
-    return HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch, max_batch_size=64)
-
-
-def _cancel_between_batches(lm, should_cancel: CancelFn) -> None:
-    """Poll should_cancel before each forward pass and generation of this HFLM instance (lm-eval calls
-    them once per batch), so a cancel lands within one batch, not at the end of a task."""
-    for name in ("_model_call", "_model_generate"):
-        inner = getattr(lm, name)
-
-        @functools.wraps(inner)
-        def checked(*args, _inner=inner, **kwargs):
-            if should_cancel():
-                raise EvaluationCancelled("scoring cancelled")
-            return _inner(*args, **kwargs)
-
-        setattr(lm, name, checked)
+        return "auto" if on_gpu else cpu_batch_size(model)
+    try:
+        batch = int(batch_size)
+    except (TypeError, ValueError):
+        raise EvaluationError(
+            f"batch size must be 'auto' or a positive integer, not {batch_size!r}"
+        ) from None
+    if batch < 1:
+        raise EvaluationError(f"batch size must be a positive integer, not {batch}")
+    return batch
 
 
 @functools.cache
@@ -167,28 +157,6 @@ def _speed_up_lm_eval() -> None:
 
     compiled = functools.lru_cache(maxsize=4096)(lm_utils.env.from_string)
     lm_utils.apply_template = lambda template, doc: compiled(template).render(**doc)
-
-
-def _run_task(lm, manager, name: str, num_fewshot: int | None, limit: int | None) -> dict[str, Any]:
-    from lm_eval import simple_evaluate
-
-    _speed_up_lm_eval()
-    try:
-        result = simple_evaluate(
-            model=lm,
-            tasks=[name],
-            num_fewshot=num_fewshot,
-            limit=limit,
-            task_manager=manager,
-            log_samples=False,
-            bootstrap_iters=1000,
-        )
-    except _TASK_ERRORS as err:
-        text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise EvaluationError(f"cannot run task {name!r}: {text}") from None
-    if not result or not result.get("results"):
-        raise EvaluationError(f"lm-eval returned no results for task {name!r}")
-    return result
 
 
 def _extract(result: dict[str, Any], name: str, metric: str) -> tuple[float, float | None, int]:
