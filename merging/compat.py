@@ -39,10 +39,25 @@ def adjust_rows(tensor: torch.Tensor, rows: int) -> torch.Tensor:
 @dataclass(frozen=True)
 class TensorSource:
     """Where a checkpoint's value for one output tensor comes from: a stored name, and the row count to
-    cut or pad it to (None: used as stored)."""
+    cut or pad it to (None: used as stored), or, for a merged tokenizer, the stored row of every output
+    row (`row_map`, -1 where this checkpoint lacks the token; tokenizer.apply_vocab completes those)."""
 
     name: str
     rows: int | None = None
+    row_map: tuple[int, ...] | None = None
+
+
+def fit_source(tensor: torch.Tensor, src: TensorSource) -> torch.Tensor:
+    """A stored tensor fitted to its output rows: permuted by `row_map` (absent rows zero), or cut/padded."""
+    if src.row_map is not None:
+        idx = torch.tensor(src.row_map, dtype=torch.long)
+        keep = idx >= 0
+        out = tensor.new_zeros((len(src.row_map), *tensor.shape[1:]))
+        out[keep] = tensor[idx[keep]]
+        return out
+    if src.rows is not None:
+        return adjust_rows(tensor, src.rows)
+    return tensor
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from merging.checkpoint import Checkpoint, open_checkpoint
-from merging.compat import CompatReport, TensorSource, adjust_rows
+from merging.compat import CompatReport, TensorSource, fit_source
 from merging.errors import DeviceError, MergeCancelled, NonFiniteError, RecipeError
 from merging.geometry import GeometryRecorder, MergeStats, wants_spectrum
 from merging.memory import Workspace
@@ -34,6 +34,7 @@ from merging.planner import plan_recipe
 from merging.progress import Progress
 from merging.recipe import Recipe, validate_recipe
 from merging.sinks import Sink
+from merging.tokenizer import apply_vocab
 
 
 @dataclass
@@ -138,6 +139,7 @@ def run_merge(
             opened.append(given[ref])
         return given[ref]
 
+    planned_recipe = None
     try:
         planned_recipe = plan_recipe(recipe, spec, get)  # slices, gradients, filters resolved here
         plan, base, reference = planned_recipe.plan, planned_recipe.base, planned_recipe.reference
@@ -187,6 +189,10 @@ def run_merge(
                     _load_into(base_t, base, planned.base)
                 else:
                     base_t.copy_(stacked[0])
+                if planned.vocab is not None:  # a merged tokenizer: complete the rows an input lacks
+                    apply_vocab(
+                        planned, base_t if base is not None and planned.base is not None else None, stacked
+                    )
                 bytes_read += _input_bytes(planned, base, by_ref)
                 gparams_t, mparams_t = planned.params, planned.model_params
                 gen = torch.Generator(device=dev).manual_seed(tensor_seed(seed or 0, name))
@@ -251,6 +257,8 @@ def run_merge(
         result.seconds = time.perf_counter() - started
         return result
     finally:
+        if planned_recipe is not None:
+            planned_recipe.cleanup()
         for ck in opened:
             ck.close()
 
@@ -270,10 +278,7 @@ def _input_bytes(planned: PlannedTensor, base: Checkpoint | None, by_ref: Mappin
 def _load_into(dest: torch.Tensor, ck: Checkpoint, src: TensorSource) -> None:
     """Read one input tensor into `dest` (float32 on the device): the dtype cast and the copy are one pass,
     vocabulary rows fitted on the way."""
-    t = ck.read(src.name)
-    if src.rows is not None:
-        t = adjust_rows(t, src.rows)
-    dest.copy_(t)
+    dest.copy_(fit_source(ck.read(src.name), src))
 
 
 def _check_shape(merged: torch.Tensor, planned: PlannedTensor, method: str) -> torch.Tensor:

@@ -19,6 +19,7 @@ import torch
 
 from merging.checkpoint import Checkpoint, parse_dtype
 from merging.compat import CompatReport, TensorSource
+from merging.tokenizer import VocabMap
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,7 @@ class PlannedTensor:
     base: TensorSource | None = None
     inputs: tuple[TensorInput, ...] = ()
     params: Mapping[str, Any] = field(default_factory=dict)
+    vocab: VocabMap | None = None  # rows to complete after loading (a merged tokenizer); see tokenizer.py
 
     @property
     def nbytes(self) -> int:

@@ -21,7 +21,7 @@ import hashlib
 import json
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from merging.checkpoint import Checkpoint, parse_dtype
@@ -30,6 +30,7 @@ from merging.errors import CompatibilityError, RecipeError
 from merging.methods.base import MethodSpec
 from merging.plan import MergePlan, PlannedTensor, TensorInput
 from merging.recipe import OutputSlice, Recipe, canonical_dtype
+from merging.tokenizer import TokenizerPlan, build_tokenizer
 
 # Methods for which mergekit treats the base as one more ordinary input (its BasePolicy.IGNORED).
 BASE_IS_ORDINARY_INPUT = frozenset({"linear", "passthrough", "karcher"})
@@ -350,6 +351,12 @@ class RecipePlan:
     digest: str
     global_params: dict[str, Any] = field(default_factory=dict)
     model_params: list[dict[str, Any]] = field(default_factory=list)
+    tokenizer: TokenizerPlan | None = None
+
+    def cleanup(self) -> None:
+        """Remove the built tokenizer's temporary folder (the sink has copied it by now)."""
+        if self.tokenizer is not None:
+            self.tokenizer.cleanup()
 
 
 def out_dtype_name(recipe: Recipe) -> str | None:
@@ -376,7 +383,26 @@ def plan_recipe(recipe: Recipe, spec: MethodSpec, get: Callable[[str], Checkpoin
         tensors, report = _plan_slices(recipe, groups, reference, ref_layout, get, resolve, out_dt)
         num_layers = sum(g.num_layers for g in groups)
     report.raise_if_refused()
-    plan = MergePlan(tuple(tensors), out_name, reference.tied_embeddings, num_layers=num_layers)
+    tok = _build_tokenizer(recipe, get)
+    try:
+        if tok is not None and tok.row_maps:
+            tensors = [
+                _with_vocab(t, tok, recipe.base_model) if is_vocab_tensor(t.name) else t for t in tensors
+            ]
+        plan = MergePlan(
+            tuple(tensors),
+            out_name,
+            reference.tied_embeddings,
+            num_layers=num_layers,
+            vocab_size=tok.vocab_size if tok is not None and tok.row_maps else None,
+            tokenizer_dir=tok.directory if tok is not None else None,
+            chat_template=recipe.chat_template,
+        )
+        digest = plan_digest(plan, {r: get(r).fingerprint for r in recipe.refs})
+    except BaseException:
+        if tok is not None:
+            tok.cleanup()
+        raise
     first_layer = next((t for t in tensors if ref_layout.layer_of(t.name) is not None), tensors[0])
     gp, mp = dict(first_layer.params), [dict(i.params) for i in first_layer.inputs]
     return RecipePlan(
@@ -386,9 +412,39 @@ def plan_recipe(recipe: Recipe, spec: MethodSpec, get: Callable[[str], Checkpoin
         {r: get(r) for r in recipe.refs},
         report,
         tuple(i.checkpoint for i in first_layer.inputs),
-        plan_digest(plan, {r: get(r).fingerprint for r in recipe.refs}),
+        digest,
         gp,
         mp,
+        tok,
+    )
+
+
+def _build_tokenizer(recipe: Recipe, get: Callable[[str], Checkpoint]) -> TokenizerPlan | None:
+    block = recipe.tokenizer or {}
+    if block.get("tokens"):
+        raise RecipeError(
+            "tokenizer.tokens (per-token embedding sources) is not supported; use tokenizer_source or "
+            "tokenizer: {source: ...} without tokens"
+        )
+    source = recipe.tokenizer_source or block.get("source")
+    return build_tokenizer(
+        source, recipe.base_model, recipe.refs, get, recipe.chat_template, block.get("pad_to_multiple_of")
+    )
+
+
+def _with_vocab(t: PlannedTensor, tok: TokenizerPlan, base_ref: str | None) -> PlannedTensor:
+    """A vocabulary tensor re-planned onto the merged tokenizer's rows."""
+    members = ([base_ref] if t.base is not None and base_ref else []) + [i.checkpoint for i in t.inputs]
+
+    def remap(src: TensorSource, ref: str) -> TensorSource:
+        return replace(src, rows=None, row_map=tok.row_maps[ref])
+
+    return replace(
+        t,
+        shape=(tok.vocab_size, *t.shape[1:]),
+        base=remap(t.base, base_ref) if t.base is not None and base_ref else t.base,
+        inputs=tuple(replace(i, source=remap(i.source, i.checkpoint)) for i in t.inputs),
+        vocab=tok.vocab_map(members),
     )
 
 
@@ -564,9 +620,24 @@ def plan_digest(plan: MergePlan, fingerprints: Mapping[str, str]) -> str:
             list(t.shape),
             str(t.dtype),
             [t.base.name, t.base.rows] if t.base else None,
-            [[fingerprints[i.checkpoint], i.source.name, i.source.rows, dict(i.params)] for i in t.inputs],
+            [
+                [
+                    fingerprints[i.checkpoint],
+                    i.source.name,
+                    i.source.rows,
+                    dict(i.params),
+                    _rows_key(i.source),
+                ]
+                for i in t.inputs
+            ],
             dict(t.params),
         ]
         h.update(json.dumps(row, sort_keys=True, default=str, separators=(",", ":")).encode())
-    h.update(json.dumps([plan.out_dtype, plan.num_layers], default=str).encode())
+    h.update(json.dumps([plan.out_dtype, plan.num_layers, plan.vocab_size, plan.chat_template]).encode())
     return h.hexdigest()[:32]
+
+
+def _rows_key(src: TensorSource) -> str | None:
+    if src.row_map is None:
+        return None
+    return hashlib.sha256(json.dumps(src.row_map).encode()).hexdigest()[:16]
