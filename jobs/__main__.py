@@ -1,4 +1,5 @@
-"""`python -m jobs study …` runs a study headless with a progress bar; `python -m jobs list` prints the jobs.
+"""`python -m jobs study …` runs a study headless with a progress bar, `python -m jobs sweep …` varies one
+hyperparameter on fixed subsets (a study over values); `python -m jobs list` prints the jobs.
 
 Both use the workspace database ($MERGELAB_HOME/mergelab.duckdb). A study run again with the same arguments
 resumes: what is stored is skipped. User mistakes print one line and exit with status 2.
@@ -41,6 +42,31 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--ray-num-cpus", type=int, help="CPUs of the local Ray instance")
     s.add_argument("--workers", type=int, help="CPU worker threads (default 1; one per GPU when present)")
     s.add_argument("--quiet", action="store_true", help="no log lines, only the progress bar")
+    w = sub.add_parser(
+        "sweep",
+        parents=[common],
+        help="vary one method hyperparameter on fixed subsets (the paper's ablations)",
+        description="Merge the same seeded subsets with one method at each value of one hyperparameter and "
+        "score every merge; the Study page draws score against the value. Without --base/--pool the "
+        "demo zoo's first family is used.",
+    )
+    w.add_argument("--method", required=True, help="a registered method, e.g. task_arithmetic")
+    w.add_argument("--param", required=True, help="the hyperparameter: lambda, density, svd_thresh, t…")
+    w.add_argument("--values", required=True, help="comma-separated values, e.g. 0.2,0.5,1,1.5,2")
+    w.add_argument("--n", required=True, help="checkpoints per merge ('all' is the pool size)")
+    w.add_argument("--subsets", type=int, default=2, help="subsets of size n, the same for every value")
+    w.add_argument("--base", help="base model (default: the demo zoo's first family)")
+    w.add_argument("--pool", help="comma-separated checkpoints (default: that family's checkpoints)")
+    w.add_argument("--suite", default="zoo", help="zoo, quick, paper16, task names or a task folder")
+    w.add_argument("--zoo-root", help="built zoo folder (default $MERGELAB_HOME/zoo)")
+    w.add_argument("--seed", type=int, default=0)
+    w.add_argument("--limit", type=int, help="items per task (default: all)")
+    w.add_argument("--name", default="")
+    w.add_argument("--backend", choices=("local", "ray"), default="local")
+    w.add_argument("--ray-address", help="address of a running Ray cluster (default: start one locally)")
+    w.add_argument("--ray-num-cpus", type=int, help="CPUs of the local Ray instance")
+    w.add_argument("--workers", type=int, help="CPU worker threads (default 1; one per GPU when present)")
+    w.add_argument("--quiet", action="store_true", help="no log lines, only the progress bar")
     ls = sub.add_parser("list", parents=[common], help="print the jobs and their states")
     ls.add_argument("--status", help="only jobs in this state")
     ls.add_argument("--limit", type=int, default=50)
@@ -50,10 +76,6 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _study(store: Store, args) -> int:
-    from tqdm import tqdm
-
-    from jobs.runner import JobRunner
-
     params = {
         "base": args.base,
         "pool": _csv(args.pool),
@@ -69,12 +91,63 @@ def _study(store: Store, args) -> int:
         "ray_address": args.ray_address,
         "ray_num_cpus": args.ray_num_cpus,
     }
+    return _follow(store, args, "study", params)
+
+
+def _zoo_family(zoo_root: str | None) -> tuple[str, list[str]]:
+    """The base and checkpoints of the demo zoo's first family (what a sweep uses by default)."""
+    from pathlib import Path
+
+    import zoo
+
+    try:
+        manifest = zoo.load_manifest(Path(zoo_root) if zoo_root else None)
+    except zoo.ZooError as exc:
+        raise JobError(str(exc)) from None
+    if manifest is None:
+        where = zoo_root or zoo.default_root()
+        raise JobError(f"no demo zoo at {where}; give --base and --pool, or build one: python -m zoo build")
+    family = manifest.families[0]
+    return str(manifest.base_dir(family)), [str(p) for p in manifest.checkpoint_dirs(family)]
+
+
+def _sweep(store: Store, args) -> int:
+    base, pool = args.base, _csv(args.pool)
+    if not base or not pool:
+        zoo_base, zoo_pool = _zoo_family(args.zoo_root)
+        base, pool = base or zoo_base, pool or zoo_pool
+    params = {
+        "base": base,
+        "pool": pool,
+        "method": args.method,
+        "param": args.param,
+        "values": args.values,
+        "n": args.n,
+        "subsets": args.subsets,
+        "suite": args.suite,
+        "seed": args.seed,
+        "limit": args.limit,
+        "name": args.name,
+        "backend": args.backend,
+        "zoo_root": args.zoo_root,
+        "ray_address": args.ray_address,
+        "ray_num_cpus": args.ray_num_cpus,
+    }
+    return _follow(store, args, "sweep", params)
+
+
+def _follow(store: Store, args, kind: str, params: dict) -> int:
+    """Submit a study-like job, follow it with a progress bar and its log, and report how it ended."""
+    from tqdm import tqdm
+
+    from jobs.runner import JobRunner
+
     runner = JobRunner(store, workers=args.workers, start=False)
-    job_id = runner.submit("study", {k: v for k, v in params.items() if v is not None})  # validates first
+    job_id = runner.submit(kind, {k: v for k, v in params.items() if v is not None})  # validates first
     runner.start()
     for jid in runner.recovered:
         print(f"job {jid} was left running by a process that died; marked interrupted", flush=True)
-    print(f"job {job_id}: study {runner.get(job_id).params['study_id']}", flush=True)
+    print(f"job {job_id}: {kind} {runner.get(job_id).params['study_id']}", flush=True)
     bar = tqdm(
         total=1000,
         unit="‰",
@@ -105,12 +178,27 @@ def _study(store: Store, args) -> int:
     if job.status == "done":
         r = job.result
         print(
-            f"study {r['study_id']} done: {r['ran']} units run, "
+            f"{kind} {r['study_id']} done: {r['ran']} units run, "
             f"{r['skipped']} already stored ({r['total']} in all)"
         )
+        if kind == "sweep":
+            print(_sweep_table(store, r["study_id"]))
         return 0
-    print(f"study {job.status}: {job.error or ''}".rstrip(), file=sys.stderr)
+    print(f"{kind} {job.status}: {job.error or ''}".rstrip(), file=sys.stderr)
     return 1
+
+
+def _sweep_table(store: Store, study_id: str) -> str:
+    """Mean score (%) per swept value, min and max over the subsets, beside the base's score."""
+    from jobs.sweep import sweep_curve
+
+    curve, base = sweep_curve(store, study_id)
+    lines = [f"{curve.attrs['param']:>10}  {'mean %':>8}  {'min %':>8}  {'max %':>8}  merges"]
+    for r in curve.itertuples():
+        lines.append(f"{r.value:>10g}  {r.mean:>8.2f}  {r.min:>8.2f}  {r.max:>8.2f}  {r.merges:>6}")
+    if base is not None:
+        lines.append(f"{'base':>10}  {base:>8.2f}")
+    return "\n".join(lines)
 
 
 def _list(store: Store, args) -> int:
@@ -139,7 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         with Store(args.db) as store:
-            return {"study": _study, "list": _list, "show": _show}[args.command](store, args)
+            commands = {"study": _study, "sweep": _sweep, "list": _list, "show": _show}
+            return commands[args.command](store, args)
     except (JobError, StoreError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

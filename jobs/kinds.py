@@ -1,4 +1,4 @@
-"""The job kinds MergeLab ships: merge, evaluate, merge+evaluate, study, build-zoo, download, analyse.
+"""The job kinds MergeLab ships: merge, evaluate, merge+evaluate, study, sweep, build-zoo, download, analyse.
 
 Each kind validates its parameters at submit time (a bad recipe is refused before it is queued) and runs
 on a worker thread with a JobContext. Heavy packages are imported inside the functions, so importing jobs
@@ -103,6 +103,42 @@ def validate_study(params: dict[str, Any]) -> dict[str, Any]:
         if params.get(key) is not None:
             out[key] = params[key]
     out["study_id"] = definition.study_id
+    return out
+
+
+def validate_sweep(params: dict[str, Any]) -> dict[str, Any]:
+    """A sweep request (method, param, values, n, subsets on a base and pool) becomes study parameters."""
+    from jobs.sweep import DEFAULT_SUBSETS, define_sweep, sweep_params
+
+    if params.get("backend", "local") not in ("local", "ray"):
+        raise JobError(f"Unknown sweep backend {params.get('backend')!r}; use local or ray.")
+    for key in ("method", "param", "values", "n"):
+        if params.get(key) in (None, "", []):
+            raise JobError(f"A sweep needs {key} (method, param, values and the subset size n).")
+    definition = define_sweep(
+        base=params.get("base", ""),
+        pool=params.get("pool") or [],
+        method=params["method"],
+        param=params["param"],
+        values=params["values"],
+        n=params["n"],
+        subsets=params.get("subsets", DEFAULT_SUBSETS),
+        seed=params.get("seed", 0),
+        suite=params.get("suite", "zoo"),
+        limit=params.get("limit"),
+        name=params.get("name", ""),
+    )
+    _suite({**params, "suite": definition.suite})
+    out = sweep_params(
+        definition,
+        zoo_root=params.get("zoo_root"),
+        backend=params.get("backend"),
+        ray_address=params.get("ray_address"),
+        ray_num_cpus=params.get("ray_num_cpus"),
+    )
+    # The request itself stays in the parameters, so a retried job validates to the same sweep.
+    out.update(method=params["method"], param=params["param"], values=out["sweep"]["values"])
+    out["n"] = definition.sizes[0]
     return out
 
 
@@ -317,6 +353,12 @@ register_kind("study", run_study_job, validate=validate_study, description="the 
 register_kind("build-zoo", run_build_zoo_job, validate=validate_build_zoo, description="build the demo zoo")
 register_kind(
     "download", run_download_job, validate=validate_download, description="download a Hub checkpoint"
+)
+register_kind(
+    "sweep",
+    run_study_job,
+    validate=validate_sweep,
+    description="one method's hyperparameter varied on fixed subsets (a study over values)",
 )
 register_kind(
     "analyse",
