@@ -195,6 +195,9 @@ def _reusing_hflm_class():
             key = (string, left_truncate_len, add_special_tokens)
             hit = self._token_memo.get(key)
             if hit is None:
+                # the first model of a suite tokenizes every request: seconds on a large task
+                if self._should_cancel is not None and self._should_cancel():
+                    raise EvaluationCancelled("scoring cancelled")
                 hit = super().tok_encode(string, left_truncate_len, add_special_tokens)
                 self._token_memo[key] = hit
             return list(hit)

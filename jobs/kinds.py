@@ -215,6 +215,7 @@ def run_evaluate_job(ctx: JobContext, params: dict[str, Any]) -> dict[str, Any]:
             loaded.fingerprint, params.get("model_kind", "checkpoint"), ref, name=Path(ref).name
         )
     ctx.check_cancel()
+    ctx.progress(0.0, f"scoring {ref}", force=True)
     rows = evaluate(
         loaded.model,
         loaded.tokenizer,

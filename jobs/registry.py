@@ -30,7 +30,11 @@ _KINDS: dict[str, JobKind] = {}
 def register_kind(
     name: str, run: RunFn, *, validate: ValidateFn | None = None, description: str = ""
 ) -> JobKind:
-    """Register (or replace) a job kind; its run function returns a JSON-serialisable result."""
+    """Register (or replace) a job kind; its run function returns a JSON-serialisable result. The run
+    function must be module-level: jobs run in a worker process that imports it by name."""
+    from jobs.worker import check_run_function
+
+    check_run_function(run)
     kind = JobKind(name, run, validate, description)
     _KINDS[name] = kind
     return kind

@@ -1,31 +1,43 @@
-"""The JobRunner: a persisted queue served by worker threads, one per GPU (or N on CPU).
+"""The JobRunner: a persisted queue served by supervised worker processes, one per GPU (or N on CPU).
 
-One runner per process (the app keeps it in st.cache_resource). Workers never touch Streamlit: they claim
-queued jobs from DuckDB, run the job kind's function with a JobContext, and write the outcome back. On
-start the runner marks jobs that a dead process left `running` as interrupted and deletes the temporary
-outputs they declared, so nothing half-written survives a crash.
+One runner per app process (the app starts it with `st.cache_resource` when it starts). For each device a
+supervisor thread claims queued jobs from DuckDB and hands each to that device's worker process
+(jobs/worker.py), which runs the job kind's function with a JobContext whose store forwards every call
+back here: the app process stays the only DuckDB writer, and a job that is OOM-killed or crashes takes
+down only its worker. The supervisor then fails the job with a clear message, removes its temporary
+output, and a fresh worker serves the next job. A job asked to cancel that has not stopped after
+MERGELAB_CANCEL_GRACE_S seconds (default 10) is terminated. On start the runner marks jobs that a dead
+process left `running` as interrupted and deletes the temporary outputs they declared, so nothing
+half-written survives a crash.
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
+import multiprocessing
 import os
 import shutil
+import signal
+import sys
 import threading
 import time
 import traceback
 import uuid
 import weakref
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from jobs.context import JobContext
 from jobs.errors import JobCancelled, JobError
 from jobs.registry import get_kind, validated_params
-from jobs.resident import ResidentPool
 from store import JobRecord, Store, StoreError
 
+CANCEL_GRACE_ENV = "MERGELAB_CANCEL_GRACE_S"
+START_METHOD_ENV = "MERGELAB_WORKER_START"  # forkserver (default) or spawn
+# imported once by the forkserver, so a fresh worker (first job, or after a crash) starts in milliseconds
+WORKER_PRELOAD = ["torch", "jobs.worker"]
 _ACTIVE_OWNERS: set[str] = set()  # owner tokens of the runners alive in this process
 
 
@@ -54,7 +66,7 @@ def pid_alive(pid: int | None) -> bool:
     return True
 
 
-def _user_error_types() -> tuple[type[BaseException], ...]:
+def user_error_types() -> tuple[type[BaseException], ...]:
     """Exceptions whose message is the whole story (no traceback in the job's error)."""
     types: list[type[BaseException]] = [JobError, StoreError]
     try:
@@ -72,7 +84,7 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
     return tuple(types)
 
 
-def _cancel_types() -> tuple[type[BaseException], ...]:
+def cancel_types() -> tuple[type[BaseException], ...]:
     types: list[type[BaseException]] = [JobCancelled]
     try:
         from merging.errors import MergeCancelled
@@ -103,20 +115,103 @@ def remove_paths(paths: Iterable[str]) -> list[str]:
     return removed
 
 
+def cancel_grace_s() -> float:
+    raw = os.environ.get(CANCEL_GRACE_ENV, "10")
+    try:
+        value = float(raw)
+    except ValueError:
+        raise JobError(f"{CANCEL_GRACE_ENV} must be a number of seconds, got {raw!r}.") from None
+    return max(0.0, value)
+
+
+def describe_exit(exitcode: int | None) -> str:
+    """How a worker process ended, in words a user can act on."""
+    if exitcode is None:
+        return "no exit status"
+    if exitcode < 0:
+        number = -exitcode
+        try:
+            name = signal.Signals(number).name
+        except ValueError:
+            name = "unknown signal"
+        if number == signal.SIGKILL:
+            return f"signal {number}, likely out of memory"
+        return f"signal {number} ({name})"
+    return f"exit status {exitcode}"
+
+
+def _mp_context():
+    method = os.environ.get(START_METHOD_ENV, "forkserver")
+    if method not in ("forkserver", "spawn"):
+        raise JobError(f"{START_METHOD_ENV} must be forkserver or spawn, got {method!r}.")
+    ctx = multiprocessing.get_context(method)
+    if method == "forkserver":
+        ctx.set_forkserver_preload(WORKER_PRELOAD)
+    return ctx
+
+
+class _Worker:
+    """One worker process and its pipe (owned by one supervisor thread)."""
+
+    def __init__(self, device: str, resident_capacity: int = 2) -> None:
+        from jobs.worker import worker_main
+
+        ctx = _mp_context()
+        self.conn, child = ctx.Pipe(duplex=True)
+        self.cancel = ctx.Event()
+        self.process = ctx.Process(
+            target=worker_main,
+            args=(child, self.cancel, os.getpid(), device, resident_capacity),
+            name=f"mergelab-worker-{device}",
+            daemon=True,
+        )
+        self.started = time.monotonic()
+        self.process.start()
+        child.close()
+
+    def alive(self) -> bool:
+        return self.process.is_alive()
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """Ask the worker to exit; kill it when it does not."""
+        with contextlib.suppress(OSError, ValueError):
+            self.conn.send(("stop",))
+        self.process.join(timeout)
+        if self.process.is_alive():
+            self.kill()
+        self.conn.close()
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.join(5)
+
+
+@dataclass
+class _Slot:
+    """A device: its supervisor thread, worker process (started on demand) and the job it runs."""
+
+    device: str
+    worker: _Worker | None = None
+    job_id: str | None = None
+    cancel: threading.Event = field(default_factory=threading.Event)
+    residents: list[tuple[str, str]] = field(default_factory=list)
+    workers_started: int = 0
+
+
 _LIVE_RUNNERS: weakref.WeakSet[JobRunner] = weakref.WeakSet()
 
 
 @atexit.register
 def _stop_live_runners() -> None:
-    """Stop every runner's workers before the interpreter finalizes. Worker threads are daemons; one still
-    inside DuckDB when finalization tears the interpreter down aborts the whole process (seen at the end
-    of a test session whose pages had started runners), so running jobs are cancelled and joined here."""
+    """Stop every runner before the interpreter finalizes: running jobs are cancelled, worker processes
+    stopped and supervisor threads joined (a daemon thread still inside DuckDB at finalization aborts the
+    whole process)."""
     for runner in list(_LIVE_RUNNERS):
         runner.shutdown(wait=True, cancel_running=True, timeout=10.0)
 
 
 class JobRunner:
-    """Runs queued jobs on worker threads. `devices` overrides the worker layout (one worker per entry)."""
+    """Runs queued jobs in worker processes. `devices` overrides the layout (one worker per entry)."""
 
     def __init__(
         self,
@@ -133,10 +228,11 @@ class JobRunner:
         self.owner = uuid.uuid4().hex
         self.pid = os.getpid()
         self.poll_interval = poll_interval
-        self.residents = ResidentPool(capacity=resident_capacity)
+        self.resident_capacity = resident_capacity
         self._wake = threading.Condition()
         self._stop = threading.Event()
-        self._cancel_events: dict[str, threading.Event] = {}
+        self._cancel_running = True
+        self._slots = [_Slot(device) for device in self.devices]
         self._threads: list[threading.Thread] = []
         self.recovered: list[str] = []
         _ACTIVE_OWNERS.add(self.owner)
@@ -149,9 +245,9 @@ class JobRunner:
         if self._threads:
             return
         self.recovered = self.recover()
-        for i, device in enumerate(self.devices):
+        for i, slot in enumerate(self._slots):
             thread = threading.Thread(
-                target=self._worker, args=(device,), name=f"mergelab-job-{i}", daemon=True
+                target=self._supervise, args=(slot,), name=f"mergelab-job-{i}", daemon=True
             )
             thread.start()
             self._threads.append(thread)
@@ -173,13 +269,14 @@ class JobRunner:
         return interrupted
 
     def shutdown(self, wait: bool = True, cancel_running: bool = True, timeout: float | None = 30.0) -> None:
-        """Stop the workers; running jobs are cancelled (or left to finish when cancel_running is False)."""
+        """Stop serving; running jobs are cancelled (or left to finish when cancel_running is False), then
+        the worker processes are stopped."""
+        self._cancel_running = cancel_running
         self._stop.set()
         if cancel_running:
-            for event in list(self._cancel_events.values()):
-                event.set()
-        with self._wake:
-            self._wake.notify_all()
+            for slot in self._slots:
+                slot.cancel.set()
+        self._notify()
         if wait:
             for thread in self._threads:
                 thread.join(timeout)
@@ -196,9 +293,9 @@ class JobRunner:
     def cancel(self, job_id: str) -> str:
         """Cancel a queued job, or signal a running one to stop; returns the status afterwards."""
         status = self.store.request_job_cancel(job_id)
-        event = self._cancel_events.get(job_id)
-        if event is not None:
-            event.set()
+        for slot in self._slots:
+            if slot.job_id == job_id:
+                slot.cancel.set()
         return status
 
     def retry(self, job_id: str) -> None:
@@ -223,45 +320,175 @@ class JobRunner:
                 raise TimeoutError(f"jobs still unfinished after {timeout} s: {pending}")
             time.sleep(interval)
 
+    def loaded_residents(self) -> list[tuple[str, str]]:
+        """(base, device) of the resident models the workers reported after their last job."""
+        return sorted({key for slot in self._slots for key in slot.residents})
+
+    def worker_pids(self) -> list[int]:
+        """The live worker processes (for tests and diagnostics)."""
+        return [s.worker.process.pid for s in self._slots if s.worker is not None and s.worker.alive()]
+
     def _notify(self) -> None:
         with self._wake:
             self._wake.notify_all()
 
-    # --- workers ------------------------------------------------------------------------------------
-    def _worker(self, device: str) -> None:
-        while not self._stop.is_set():
-            try:
-                job = self.store.claim_next_job(self.owner, self.pid)
-            except StoreError:  # store closed under us during shutdown
-                return
-            if job is None:
-                with self._wake:
-                    self._wake.wait(self.poll_interval)
-                continue
-            self._run(job, device)
-
-    def _run(self, job: JobRecord, device: str) -> None:
-        event = threading.Event()
-        self._cancel_events[job.id] = event
-        ctx = JobContext(self.store, job, device, event, self.residents)
-        ctx.log(f"started {job.kind} on {device} (attempt {job.attempt})")
+    # --- supervision --------------------------------------------------------------------------------
+    def _supervise(self, slot: _Slot) -> None:
+        """Claim and run jobs on one device until shutdown. Nothing ends this loop silently: an error
+        while recording a job is logged (to the job if possible, else stderr) and the loop goes on."""
         try:
-            kind = get_kind(job.kind)
-            result = kind.run(ctx, dict(job.params))
-        except _cancel_types():
-            remove_paths(ctx._temp_paths)
-            ctx.log("cancelled")
-            self.store.finish_job(job.id, "cancelled", message="cancelled")
-        except _user_error_types() as exc:
-            remove_paths(ctx._temp_paths)
-            ctx.log(f"failed: {exc}")
-            self.store.finish_job(job.id, "failed", error=str(exc), message="failed")
-        except Exception as exc:  # a bug or an environment problem: keep the traceback in the log
-            remove_paths(ctx._temp_paths)
-            ctx.log("failed with an unexpected error:\n" + traceback.format_exc())
-            self.store.finish_job(job.id, "failed", error=f"{type(exc).__name__}: {exc}", message="failed")
-        else:
-            ctx.log("done")
-            self.store.finish_job(job.id, "done", result=result, message="done")
+            while not self._stop.is_set():
+                try:
+                    job = self.store.claim_next_job(self.owner, self.pid)
+                except StoreError:  # store closed under us during shutdown
+                    return
+                if job is None:
+                    with self._wake:
+                        self._wake.wait(self.poll_interval)
+                    continue
+                try:
+                    self._run(slot, job)
+                except Exception:  # noqa: BLE001 - the supervisor must outlive any one job
+                    self._record_failure(
+                        job.id, "the job runner failed while running it", traceback.format_exc()
+                    )
         finally:
-            self._cancel_events.pop(job.id, None)
+            if slot.worker is not None:
+                slot.worker.stop()
+                slot.worker = None
+
+    def _run(self, slot: _Slot, job: JobRecord) -> None:
+        from jobs.worker import check_run_function
+
+        slot.job_id = job.id
+        slot.cancel.clear()
+        try:
+            try:
+                run_ref = check_run_function(get_kind(job.kind).run)
+            except JobError as exc:
+                self._finish(job.id, "failed", error=str(exc), message="failed")
+                return
+            if slot.worker is None or not slot.worker.alive():
+                if slot.worker is not None:
+                    slot.worker.stop(0)
+                slot.worker = _Worker(slot.device, self.resident_capacity)
+                slot.workers_started += 1
+            worker = slot.worker
+            worker.cancel.clear()
+            worker.conn.send(("run", job, run_ref, dict(os.environ), os.getcwd()))
+            self._serve(slot, worker, job)
+        finally:
+            slot.job_id = None
+
+    def _serve(self, slot: _Slot, worker: _Worker, job: JobRecord) -> None:
+        """Answer the worker's store calls until it reports the outcome, dies, or ignores a cancel."""
+        grace = cancel_grace_s()
+        cancel_sent: float | None = None
+        last_flag_check = 0.0
+        while True:
+            try:
+                ready = worker.conn.poll(self.poll_interval)
+                msg = worker.conn.recv() if ready else None
+            except (EOFError, OSError):
+                msg, ready = None, False
+                worker.process.join(2)
+            if msg is not None:
+                if msg[0] == "call":
+                    self._answer(worker, msg)
+                    continue
+                if msg[0] == "done":
+                    outcome = msg[1]
+                    slot.residents = [tuple(k) for k in outcome.get("residents", [])]
+                    self._finish(
+                        job.id,
+                        outcome["status"],
+                        error=outcome.get("error"),
+                        result=outcome.get("result"),
+                        message=outcome.get("message"),
+                    )
+                    return
+            if not worker.alive():
+                self._worker_died(slot, worker, job)
+                return
+            now = time.monotonic()
+            if cancel_sent is None:
+                if not slot.cancel.is_set() and now - last_flag_check >= 0.5:
+                    last_flag_check = now
+                    if self.store.is_cancel_requested(job.id):
+                        slot.cancel.set()
+                if slot.cancel.is_set():
+                    worker.cancel.set()
+                    cancel_sent = now
+            elif now - cancel_sent > grace:
+                self._terminate(slot, worker, job, grace)
+                return
+
+    def _answer(self, worker: _Worker, msg: tuple) -> None:
+        """Run one store call for the worker and send back its value or its error."""
+        _, name, args, kwargs = msg
+        try:
+            if name.startswith("_") or not callable(getattr(self.store, name, None)):
+                raise StoreError(f"the store has no method {name!r}")
+            reply = ("ok", getattr(self.store, name)(*args, **kwargs))
+        except Exception as exc:  # noqa: BLE001 - the worker decides what the error means
+            reply = ("error", exc)
+        try:
+            worker.conn.send(reply)
+        except (OSError, ValueError):
+            return  # the worker is gone; the serve loop notices
+        except Exception as exc:  # the value or error could not be pickled
+            worker.conn.send(("error", StoreError(f"store call {name} answered unpicklable data: {exc}")))
+
+    def _worker_died(self, slot: _Slot, worker: _Worker, job: JobRecord) -> None:
+        worker.process.join(2)
+        how = describe_exit(worker.process.exitcode)
+        slot.worker = None
+        slot.residents = []
+        try:
+            doing = self.store.get_job(job.id).message or "running"
+        except StoreError:
+            doing = "running"
+        reason = f"worker process died ({how}) while {doing}"
+        self._abandon(job.id, reason, merge_reason=reason)
+        self._finish(job.id, "failed", error=reason, message="failed")
+
+    def _terminate(self, slot: _Slot, worker: _Worker, job: JobRecord, grace: float) -> None:
+        worker.kill()
+        slot.worker = None
+        slot.residents = []
+        reason = f"terminated: the job did not stop within {grace:g} s of the cancel request"
+        self._abandon(job.id, reason, merge_reason="cancelled")
+        self._finish(job.id, "cancelled", message=reason)
+
+    def _abandon(self, job_id: str, log_line: str, *, merge_reason: str) -> None:
+        """A job whose worker is gone: remove its declared temporary output, close its merge records."""
+        try:
+            removed = remove_paths(self.store.get_job(job_id).temp_paths)
+            self.store.interrupt_merges_of_job(job_id, merge_reason)
+            self.store.append_job_log(job_id, f"{time.strftime('%H:%M:%S')} {log_line}")
+            if removed:
+                self.store.append_job_log(job_id, f"removed temporary output: {', '.join(removed)}")
+        except StoreError:
+            traceback.print_exc(file=sys.stderr)
+
+    def _finish(self, job_id: str, status: str, **fields: Any) -> None:
+        """Record a job's end; if that fails (say, an unserialisable result), record the failure instead."""
+        try:
+            self.store.finish_job(job_id, status, **fields)
+        except Exception:  # noqa: BLE001
+            self._record_failure(job_id, f"could not record the job as {status}", traceback.format_exc())
+            return
+        if status != "done":
+            try:  # no merge of a job that ended stays `running`
+                self.store.interrupt_merges_of_job(job_id, f"its job ended {status}")
+            except StoreError:
+                traceback.print_exc(file=sys.stderr)
+
+    def _record_failure(self, job_id: str, what: str, details: str) -> None:
+        last = details.strip().splitlines()[-1] if details.strip() else what
+        try:
+            self.store.append_job_log(job_id, f"{what}:\n{details}")
+            self.store.finish_job(job_id, "failed", error=f"{what}: {last}", message="failed")
+            self.store.interrupt_merges_of_job(job_id, f"{what}: {last}")
+        except Exception:  # noqa: BLE001 - last resort: the operator's console
+            print(f"mergelab: {what} (job {job_id}):\n{details}", file=sys.stderr, flush=True)

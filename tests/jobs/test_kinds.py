@@ -57,7 +57,7 @@ def test_twenty_merge_evaluate_jobs_from_threads(tmp_path, home, tiny_llama_fami
         assert set(store.models_df().kind) == {"base", "checkpoint", "merged"}
         assert len(store.models_df("checkpoint")) == 3
         # one resident base model served every job (per device)
-        assert {k[0] for k in runner.residents.loaded()} == {str(base)}
+        assert {k[0] for k in runner.loaded_residents()} == {str(base)}
 
 
 @pytest.mark.slow
