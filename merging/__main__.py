@@ -108,8 +108,8 @@ def list_methods() -> str:
     lines = []
     for m in all_methods():
         flags = [] if m.needs_base else ["no base needed"]
-        if m.min_models > 1:
-            flags.append(f"at least {m.min_models} models")
+        if m.min_models > 1 or m.max_models is not None:
+            flags.append(m.models_needed())
         if m.randomized:
             flags.append("randomized (uses seed)")
         lines.append(f"{m.name}: {m.summary}" + (f" [{'; '.join(flags)}]" if flags else ""))

@@ -90,10 +90,14 @@ with guard("Merge"):
     if f"{P}:method" not in st.session_state:
         st.session_state[f"{P}:method"] = "task_arithmetic"
     method = st.selectbox(
-        "Method", list(methods), format_func=lambda m: f"{methods[m].title} ({m})", key=f"{P}:method"
+        "Method",
+        list(methods),
+        format_func=lambda m: f"{methods[m].title} ({m}): {methods[m].summary}",
+        key=f"{P}:method",
     )
     spec = methods[method]
-    st.markdown(f"{spec.summary}  \n*Reference:* {spec.reference}")
+    takes = "Takes " + spec.models_needed() + (" and a base model" if spec.needs_base else "") + "."
+    st.markdown(f"{spec.summary}. {takes}  \n*Reference:* {spec.reference}")
 
     with st.container(border=True):
         st.markdown("**Parameters**")

@@ -23,7 +23,8 @@ with guard("Study"):
     models = db.models_df()
     registered = models[models["kind"].isin(["base", "checkpoint"])] if len(models) else models
     names = dict(zip(registered.get("ref", []), registered.get("name", []), strict=False))
-    methods = {m.name: m for m in merging.all_methods()}
+    # A study merges subsets of every size n it is given, so only methods without an upper model count fit.
+    methods = {m.name: m for m in merging.all_methods() if m.max_models is None}
 
     with st.expander(
         "Configure and launch a study", expanded=db.count("studies") == 0, icon=":material/tune:"

@@ -192,9 +192,9 @@ def build_recipe(
     the Recipe the job runner and the YAML export take."""
     if spec.needs_base and not base:
         raise merging.errors.RecipeError(f"{spec.title} needs a base model; choose one.")
-    if len(checkpoints) < spec.min_models:
+    if not spec.accepts_models(len(checkpoints)):
         raise merging.errors.RecipeError(
-            f"{spec.title} needs at least {spec.min_models} checkpoint(s); {len(checkpoints)} chosen."
+            f"{spec.title} takes {spec.models_needed()}; {len(checkpoints)} chosen."
         )
     merging.resolve_params(spec, dict(params), [dict(m) for m in model_params], list(checkpoints))
     models = [

@@ -87,7 +87,16 @@ ParamCheck = Callable[[Mapping[str, Any], Sequence[Mapping[str, Any]], Sequence[
 
 @dataclass(frozen=True)
 class MethodSpec:
-    """A registered merge method: its metadata, parameter specs and per-tensor function."""
+    """A registered merge method: its metadata, parameter specs and per-tensor function.
+
+    `summary` is the one-line explanation the Merge page and `--list-methods` show. `min_models` and
+    `max_models` bound the number of checkpoints besides the base (None: no upper bound).
+    `blockwise` says the method is row-separable: for any tensor of 2 or more dimensions, merging a block
+    of its leading-dimension rows gives exactly those rows of the whole tensor's result (elementwise
+    methods qualify; anything with a whole-tensor norm, rank, quantile or random stream does not), so the
+    engine may process large tensors in row blocks. `blockwise_when`, when set, decides it from the
+    resolved global parameters instead (e.g. model_stock with filter_wise); see `is_blockwise`.
+    """
 
     name: str
     title: str
@@ -100,6 +109,35 @@ class MethodSpec:
     randomized: bool = False
     aliases: tuple[str, ...] = field(default_factory=tuple)
     check: ParamCheck | None = None
+    max_models: int | None = None
+    blockwise: bool = False
+    blockwise_when: Callable[[Mapping[str, Any]], bool] | None = None
 
     def param(self, name: str) -> ParamSpec | None:
         return next((p for p in self.params if p.name == name), None)
+
+    def is_blockwise(self, params: Mapping[str, Any] | None = None) -> bool:
+        """Whether row blocks of a >=2-D tensor may be merged independently with these global params."""
+        if self.blockwise_when is not None and params is not None:
+            return bool(self.blockwise_when(params))
+        return self.blockwise
+
+    def accepts_models(self, n: int) -> bool:
+        """Whether a merge of `n` checkpoints (besides the base) is within this method's count."""
+        return n >= self.min_models and (self.max_models is None or n <= self.max_models)
+
+    def models_needed(self) -> str:
+        """'exactly 1 checkpoint', 'at least 2 checkpoints', '1 to 3 checkpoints': for messages."""
+        lo, hi = self.min_models, self.max_models
+        plural = "checkpoint" if (hi if hi is not None else lo) == 1 else "checkpoints"
+        if hi is None:
+            return f"at least {lo} {plural}"
+        if hi == lo:
+            return f"exactly {lo} {plural}"
+        return f"{lo} to {hi} {plural}"
+
+    def check_model_count(self, n: int, where: str = "the recipe") -> None:
+        """One-line RecipeError when `n` checkpoints (besides the base) do not fit this method."""
+        if not self.accepts_models(n):
+            besides = " besides the base model" if self.needs_base else " (a base model not counted)"
+            raise RecipeError(f"{self.name} takes {self.models_needed()}{besides}; {where} has {n}")

@@ -62,3 +62,8 @@ def merge(inputs: TensorInputs) -> torch.Tensor:
     t = torch.where(singular, 0.0, n * cos / torch.where(singular, 1.0, denom))
     out = avg.mul_(t).add_(base_rows * (1 - t))
     return out.reshape(base.shape)
+
+
+def rows_independent(params) -> bool:
+    """With filter_wise each row has its own ratio, so row blocks of a matrix merge independently."""
+    return bool(params.get("filter_wise", False))

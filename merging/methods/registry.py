@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from merging.errors import RecipeError
-from merging.methods import boosting, linear, model_stock, subspace
+from merging.methods import boosting, linear, model_stock, passthrough, sce, selective, spherical, subspace
 from merging.methods.base import MethodSpec
 from merging.methods.task_vectors import Preset, della_check, merge_with, preset_params
 
@@ -28,6 +28,9 @@ REF_ISO = (
     "Subspaces, arXiv:2502.04959"
 )
 REF_SB = "Skorobogat et al. 2025, Subspace-Boosted Model Merging, arXiv:2506.16506"
+REF_MERGEKIT = (
+    "Goddard et al. 2024, Arcee's MergeKit: A Toolkit for Merging Large Language Models, arXiv:2403.13257"
+)
 
 
 def _task_vector_method(
@@ -70,6 +73,7 @@ _METHODS: tuple[MethodSpec, ...] = (
         merge=linear.merge,
         needs_base=False,
         check=linear.check,
+        blockwise=True,
     ),
     _task_vector_method(
         "task_arithmetic",
@@ -78,6 +82,7 @@ _METHODS: tuple[MethodSpec, ...] = (
         REF_TA,
         TA,
         paper={"weight_paper": 1.0, "lambda_paper": 1.0},
+        blockwise=True,
     ),
     _task_vector_method(
         "ties",
@@ -139,6 +144,7 @@ _METHODS: tuple[MethodSpec, ...] = (
         params=model_stock.PARAMS,
         merge=model_stock.merge,
         min_models=2,
+        blockwise_when=model_stock.rows_independent,
     ),
     MethodSpec(
         name="tsvm",
@@ -182,6 +188,83 @@ _METHODS: tuple[MethodSpec, ...] = (
         REF_TIES,
         TIES,
         {"weight_paper": 1.0, "density_paper": 0.1, "lambda_paper": 1.0},
+    ),
+    MethodSpec(
+        name="slerp",
+        title="SLERP",
+        summary="Follows the arc from the base (t = 0) to one other model (t = 1), keeping their norms",
+        reference="Shoemake 1985, Animating Rotation with Quaternion Curves; as in " + REF_MERGEKIT,
+        params=spherical.SLERP_PARAMS,
+        merge=spherical.merge_slerp,
+        max_models=1,
+    ),
+    MethodSpec(
+        name="nuslerp",
+        title="NuSLERP",
+        summary="SLERP of two models by weight, whole tensors or per row; of task vectors with a base",
+        reference=REF_MERGEKIT,
+        params=spherical.NUSLERP_PARAMS,
+        merge=spherical.merge_nuslerp,
+        needs_base=False,
+        min_models=2,
+        max_models=2,
+        blockwise_when=spherical.nuslerp_blockwise,
+    ),
+    MethodSpec(
+        name="multislerp",
+        title="Multi-SLERP",
+        summary="Weighted mean direction of any number of models on the sphere, at their weighted norm",
+        reference="Goddard 2025, Multi-SLERP (goddard.blog); as in " + REF_MERGEKIT,
+        params=spherical.MULTISLERP_PARAMS,
+        merge=spherical.merge_multislerp,
+        needs_base=False,
+    ),
+    MethodSpec(
+        name="karcher",
+        title="Karcher mean",
+        summary="Riemannian mean of every input's direction (a base included), at their mean norm",
+        reference="Karcher 1977, Riemannian center of mass and mollifier smoothing; as in " + REF_MERGEKIT,
+        params=spherical.KARCHER_PARAMS,
+        merge=spherical.merge_karcher,
+        needs_base=False,
+    ),
+    MethodSpec(
+        name="sce",
+        title="SCE",
+        summary="Keeps entries that vary most across models, weights models by update energy, elects signs",
+        reference="Wan et al. 2024, FuseChat: Knowledge Fusion of Chat Models, arXiv:2408.07990",
+        params=sce.PARAMS,
+        merge=sce.merge,
+    ),
+    MethodSpec(
+        name="nearswap",
+        title="NearSwap",
+        summary="Takes the other model's value where it is within t of the base's, moves partly elsewhere",
+        reference="alchemonaut 2024, QuartetAnemoi-70B (Hugging Face model card); as in " + REF_MERGEKIT,
+        params=selective.NEARSWAP_PARAMS,
+        merge=selective.merge_nearswap,
+        max_models=1,
+        blockwise=True,
+    ),
+    MethodSpec(
+        name="arcee_fusion",
+        title="Arcee Fusion",
+        summary="Takes the other model's changes only where a KL-weighted importance score is an outlier",
+        reference="Arcee AI 2025, Arcee Fusion; as in " + REF_MERGEKIT,
+        params=(),
+        merge=selective.merge_arcee_fusion,
+        max_models=1,
+    ),
+    MethodSpec(
+        name="passthrough",
+        title="Passthrough",
+        summary="Copies one model's tensors unchanged (optionally scaled); with slices, stacks layers",
+        reference=REF_MERGEKIT,
+        params=passthrough.PARAMS,
+        merge=passthrough.merge,
+        needs_base=False,
+        max_models=1,
+        blockwise=True,
     ),
 )
 

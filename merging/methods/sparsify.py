@@ -10,33 +10,9 @@ from __future__ import annotations
 
 import torch
 
+from merging.methods.order_stats import rank_window_mask, smallest_mask
+
 RESCALE_EPS = 1e-7
-
-
-def smallest_mask(a: torch.Tensor, j: int) -> torch.Tensor:
-    """Bool mask of the j smallest entries of the flat tensor `a` (ties: lower position counts as smaller)."""
-    n = a.numel()
-    if j <= 0:
-        return torch.zeros_like(a, dtype=torch.bool)
-    if j >= n:
-        return torch.ones_like(a, dtype=torch.bool)
-    v = torch.kthvalue(a, j).values
-    mask = a <= v  # exactly j entries unless others tie with the threshold
-    extra = int(torch.count_nonzero(mask)) - j
-    if extra > 0:
-        # Entries equal to the threshold: keep the first ones by position, release the last `extra`.
-        # bf16 checkpoints tie here often, so index the tied entries rather than scanning cumulatively.
-        tied = torch.nonzero(a == v).view(-1)
-        mask[tied[tied.numel() - extra :]] = False
-    return mask
-
-
-def rank_window_mask(a: torch.Tensor, start: int, stop: int) -> torch.Tensor:
-    """Bool mask of the entries whose ascending rank (0-based, position breaks ties) lies in [start, stop)."""
-    mask = smallest_mask(a, stop)
-    if start > 0:
-        mask &= ~smallest_mask(a, start)
-    return mask
 
 
 def _apply(t: torch.Tensor, keep: torch.Tensor, rescale: bool) -> torch.Tensor:

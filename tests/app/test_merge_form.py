@@ -98,3 +98,27 @@ def test_launch_submits_a_merge_job(registered_home):
     assert job.params["output"].startswith(str(registered_home / "merges"))
     (done,) = get_runner().wait([job_id], timeout=120)
     assert done.status == "done", done.error
+
+
+def test_method_list_offers_the_mergekit_family_with_one_line_explanations(populated_home):
+    at = app_test(populated_home, "merge")
+    box = at.selectbox(key="merge:method")
+    for name in ("slerp", "nuslerp", "multislerp", "karcher", "sce", "nearswap", "arcee_fusion", "passthrough"):
+        assert name in box.options or any(f"({name}):" in o for o in box.options), name
+    box.set_value("slerp").run()
+    assert any("Takes exactly 1 checkpoint and a base model" in m.value for m in at.markdown)
+    assert at.number_input(key="merge:slerp:t") is not None
+    # three checkpoints are chosen by default: slerp takes one, and says so
+    assert any("takes exactly 1 checkpoint; 3 chosen" in m for m in errors_of(at))
+    at.multiselect(key="merge:checkpoints").set_value(at.multiselect(key="merge:checkpoints").value[:1]).run()
+    at.number_input(key="merge:slerp:t").set_value(0.4).run()
+    assert errors_of(at) == []
+    doc = yaml.safe_load(next(c.value for c in at.code if "merge_method" in c.value))
+    assert doc["merge_method"] == "slerp" and doc["parameters"] == {"t": 0.4} and len(doc["models"]) == 1
+
+
+def test_study_offers_only_methods_that_take_any_number_of_models(populated_home):
+    at = app_test(populated_home, "study")
+    options = at.multiselect(key="study:methods").options
+    assert not any("SLERP" == o or "Passthrough" == o for o in options)
+    assert "Multi-SLERP" in options and "Task Arithmetic" in options

@@ -32,3 +32,14 @@ def weights(path: Path) -> dict[str, torch.Tensor]:
 def leftovers(parent: Path) -> list[str]:
     """Temporary output directories the sink might have left behind."""
     return [p.name for p in parent.iterdir() if ".tmp-" in p.name or ".mergelab-tmp-" in p.name]
+
+
+def model_count(spec, default: int = 3) -> int:
+    """How many checkpoints a generic per-method test gives `spec`: `default`, within the method's bounds."""
+    n = max(default, spec.min_models)
+    return n if spec.max_models is None else min(n, spec.max_models)
+
+
+def required_globals(spec) -> dict:
+    """Values for the global parameters a method requires (e.g. slerp's t), so generic tests can run it."""
+    return {p.name: 0.3 for p in spec.params if p.required and not p.per_model}

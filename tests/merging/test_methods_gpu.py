@@ -7,6 +7,7 @@ import torch
 from torch.testing import assert_close
 
 from merging.methods import TensorInputs, all_methods, resolve_params
+from tests.merging.helpers import model_count, required_globals
 
 pytestmark = pytest.mark.gpu
 
@@ -21,13 +22,15 @@ def _inputs(spec, device, name, seed=0):
     g = torch.Generator().manual_seed(1)
     shape = (48, 32) if "norm" not in name else (48,)
     base = torch.randn(shape, generator=g)
-    models = [base + 0.05 * torch.randn(shape, generator=g) for _ in range(3)]
+    models = [base + 0.05 * torch.randn(shape, generator=g) for _ in range(model_count(spec))]
     params = {"weight": 1.0} if spec.param("weight") else {}
     if spec.param("density"):
         params["density"] = 0.5
-    gp, mp = resolve_params(spec, params, [{}] * 3)
+    params.update(required_globals(spec))
+    gp, mp = resolve_params(spec, params, [{}] * len(models))
     gen = torch.Generator(device=device).manual_seed(seed)
-    return TensorInputs(name, base.to(device), [m.to(device) for m in models], mp, gp, gen)
+    given_base = None if spec.name == "passthrough" else base.to(device)  # passthrough: one input in all
+    return TensorInputs(name, given_base, [m.to(device) for m in models], mp, gp, gen)
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -23,6 +23,14 @@ ORDER = [
     "iso_cts",
     "task_arithmetic_sb",
     "ties_sb",
+    "slerp",
+    "nuslerp",
+    "multislerp",
+    "karcher",
+    "sce",
+    "nearswap",
+    "arcee_fusion",
+    "passthrough",
 ]
 
 
@@ -42,8 +50,8 @@ def test_registration_order():
 
 
 def test_unknown_method_lists_known_ones():
-    with pytest.raises(RecipeError, match="'slerp'") as err:
-        get_method("slerp")
+    with pytest.raises(RecipeError, match="'frankenslerp'") as err:
+        get_method("frankenslerp")
     assert all(name in str(err.value) for name in ORDER)
 
 
@@ -51,7 +59,7 @@ def test_metadata():
     for m in all_methods():
         assert m.title and m.summary and "arXiv:" in m.reference
         assert all(p.help for p in m.params)
-        assert m.needs_base == (m.name != "linear")
+        assert m.needs_base == (m.name not in {"linear", "nuslerp", "multislerp", "karcher", "passthrough"})
     assert get_method("model_stock").min_models == 2
     assert {m.name for m in all_methods() if m.randomized} == {
         "dare_linear",

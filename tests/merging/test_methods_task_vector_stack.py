@@ -6,6 +6,7 @@ import torch
 
 from merging.methods import all_methods, resolve_params
 from merging.methods.base import ModelsFromTaskVectors, TensorInputs
+from tests.merging.helpers import model_count, required_globals
 
 PER_MODEL = {"weight": 0.8, "density": 0.6, "gamma": 0.05, "epsilon": 0.1}
 NAMES = ["model.layers.0.self_attn.q_proj.weight", "model.embed_tokens.weight", "model.norm.weight"]
@@ -14,9 +15,11 @@ NAMES = ["model.layers.0.self_attn.q_proj.weight", "model.embed_tokens.weight", 
 def _inputs(spec, name, shape):
     gen = torch.Generator().manual_seed(0)
     base = torch.randn(shape, generator=gen)
-    models = [base + 0.1 * torch.randn(shape, generator=gen) for _ in range(3)]
-    per_model = [{k: v for k, v in PER_MODEL.items() if spec.param(k)} for _ in models]
-    params, model_params = resolve_params(spec, {}, per_model)
+    models = [base + 0.1 * torch.randn(shape, generator=gen) for _ in range(model_count(spec))]
+    per_model = [
+        {k: v for k, v in PER_MODEL.items() if spec.param(k) and spec.param(k).per_model} for _ in models
+    ]
+    params, model_params = resolve_params(spec, required_globals(spec), per_model)
     return base, models, params, model_params
 
 

@@ -8,6 +8,7 @@ from torch.testing import assert_close
 
 from merging.methods import TensorInputs, all_methods, get_method, resolve_params
 from merging.methods import sparsify as sp
+from tests.merging.helpers import model_count, required_globals
 
 T = torch.tensor
 MLP = "model.layers.0.mlp.up_proj.weight"
@@ -231,13 +232,18 @@ def test_randomized_methods_reproducible_per_seed(method):
 @pytest.mark.parametrize("spec", all_methods(), ids=lambda s: s.name)
 def test_inputs_are_not_modified(spec):
     base, models = _random_family()
+    models = models[: model_count(spec)]
+    if spec.name == "passthrough":  # one input in all: the model, no base
+        base = torch.zeros_like(base)
     copies = [base.clone(), *(m.clone() for m in models)]
     params = {"weight": 1.0} if spec.param("weight") else {}
     if spec.param("density"):
         params["density"] = 0.5
-    g, mp = resolve_params(spec, params, [{}] * 3)
+    params.update(required_globals(spec))
+    g, mp = resolve_params(spec, params, [{}] * len(models))
     for name in (MLP, "model.embed_tokens.weight"):
-        out = spec.merge(TensorInputs(name, base, models, mp, g, torch.Generator().manual_seed(0)))
+        given_base = None if spec.name == "passthrough" else base
+        out = spec.merge(TensorInputs(name, given_base, models, mp, g, torch.Generator().manual_seed(0)))
         assert out.dtype == torch.float32 and out.shape == base.shape
     for orig, now in zip(copies, [base, *models], strict=True):
         assert torch.equal(orig, now)

@@ -104,7 +104,10 @@ def test_validate_fills_defaults():
         (_r(weight=1.0, sparsity=0.3), "has no parameter 'sparsity'"),
         (_r(weight=1.0, density=1.5), r"'density' .* outside its allowed range"),
         (_r(base=None, weight=1.0), "ties needs base_model"),
-        (_r(method="model_stock", models=("x",)), "at least 2 models"),
+        (
+            _r(method="model_stock", models=("x",)),
+            "model_stock takes at least 2 checkpoints besides the base model; the recipe has 1",
+        ),
     ],
 )
 def test_validate_refusals(recipe, message):

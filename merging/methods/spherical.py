@@ -1,0 +1,297 @@
+"""Spherical interpolation methods with mergekit 0.1.5's per-tensor semantics (methods.md §6):
+`slerp`, `nuslerp`, `multislerp` and `karcher`.
+
+All of them treat a tensor (or, for nuslerp's non-flattened modes, each row or column) as one vector,
+move along the great circle between the inputs' directions and scale back to an interpolated norm.
+Computed in float32 with the angle coefficients in float64, so near-parallel vectors lose nothing.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+from merging.errors import RecipeError
+from merging.methods.base import ParamSpec, TensorInputs
+
+# slerp: |cos| above this counts as (anti)parallel and falls back to linear interpolation (mergekit's value).
+SLERP_DOT_THRESHOLD = 0.9995
+SLERP_NORM_EPS = 1e-8
+NUSLERP_EPS = 1e-8
+NUSLERP_NORM_EPS = 1e-7
+NUSLERP_WEIGHT_EPS = 1e-6
+
+
+def _need_base(inputs: TensorInputs, method: str) -> torch.Tensor:
+    if inputs.base is None:
+        raise RecipeError(f"{method} needs a base model (tensor {inputs.name})")
+    return inputs.base
+
+
+def _need_count(inputs: TensorInputs, method: str, expected: int, what: str) -> None:
+    if len(inputs.models) != expected:
+        raise RecipeError(f"{method} takes {what}; tensor {inputs.name} has {len(inputs.models)}")
+
+
+# ---- slerp ---------------------------------------------------------------------------------------------
+
+SLERP_PARAMS = (
+    ParamSpec(
+        "t",
+        "float",
+        None,
+        per_model=False,
+        required=True,
+        help="position on the arc: 0 gives the base, 1 the other model (usually a per-layer gradient)",
+    ),
+)
+
+
+def slerp_vectors(t: float, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Spherical interpolation of two same-shaped tensors taken whole, from `a` (t = 0) to `b` (t = 1).
+
+    The norms stay in the result (s0·a + s1·b with s0 = sin((1−t)θ)/sin θ, s1 = sin(tθ)/sin θ); when the
+    unit directions are (anti)parallel, |cos θ| > 0.9995, it is the linear (1−t)·a + t·b instead.
+    """
+    fa, fb = a.reshape(-1), b.reshape(-1)
+    if fa.numel() == 0:
+        return torch.lerp(a, b, t)
+    na = float(torch.linalg.vector_norm(fa))
+    nb = float(torch.linalg.vector_norm(fb))
+    na = na if na > SLERP_NORM_EPS else 1.0
+    nb = nb if nb > SLERP_NORM_EPS else 1.0
+    dot = min(1.0, max(-1.0, float(torch.dot(fa, fb)) / (na * nb)))
+    if abs(dot) > SLERP_DOT_THRESHOLD:
+        ca, cb = 1.0 - t, t
+    else:
+        theta = math.acos(dot)
+        sin_theta = math.sin(theta)
+        ca, cb = math.sin((1.0 - t) * theta) / sin_theta, math.sin(t * theta) / sin_theta
+    return torch.mul(a, ca).add_(b, alpha=cb)
+
+
+def merge_slerp(inputs: TensorInputs) -> torch.Tensor:
+    """θ = slerp(t, θ0, θ1): from the base (t = 0) to the one other model (t = 1)."""
+    base = _need_base(inputs, "slerp")
+    _need_count(inputs, "slerp", 1, "the base and exactly 1 other model")
+    return slerp_vectors(float(inputs.params["t"]), base, inputs.models[0])
+
+
+# ---- nuslerp -------------------------------------------------------------------------------------------
+
+WEIGHT = ParamSpec(
+    "weight",
+    "float",
+    None,
+    per_model=True,
+    required=True,
+    help="this model's share; the arc position is t = w₂ / (w₁ + w₂)",
+)
+
+NUSLERP_PARAMS = (
+    WEIGHT,
+    ParamSpec(
+        "nuslerp_flatten",
+        "bool",
+        True,
+        per_model=False,
+        help="interpolate each tensor as one flat vector (false: row by row, or column by column)",
+    ),
+    ParamSpec(
+        "nuslerp_row_wise",
+        "bool",
+        False,
+        per_model=False,
+        help="without flatten: interpolate the columns (vectors along dim 0) instead of the rows",
+    ),
+)
+
+
+def nuslerp_vectors(
+    t: float, v0: torch.Tensor, v1: torch.Tensor, row_wise: bool, flatten: bool
+) -> torch.Tensor:
+    """mergekit's nuslerp: spherical interpolation along the last dimension (the whole tensor with
+    `flatten`, dim 0 with `row_wise`), each vector separately; exactly parallel vectors interpolate linearly.
+    """
+    shape = v0.shape
+    if flatten:
+        a, b = v0.reshape(-1), v1.reshape(-1)
+    elif row_wise:
+        a, b = v0.transpose(0, -1), v1.transpose(0, -1)
+    else:
+        a, b = v0, v1
+    na = torch.linalg.vector_norm(a, dim=-1, keepdim=True).clamp_(min=NUSLERP_NORM_EPS)
+    nb = torch.linalg.vector_norm(b, dim=-1, keepdim=True).clamp_(min=NUSLERP_NORM_EPS)
+    cos = ((a / na) * (b / nb)).sum(-1, keepdim=True).clamp_(-1.0, 1.0)
+    colinear = (1 - cos.square()) <= NUSLERP_EPS**2
+    theta = torch.acos(torch.where(colinear, 0.0, cos).double())
+    sin_theta = torch.sin(theta)
+    ca = torch.where(colinear, 1.0 - t, torch.sin((1.0 - t) * theta) / sin_theta).float()
+    cb = torch.where(colinear, t, torch.sin(t * theta) / sin_theta).float()
+    out = a * ca
+    out.addcmul_(b, cb)
+    if row_wise and not flatten:
+        out = out.transpose(0, -1)
+    return out.reshape(shape)
+
+
+def nuslerp_t(weights: Sequence[float]) -> float:
+    """Arc position from the two weights: w₂ / (w₁ + w₂), or the midpoint when they cancel."""
+    total = weights[0] + weights[1]
+    return 0.5 if abs(total) < NUSLERP_WEIGHT_EPS else weights[1] / total
+
+
+def merge_nuslerp(inputs: TensorInputs) -> torch.Tensor:
+    """Two models by weight; with a base, their task vectors are interpolated and added to the base."""
+    _need_count(inputs, "nuslerp", 2, "exactly 2 models besides an optional base")
+    t = nuslerp_t([float(mp["weight"]) for mp in inputs.model_params])
+    row_wise = bool(inputs.params["nuslerp_row_wise"])
+    flatten = bool(inputs.params["nuslerp_flatten"])
+    if inputs.base is None:
+        return nuslerp_vectors(t, inputs.models[0], inputs.models[1], row_wise, flatten)
+    tv = inputs.task_vectors
+    if tv is None:
+        tv = torch.stack([inputs.models[0] - inputs.base, inputs.models[1] - inputs.base])
+    return nuslerp_vectors(t, tv[0], tv[1], row_wise, flatten).add_(inputs.base)
+
+
+def nuslerp_blockwise(params) -> bool:
+    """Rows are independent only when each row is its own vector (no flatten, not column-wise)."""
+    return not params.get("nuslerp_flatten", True) and not params.get("nuslerp_row_wise", False)
+
+
+# ---- multislerp ----------------------------------------------------------------------------------------
+
+MULTISLERP_PARAMS = (
+    ParamSpec(
+        "weight",
+        "float",
+        None,
+        per_model=True,
+        required=True,
+        help="this model's share of the spherical barycentre",
+    ),
+    ParamSpec(
+        "normalize_weights",
+        "bool",
+        True,
+        per_model=False,
+        help="divide the weights by their sum",
+    ),
+    ParamSpec(
+        "eps",
+        "float",
+        1e-8,
+        per_model=False,
+        minimum=0.0,
+        help="guard added to norms; a weighted mean direction shorter than this is degenerate",
+    ),
+)
+
+
+def merge_multislerp(inputs: TensorInputs) -> torch.Tensor:
+    """Weighted barycentre on the unit sphere, scaled to the weighted mean norm (task vectors with a base).
+
+    mergekit projects the unit vectors onto the tangent space at their normalised weighted mean, averages
+    there and maps back; the weighted tangent sum at that point is zero in exact arithmetic, so the result
+    is that mean direction times Σ w_i‖x_i‖, which is what is computed here (without the rounding noise).
+    """
+    n = len(inputs.models)
+    if n == 0:
+        raise RecipeError(f"multislerp takes at least 1 model besides an optional base; tensor {inputs.name}")
+    if n == 1:
+        return inputs.models[0].clone()
+    base = inputs.base
+    if base is not None:
+        x = (
+            inputs.task_vectors
+            if inputs.task_vectors is not None
+            else torch.stack(list(inputs.models)) - base
+        )
+    else:
+        x = torch.stack(list(inputs.models))
+    flat = x.reshape(n, -1)
+    eps = float(inputs.params["eps"])
+    w = torch.tensor(
+        [float(mp["weight"]) for mp in inputs.model_params], dtype=torch.float32, device=x.device
+    )
+    if inputs.params["normalize_weights"]:
+        w = w / w.sum()
+    norms = torch.linalg.vector_norm(flat, dim=1)
+    mean = torch.mv(flat.T, w / (norms + eps))  # Σ w_i x_i / (‖x_i‖ + eps)
+    mean_norm = float(torch.linalg.vector_norm(mean))
+    if mean_norm < eps:
+        if n == 2:  # antipodal pair: mergekit falls back to the weighted sum
+            out = torch.mv(flat.T, w).reshape(x.shape[1:])
+            return out.add_(base) if base is not None else out
+        raise RecipeError(
+            f"multislerp: the weighted directions of tensor {inputs.name} cancel out (antipodal models with "
+            "balancing weights); change the weights"
+        )
+    out = mean.mul_(float((norms * w).sum()) / mean_norm).reshape(x.shape[1:])
+    return out.add_(base) if base is not None else out
+
+
+# ---- karcher -------------------------------------------------------------------------------------------
+
+KARCHER_PARAMS = (
+    ParamSpec(
+        "max_iter",
+        "int",
+        10,
+        per_model=False,
+        minimum=0,
+        help="most fixed-point iterations of the Riemannian mean",
+    ),
+    ParamSpec(
+        "tol",
+        "float",
+        1e-5,
+        per_model=False,
+        minimum=0.0,
+        help="stop when the tangent step is shorter than this (also: norms below it count as zero)",
+    ),
+)
+
+
+def karcher_mean(vectors: torch.Tensor, max_iter: int, tol: float) -> torch.Tensor:
+    """Equal-weight Karcher (Fréchet) mean on the unit sphere of the rows of `vectors` (N, n), scaled by
+    their mean norm. Rows with norm ≤ tol take no part in the direction but do count in the mean norm."""
+    n_vec = vectors.shape[0]
+    norms = torch.linalg.vector_norm(vectors, dim=1)
+    valid = [i for i in range(n_vec) if float(norms[i]) > tol]
+    scale = float(norms.sum()) / n_vec
+    if not valid:
+        return torch.zeros_like(vectors[0])
+    units = vectors[valid] / norms[valid].unsqueeze(1)
+    alpha = 1.0 / len(valid)
+    mean = units.sum(0).mul_(alpha)
+    mean_norm = float(torch.linalg.vector_norm(mean))
+    mean = units[0].clone() if mean_norm < tol else mean.div_(mean_norm)
+    for _ in range(max_iter):
+        dots = torch.mv(units, mean).clamp_(-1.0, 1.0)
+        theta = torch.arccos(dots)
+        # tangent = Σ α θ_i/sin θ_i (u_i − dot_i·mean) over the inputs not already at the mean
+        coef = torch.where(theta < tol, 0.0, alpha * theta / torch.sin(theta).clamp_min(1e-30))
+        tangent = torch.mv(units.T, coef).sub_(mean, alpha=float((coef * dots).sum()))
+        step = float(torch.linalg.vector_norm(tangent))
+        if step < tol:
+            break
+        mean = mean.mul_(math.cos(step)).add_(tangent, alpha=math.sin(step) / step)
+        unit_norm = float(torch.linalg.vector_norm(mean))
+        if unit_norm > tol:
+            mean.div_(unit_norm)
+    return mean.mul_(scale)
+
+
+def merge_karcher(inputs: TensorInputs) -> torch.Tensor:
+    """Karcher mean of every input tensor with equal weights; as in mergekit, a base is one more input."""
+    models = list(inputs.models)
+    vectors = models if inputs.base is None else [*models, inputs.base]
+    if len(vectors) == 1:
+        return vectors[0].clone()
+    stacked = torch.stack([v.reshape(-1) for v in vectors])
+    out = karcher_mean(stacked, int(inputs.params["max_iter"]), float(inputs.params["tol"]))
+    return out.reshape(vectors[0].shape)
