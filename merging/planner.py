@@ -140,6 +140,10 @@ def groups_of(recipe: Recipe, spec: MethodSpec, layers_of: Callable[[str], int] 
             for m in recipe.models
             if ordinary or m.model != base
         )
+        # An ordinary-input method that lists the base already has it among its inputs; mergekit adds the
+        # base as one more input only when it is not listed, and the method sees it as `base` then.
+        if ordinary and base is not None and any(m.ref == base for m in members):
+            base = None
         groups.append(Group(n, base, 0 if base else None, members, (recipe.parameters,)))
     else:
         for i, s in enumerate(recipe.slices):
@@ -153,11 +157,7 @@ def groups_of(recipe: Recipe, spec: MethodSpec, layers_of: Callable[[str], int] 
                     "there with the same layer_range as the others (mergekit requires it)"
                 )
             raise RecipeError(f"{spec.name} needs base_model: the checkpoint the fine-tunes started from")
-        if len(g.members) < spec.min_models:
-            raise RecipeError(
-                f"{spec.name} needs at least {spec.min_models} models besides the base{where}, "
-                f"the recipe has {len(g.members)}"
-            )
+        spec.check_model_count(len(g.members), f"slices[{i}]" if recipe.slices is not None else "the recipe")
         if not g.members:
             raise RecipeError(f"{spec.name}: nothing to merge{where}: the only model listed is the base")
     return groups

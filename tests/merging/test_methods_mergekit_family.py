@@ -12,11 +12,13 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from merging import ModelEntry, Recipe
+from merging import DirectorySink, ModelEntry, Recipe, run_merge
 from merging.errors import RecipeError
 from merging.methods import TensorInputs, all_methods, get_method, resolve_params
 from merging.methods.base import ModelsFromTaskVectors
+from merging.methods.spherical import slerp_vectors
 from merging.recipe import validate_recipe
+from tests.merging.helpers import weights
 
 T = torch.tensor
 S2 = math.sqrt(2) / 2
@@ -399,3 +401,56 @@ def test_blockwise_cases_cover_the_parameter_dependent_methods():
     assert {"linear", "task_arithmetic", "nearswap", "passthrough", "model_stock", "nuslerp"} <= covered
     assert not get_method("nuslerp").is_blockwise({"nuslerp_flatten": True, "nuslerp_row_wise": False})
     assert not get_method("slerp").is_blockwise({"t": 0.5})
+
+
+# ---- whole merges through the engine (tiny Llama family) ---------------------------------------------------
+
+
+def _merged(tmp_path, yaml_text: str, name: str) -> dict[str, torch.Tensor]:
+    run_merge(Recipe.from_yaml(yaml_text), DirectorySink(tmp_path / name), device="cpu")
+    return weights(tmp_path / name)
+
+
+def test_lazymergekit_slerp_lists_the_base_among_the_models(tiny_llama_family, tmp_path):
+    base, cks = tiny_llama_family
+    out = _merged(
+        tmp_path,
+        f"merge_method: slerp\nbase_model: {base}\nmodels:\n  - model: {base}\n  - model: {cks[0]}\n"
+        "parameters:\n  t: 0.35\ndtype: float32\n",
+        "slerp",
+    )
+    a, b = weights(base), weights(cks[0])
+    for name, got in out.items():
+        assert_close(got, slerp_vectors(0.35, a[name].float(), b[name].float()), rtol=1e-6, atol=1e-7)
+
+
+def test_karcher_counts_a_listed_base_once_and_an_unlisted_one_too(tiny_llama_family, tmp_path):
+    base, cks = tiny_llama_family
+    listed = _merged(
+        tmp_path,
+        f"merge_method: karcher\nbase_model: {base}\nmodels:\n  - model: {base}\n  - model: {cks[0]}\n"
+        f"  - model: {cks[1]}\n",
+        "listed",
+    )
+    unlisted = _merged(
+        tmp_path,
+        f"merge_method: karcher\nbase_model: {base}\nmodels:\n  - model: {cks[0]}\n  - model: {cks[1]}\n",
+        "unlisted",
+    )
+    plain = _merged(
+        tmp_path,
+        f"merge_method: karcher\nmodels:\n  - model: {base}\n  - model: {cks[0]}\n  - model: {cks[1]}\n",
+        "plain",
+    )
+    for name in plain:  # the same three inputs each time
+        assert_close(listed[name], plain[name], rtol=1e-5, atol=1e-6)
+        assert_close(unlisted[name], plain[name], rtol=1e-5, atol=1e-6)
+
+
+def test_passthrough_of_the_listed_base_copies_it(tiny_llama_family, tmp_path):
+    base, _ = tiny_llama_family
+    out = _merged(
+        tmp_path, f"merge_method: passthrough\nbase_model: {base}\nmodels:\n  - model: {base}\n", "p"
+    )
+    want = weights(base)
+    assert out.keys() == want.keys() and all(torch.equal(out[k], want[k]) for k in out)
