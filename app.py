@@ -24,5 +24,8 @@ PAGES = [
 page = st.navigation(PAGES)
 session.get_runner()  # the job runner starts with the app, whatever page is opened first
 session.sync_zoo()
-sidebar.render()
-page.run()
+counters = sidebar.render()
+try:
+    page.run()
+finally:  # drawn after the page, so what it just launched is counted
+    sidebar.render_counts(counters)

@@ -64,7 +64,8 @@ def evaluate(
     """Score `model` on every task of `suite`, one row per task, in suite order.
 
     limit caps items per task (None: the suite's default_limit, else all). With a cache, a stored result for
-    (fingerprint, suite.version, limit) is returned without running anything, and fresh results are stored.
+    (fingerprint, suite.version, limit, dtype, device) is returned without running anything, and fresh
+    results are stored.
     device moves the model first (None: leave it where it is). The suite's requests are built and tokenized
     once per (suite, limit) and reused for every later model (evaluation/prepared.py); the whole suite runs
     in one lm-eval call so batches span tasks. should_cancel is polled before every forward pass; when it
@@ -77,8 +78,9 @@ def evaluate(
     limit = limit if limit is not None else suite.default_limit
     if limit is not None and int(limit) < 1:
         raise EvaluationError(f"limit must be a positive number of items per task, not {limit}")
+    run_dtype, run_device = _how_it_runs(model, device)
     if cache is not None:
-        hit = cache.get(fingerprint, suite.version, limit)
+        hit = cache.get(fingerprint, suite.version, limit, dtype=run_dtype, device=run_device)
         if hit is not None and [r.task for r in hit] == suite.task_names:
             if on_progress:
                 on_progress(len(hit), len(hit), hit[-1].task)
@@ -115,6 +117,8 @@ def evaluate(
                 limit=limit,
                 lm_eval_version=version,
                 seconds=round(elapsed * share / max(1, prepared.n_requests), 4),
+                dtype=run_dtype,
+                device=run_device,
             )
         )
         if on_progress:
@@ -122,6 +126,18 @@ def evaluate(
     if cache is not None:
         cache.put(rows)
     return rows
+
+
+def torch_device_type(device: str) -> str:
+    return device.split(":", 1)[0]
+
+
+def _how_it_runs(model, device: str | None) -> tuple[str, str]:
+    """(dtype, device type) the model is scored in, e.g. ("float32", "cpu"): part of the score cache key,
+    since a bfloat16 GPU run and a float32 CPU run of one model give different numbers."""
+    param = next(model.parameters())
+    where = torch_device_type(resolve_device(device)) if device is not None else param.device.type
+    return str(param.dtype).removeprefix("torch."), str(where)
 
 
 def _batch_size(model, batch_size: int | str) -> int | str:

@@ -9,7 +9,8 @@ from dataclasses import asdict, dataclass, fields
 @dataclass(frozen=True)
 class ScoreRow:
     """One task's score for one model. `value` and `stderr` are fractions in [0, 1]; `n` is the number of
-    items scored; `limit` the per-task cap that was asked for (None: all); `seconds` the task's wall time."""
+    items scored; `limit` the per-task cap that was asked for (None: all); `seconds` the task's wall time;
+    `dtype` and `device` how the model ran (e.g. "bfloat16", "cuda"), part of the score cache's key."""
 
     model: str
     fingerprint: str
@@ -23,6 +24,8 @@ class ScoreRow:
     limit: int | None
     lm_eval_version: str
     seconds: float
+    dtype: str | None = None
+    device: str | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -9,15 +9,23 @@ from store import Store
 
 
 class StoreScoreCache:
-    """get/put of one evaluation's rows, keyed by (fingerprint, suite version, limit), in the store."""
+    """get/put of one evaluation's rows, keyed by (fingerprint, suite version, limit, dtype, device)."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
 
-    def get(self, fingerprint: str, suite_version: str, limit: int | None):
+    def get(
+        self,
+        fingerprint: str,
+        suite_version: str,
+        limit: int | None,
+        *,
+        dtype: str | None = None,
+        device: str | None = None,
+    ):
         from evaluation import ScoreRow
 
-        rows = self.store.get_eval_rows(fingerprint, suite_version, limit)
+        rows = self.store.get_eval_rows(fingerprint, suite_version, limit, dtype=dtype, device=device)
         if not rows:
             return None
         return [ScoreRow.from_dict(row_from_store(r)) for r in rows]

@@ -283,10 +283,13 @@ class JobRunner:
         _ACTIVE_OWNERS.discard(self.owner)
 
     # --- requests -----------------------------------------------------------------------------------
-    def submit(self, kind: str, params: Mapping[str, Any] | None = None) -> str:
-        """Validate and queue a job; returns its id. Raises JobError for an unknown kind or bad params."""
+    def submit(
+        self, kind: str, params: Mapping[str, Any] | None = None, *, group_id: str | None = None
+    ) -> str:
+        """Validate and queue a job; returns its id. Raises JobError for an unknown kind or bad params.
+        `group_id` (the id of the launch's first job) shows the job under that launch on the Jobs page."""
         clean = validated_params(kind, params or {})
-        job_id = self.store.add_job(kind, clean)
+        job_id = self.store.add_job(kind, clean, group_id=group_id)
         self._notify()
         return job_id
 

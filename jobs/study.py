@@ -282,17 +282,22 @@ class StudyPlan:
     total_units: int
 
 
+def _inputs_of(merge: Mapping[str, Any]) -> tuple[str | None, list[str | None]]:
+    return merge["base_fingerprint"], list(merge["checkpoint_fingerprints"] or [])
+
+
 def plan_study(
     store: Store, definition: StudyDefinition, suite_version: str, fingerprint_of: Callable[[str], str]
 ) -> StudyPlan:
-    """Compare the study's units with what the store holds; incomplete merge records are discarded."""
+    """Compare the study's units with what the store holds, by content: a stored merge counts only when it
+    was made from the checkpoints' current fingerprints. One made from an older version of a checkpoint (a
+    rebuilt zoo, an updated folder) is marked superseded and its unit runs again; incomplete records are
+    discarded. Single models are looked up by fingerprint, so a changed checkpoint is scored again."""
     sid = ensure_study(store, definition)
     limit = definition.limit
-    baselines = [
-        ref
-        for ref in [definition.base, *definition.pool]
-        if not store.get_eval_rows(fingerprint_of(ref), suite_version, limit)
-    ]
+    fps = {ref: fingerprint_of(ref) for ref in [definition.base, *definition.pool]}
+    store.set_study_inputs(sid, fps)
+    baselines = [ref for ref in fps if not store.get_eval_rows(fps[ref], suite_version, limit)]
     by_unit: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for m in store.find_study_merges(sid):
         by_unit.setdefault((m["subset_id"], m["config"]), []).append(m)
@@ -300,6 +305,10 @@ def plan_study(
     for subset in store.study_subsets(sid):
         for config in definition.configs:
             records = by_unit.get((subset["subset_id"], config.name), [])
+            inputs = (fps[definition.base], [fps[c] for c in subset["checkpoints"]])
+            for old in [m for m in records if _inputs_of(m) != inputs]:
+                store.supersede_merge(old["id"], "superseded: its checkpoints changed since it ran")
+                records.remove(old)
             finished = [
                 m
                 for m in records

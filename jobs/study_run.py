@@ -156,6 +156,7 @@ def run_study(ctx: JobContext, params: dict[str, Any]) -> dict[str, Any]:
                         checkpoints=cks.opened,
                         model_name=label,
                     )
+                    record_outcome(ctx.store, merge_id, outcome, base_ref=definition.base)
                 except (JobCancelled, MergeCancelled, EvaluationCancelled):
                     ctx.store.finish_merge(merge_id, "cancelled")
                     raise
@@ -163,11 +164,10 @@ def run_study(ctx: JobContext, params: dict[str, Any]) -> dict[str, Any]:
                     ctx.store.finish_merge(merge_id, "failed", error=str(exc))
                     failures.append(f"{label}: {exc}")
                     ctx.log(f"FAILED {label}: {exc}")
-                except BaseException as exc:  # scoring, memory, a bug: close the record, stop the study
+                except BaseException as exc:  # scoring, memory, recording, a bug: close it, stop the study
                     ctx.store.finish_merge(merge_id, "failed", error=f"{type(exc).__name__}: {exc}")
                     raise
                 else:
-                    record_outcome(ctx.store, merge_id, outcome, base_ref=definition.base)
                     mean = sum(r["value"] for r in outcome["scores"]) / max(1, len(outcome["scores"]))
                     ctx.log(f"{label}: mean {mean:.4f} ({outcome['seconds']:.2f} s merge)")
                 done += 1

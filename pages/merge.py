@@ -186,7 +186,7 @@ with guard("Merge"):
             refs = {r: label.get(r, r) for r in [base, *chosen]}
             kinds = {r: ("base" if r == base else "checkpoint") for r in refs}
             st.session_state[f"{P}:ref_jobs"] = launch.submit_reference_scores(
-                get_runner(), db, refs, kinds, suite=suite, limit=limit
+                get_runner(), db, refs, kinds, suite=suite, limit=limit, group_id=job_id
             )
     if st.session_state.get(f"{P}:last_job"):
         st.success(f"Launched job `{st.session_state[f'{P}:last_job']}`.")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
@@ -55,6 +56,14 @@ def utcnow() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
 
+_LIVE_STORES: weakref.WeakSet[StoreCore] = weakref.WeakSet()
+
+
+def cursors_open_total() -> int:
+    """DuckDB cursors held by every open Store of this process (a leak shows here first)."""
+    return sum(s.cursors_open for s in list(_LIVE_STORES) if not s._closed)
+
+
 class StoreCore:
     """Connection, cursors, write lock, migrations and export; the record mixins build on it."""
 
@@ -82,6 +91,7 @@ class StoreCore:
         self._cursors: list[duckdb.DuckDBPyConnection] = []
         self._idle: queue.LifoQueue[duckdb.DuckDBPyConnection] = queue.LifoQueue()
         self._closed = False
+        _LIVE_STORES.add(self)
 
     # --- connection handling -------------------------------------------------------------------
     @contextmanager

@@ -1,8 +1,9 @@
 """Evaluation rows (one score of one metric of one task for one model), idempotent on rerun.
 
-A row is identified by (fingerprint, suite_version, task, metric, limit); writing it again replaces the
-value instead of adding a duplicate. `limit` may be None (whole test set); `limit_key` (-1 for None)
-carries it into the unique key, since SQL NULLs never collide.
+A row is identified by (fingerprint, suite_version, task, metric, limit, dtype, device); writing it again
+replaces the value instead of adding a duplicate. `limit` may be None (whole test set); `limit_key` (-1 for
+None) carries it into the unique key, since SQL NULLs never collide. dtype and device say how the model ran
+when scored ('' when unknown: rows written before schema version 5, never served to a keyed lookup).
 """
 
 from __future__ import annotations
@@ -28,7 +29,10 @@ EVAL_COLUMNS = (
     "limit",
     "lm_eval_version",
     "seconds",
+    "dtype",
+    "device",
 )
+_INSERT_COLUMNS = (*EVAL_COLUMNS, "limit_key", "created_at", "position")
 _REQUIRED = ("fingerprint", "suite", "suite_version", "task", "metric")
 
 
@@ -47,16 +51,20 @@ class EvalsMixin(StoreCore):
             missing = [k for k in _REQUIRED if row.get(k) in (None, "")]
             if missing:
                 raise StoreError(f"Evaluation row lacks {', '.join(missing)}: {dict(row)!r}")
-            limit = row.get("limit")
-            values.append(
-                [row.get(k) for k in EVAL_COLUMNS[:9]]
-                + [limit, _limit_key(limit), row.get("lm_eval_version"), row.get("seconds"), now]
-                + [int(row.get("position", position))]
+            record = {k: row.get(k) for k in EVAL_COLUMNS}
+            record["dtype"], record["device"] = record["dtype"] or "", record["device"] or ""
+            record.update(
+                limit_key=_limit_key(row.get("limit")),
+                created_at=now,
+                position=int(row.get("position", position)),
             )
+            values.append([record[k] for k in _INSERT_COLUMNS])
+        names = ", ".join(f'"{c}"' for c in _INSERT_COLUMNS)
+        marks = ", ".join("?" for _ in _INSERT_COLUMNS)
         self._write_many(
-            """
-            INSERT INTO eval_rows VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-            ON CONFLICT (fingerprint, suite_version, task, metric, limit_key) DO UPDATE SET
+            f"""
+            INSERT INTO eval_rows ({names}) VALUES ({marks})
+            ON CONFLICT (fingerprint, suite_version, task, metric, limit_key, dtype, device) DO UPDATE SET
                 model_name = excluded.model_name, suite = excluded.suite, value = excluded.value,
                 stderr = excluded.stderr, n = excluded.n, lm_eval_version = excluded.lm_eval_version,
                 seconds = excluded.seconds, created_at = excluded.created_at,
@@ -66,14 +74,32 @@ class EvalsMixin(StoreCore):
         )
         return len(values)
 
-    def get_eval_rows(self, fingerprint: str, suite_version: str, limit: int | None) -> list[dict[str, Any]]:
+    def get_eval_rows(
+        self,
+        fingerprint: str,
+        suite_version: str,
+        limit: int | None,
+        *,
+        dtype: str | None = None,
+        device: str | None = None,
+    ) -> list[dict[str, Any]]:
         """The stored rows of one model on one suite version at one limit, in the order they were written
-        (the suite's task order); an empty list when it was never scored."""
+        (the suite's task order); an empty list when it was never scored.
+
+        dtype and device (e.g. "bfloat16", "cuda") narrow the lookup to scores computed that way: the score
+        cache always gives both. Left out, any is accepted and the newest row per task and metric wins."""
         cols = ", ".join(f'"{c}"' for c in EVAL_COLUMNS)
+        clauses = ["fingerprint = ?", "suite_version = ?", "limit_key = ?"]
+        params: list[Any] = [fingerprint, suite_version, _limit_key(limit)]
+        for column, value in (("dtype", dtype), ("device", device)):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                params.append(value)
         return self._rows(
-            f"SELECT {cols} FROM eval_rows WHERE fingerprint = ? AND suite_version = ? AND limit_key = ? "
+            f"SELECT {cols} FROM eval_rows WHERE {' AND '.join(clauses)} "
+            "QUALIFY row_number() OVER (PARTITION BY task, metric ORDER BY created_at DESC) = 1 "
             "ORDER BY position, task, metric",
-            [fingerprint, suite_version, _limit_key(limit)],
+            params,
         )
 
     def eval_rows_df(

@@ -71,16 +71,20 @@ def _record(row: Mapping[str, Any]) -> JobRecord:
 
 
 class JobsMixin(StoreCore):
-    def add_job(self, kind: str, params: Mapping[str, Any], *, job_id: str | None = None) -> str:
-        """Queue a job; params must be JSON-serialisable. Returns the job id."""
+    def add_job(
+        self, kind: str, params: Mapping[str, Any], *, job_id: str | None = None, group_id: str | None = None
+    ) -> str:
+        """Queue a job; params must be JSON-serialisable. Returns the job id. `group_id` names the launch
+        that created it (the first job's id; a job launched alone is its own group)."""
         job_id = job_id or uuid.uuid4().hex[:12]
         try:
             params_json = json.dumps(dict(params), sort_keys=True)
         except TypeError as exc:
             raise StoreError(f"Job parameters must be JSON values (strings, numbers, lists): {exc}") from exc
         self._write(
-            "INSERT INTO jobs (id, kind, params_json, status, created_at) VALUES (?, ?, ?, 'queued', ?)",
-            [job_id, kind, params_json, utcnow()],
+            "INSERT INTO jobs (id, kind, params_json, status, created_at, group_id) "
+            "VALUES (?, ?, ?, 'queued', ?, ?)",
+            [job_id, kind, params_json, utcnow(), group_id or job_id],
         )
         return job_id
 
@@ -104,6 +108,65 @@ class JobsMixin(StoreCore):
             f"attempt, params_json FROM jobs {where} ORDER BY seq DESC {tail}",
             params,
         )
+
+    # --- what the pages read: small, bounded queries ---------------------------------------------------
+    def job_counts(self) -> dict[str, int]:
+        """Models, live merges, and jobs per status, in one query (the sidebar's counters)."""
+        with self.cursor() as cur:
+            models, merges = cur.execute(
+                "SELECT (SELECT count(*) FROM models), "
+                "(SELECT count(*) FROM merges WHERE superseded_at IS NULL)"
+            ).fetchone()
+            by_status = dict(cur.execute("SELECT status, count(*) FROM jobs GROUP BY status").fetchall())
+        counts = {"models": int(models), "merges": int(merges)}
+        counts.update({s: int(by_status.get(s, 0)) for s in JOB_STATES})
+        counts["active"] = counts["queued"] + counts["running"]
+        return counts
+
+    def job_groups_page(
+        self,
+        *,
+        offset: int = 0,
+        limit: int = 20,
+        statuses: Sequence[str] | None = None,
+        kinds: Sequence[str] | None = None,
+    ) -> tuple[int, pd.DataFrame]:
+        """One page of launches, newest first: (number of launches in all, their jobs without logs).
+
+        A launch is a group_id; it matches when any of its jobs has one of `statuses` and `kinds`. The jobs
+        come ordered by launch (newest first), then by creation inside the launch; `duration_s` is finished
+        minus started (or now minus started while running)."""
+        clauses, params = [], []
+        if statuses:
+            clauses.append("list_contains(?, status)")
+            params.append(list(statuses))
+        if kinds:
+            clauses.append("list_contains(?, kind)")
+            params.append(list(kinds))
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        groups = f"SELECT coalesce(group_id, id) AS g, max(seq) AS newest FROM jobs {where} GROUP BY g"
+        with self.cursor() as cur:
+            total = int(cur.execute(f"SELECT count(*) FROM ({groups})", params).fetchone()[0])
+            df = cur.execute(
+                f"""
+                WITH page AS ({groups} ORDER BY newest DESC LIMIT ? OFFSET ?)
+                SELECT j.id, coalesce(j.group_id, j.id) AS group_id, j.kind, j.status, j.progress, j.message,
+                    j.error, j.created_at, j.started_at, j.finished_at, j.attempt, j.params_json,
+                    j.result_json, date_diff('millisecond', j.started_at,
+                        coalesce(j.finished_at, CAST(? AS TIMESTAMP))) / 1000.0 AS duration_s
+                FROM jobs j JOIN page p ON p.g = coalesce(j.group_id, j.id)
+                ORDER BY p.newest DESC, j.seq
+                """,
+                [*params, int(limit), int(offset), utcnow()],
+            ).df()
+        return total, df
+
+    def job_log(self, job_id: str, tail_chars: int | None = None) -> str:
+        """A job's log (its last `tail_chars` characters when given); '' for an unknown job."""
+        if tail_chars:
+            sql = "SELECT right(log, ?) FROM jobs WHERE id = ?"
+            return self._scalar(sql, [int(tail_chars), job_id]) or ""
+        return self._scalar("SELECT log FROM jobs WHERE id = ?", [job_id]) or ""
 
     def claim_next_job(self, owner: str, pid: int, kinds: Sequence[str] | None = None) -> JobRecord | None:
         """Atomically take the oldest queued job (of the given kinds) and mark it running for this owner."""

@@ -95,9 +95,24 @@ class MergesMixin(StoreCore):
         rows = self._rows("SELECT * FROM merges WHERE id = ?", [merge_id])
         return rows[0] if rows else None
 
-    def find_study_merges(self, study_id: str) -> list[dict[str, Any]]:
-        """Every merge recorded for a study (any status), oldest first."""
-        return self._rows("SELECT * FROM merges WHERE study_id = ? ORDER BY started_at", [study_id])
+    def find_study_merges(self, study_id: str, *, include_superseded: bool = False) -> list[dict[str, Any]]:
+        """Every merge recorded for a study (any status), oldest first; superseded ones only when asked."""
+        live = "" if include_superseded else " AND superseded_at IS NULL"
+        return self._rows(f"SELECT * FROM merges WHERE study_id = ?{live} ORDER BY started_at", [study_id])
+
+    def supersede_merge(self, merge_id: str, reason: str) -> None:
+        """Mark a merge as no longer current (its inputs changed since it ran): kept for the record, left
+        out of study results and of `merges_df` unless asked for. A still-running record is closed too."""
+        self._write(
+            """
+            UPDATE merges SET superseded_at = ?,
+                error = CASE WHEN status = 'done' THEN error ELSE coalesce(error, ?) END,
+                status = CASE WHEN status = 'running' THEN 'interrupted' ELSE status END,
+                finished_at = coalesce(finished_at, ?)
+            WHERE id = ? AND superseded_at IS NULL
+            """,
+            [utcnow(), reason, utcnow(), merge_id],
+        )
 
     def discard_merge(self, merge_id: str) -> None:
         """Delete an unfinished merge and its geometry, so a rerun does not leave duplicates behind."""
@@ -119,8 +134,13 @@ class MergesMixin(StoreCore):
             )
         return int(n)
 
-    def merges_df(self, study_id: str | None = None, status: str | None = None) -> pd.DataFrame:
+    def merges_df(
+        self, study_id: str | None = None, status: str | None = None, *, include_superseded: bool = False
+    ) -> pd.DataFrame:
+        """Merge records, oldest first; superseded study units (inputs changed since) only when asked."""
         clauses, params = [], []
+        if not include_superseded:
+            clauses.append("superseded_at IS NULL")
         if study_id is not None:
             clauses.append("study_id = ?")
             params.append(study_id)

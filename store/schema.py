@@ -192,7 +192,51 @@ _V4 = [
     """,
 ]
 
-MIGRATIONS: list[list[str]] = [_V1, _V2, _V3, _V4]
+# Version 5: identity by content and a bounded Jobs page.
+# - eval_rows gain the evaluation dtype and device in their key (a bfloat16 GPU score is not a float32 CPU
+#   score); rows written before carry '' for both, so they are never served for a keyed lookup (rescored).
+#   DuckDB cannot change a UNIQUE constraint in place, so the table is rebuilt with its rows.
+# - merges.superseded_at: a study unit whose checkpoints changed since it ran stays for the record, marked.
+# - studies.inputs_json: the fingerprints of the base and pool the study last ran on (ref -> fingerprint).
+# - jobs.group_id: the launch that created a job (a merge and the evaluations it queued share one).
+_V5 = [
+    """
+    CREATE TABLE eval_rows_v5 (
+        fingerprint VARCHAR NOT NULL,
+        model_name VARCHAR,
+        suite VARCHAR NOT NULL,
+        suite_version VARCHAR NOT NULL,
+        task VARCHAR NOT NULL,
+        metric VARCHAR NOT NULL,
+        value DOUBLE,
+        stderr DOUBLE,
+        n INTEGER,
+        "limit" INTEGER,
+        limit_key INTEGER NOT NULL,
+        lm_eval_version VARCHAR,
+        seconds DOUBLE,
+        created_at TIMESTAMP NOT NULL,
+        position INTEGER NOT NULL DEFAULT 0,
+        dtype VARCHAR NOT NULL DEFAULT '',
+        device VARCHAR NOT NULL DEFAULT '',
+        UNIQUE (fingerprint, suite_version, task, metric, limit_key, dtype, device)
+    )
+    """,
+    """
+    INSERT INTO eval_rows_v5 (fingerprint, model_name, suite, suite_version, task, metric, value, stderr, n,
+        "limit", limit_key, lm_eval_version, seconds, created_at, position, dtype, device)
+    SELECT fingerprint, model_name, suite, suite_version, task, metric, value, stderr, n, "limit", limit_key,
+        lm_eval_version, seconds, created_at, position, '', ''
+    FROM eval_rows
+    """,
+    "DROP TABLE eval_rows",
+    "ALTER TABLE eval_rows_v5 RENAME TO eval_rows",
+    "ALTER TABLE merges ADD COLUMN superseded_at TIMESTAMP",
+    "ALTER TABLE studies ADD COLUMN inputs_json VARCHAR",
+    "ALTER TABLE jobs ADD COLUMN group_id VARCHAR",
+]
+
+MIGRATIONS: list[list[str]] = [_V1, _V2, _V3, _V4, _V5]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

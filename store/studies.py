@@ -30,7 +30,11 @@ class StudiesMixin(StoreCore):
     ) -> str:
         study_id = study_id or uuid.uuid4().hex[:12]
         self._write(
-            "INSERT INTO studies VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'created')",
+            """
+            INSERT INTO studies (id, name, base, pool_json, methods_json, sizes_json, subsets_per_size, seed,
+                suite, "limit", created_at, status)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'created')
+            """,
             [
                 study_id,
                 name,
@@ -54,7 +58,16 @@ class StudiesMixin(StoreCore):
         row = rows[0]
         for key in ("pool", "methods", "sizes"):
             row[key] = json.loads(row.pop(f"{key}_json"))
+        inputs = row.pop("inputs_json", None)
+        row["inputs"] = json.loads(inputs) if inputs else {}
         return row
+
+    def set_study_inputs(self, study_id: str, fingerprints: Mapping[str, str]) -> None:
+        """Record the content fingerprints (ref -> fingerprint) of the base and pool this run uses."""
+        self._write(
+            "UPDATE studies SET inputs_json = ? WHERE id = ?",
+            [json.dumps(dict(fingerprints), sort_keys=True), study_id],
+        )
 
     def set_study_status(self, study_id: str, status: str) -> None:
         self._write("UPDATE studies SET status = ? WHERE id = ?", [status, study_id])
@@ -79,7 +92,8 @@ class StudiesMixin(StoreCore):
             FROM merges m JOIN eval_rows e ON e.fingerprint = m.merged_fingerprint
             JOIN studies s ON s.id = m.study_id AND e.suite = s.suite
                 AND e.limit_key = coalesce(s."limit", -1)
-            WHERE m.study_id = ? AND m.status = 'done'
+            WHERE m.study_id = ? AND m.status = 'done' AND m.superseded_at IS NULL
+            QUALIFY row_number() OVER (PARTITION BY m.id, e.task, e.metric ORDER BY e.created_at DESC) = 1
             ORDER BY m.config, m.n, m.subset_id, e.task, e.metric
             """,
             [study_id],

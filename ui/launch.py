@@ -67,12 +67,14 @@ def submit_reference_scores(
     *,
     suite: str,
     limit: int | None = None,
+    group_id: str | None = None,
 ) -> list[str]:
     """Queue "evaluate" jobs for the base and checkpoints of a merge that have no score on `suite` yet, so
     Results can set the merge against its base and its best checkpoint. Returns the job ids queued.
 
     `refs` maps ref -> display name and `kinds` ref -> base/checkpoint. Models already scored on the suite,
-    or with an evaluate job queued or running for the same suite, are skipped.
+    or with an evaluate job queued or running for the same suite, are skipped. `group_id` (the merge job's
+    id) files them under the merge's launch on the Jobs page.
     """
     models = db.models_df()
     fp_of = dict(zip(models["ref"], models["fingerprint"], strict=False)) if len(models) else {}
@@ -88,7 +90,7 @@ def submit_reference_scores(
         params: dict[str, Any] = {"model": ref, "suite": suite, "model_name": name, "model_kind": kinds[ref]}
         if limit:
             params["limit"] = int(limit)
-        queued.append(runner.submit("evaluate", params))
+        queued.append(runner.submit("evaluate", params, group_id=group_id))
     return queued
 
 

@@ -110,6 +110,15 @@ def test_cache_is_keyed_by_fingerprint_suite_version_and_limit(family, zoo_root,
     assert cache.get("fp-a", suite.version, 2) is None and cache.get("fp-b", suite.version, None) is None
     fresh = _score(other.model, other.tokenizer, suite, "fp-b", cache=cache)
     assert cache.get("fp-b", suite.version, None) == fresh
+    # how the model ran is part of the key: float32 on the CPU here, nothing stored for a GPU run
+    assert {(r.dtype, r.device) for r in fresh} == {("float32", "cpu")}
+    assert cache.get("fp-b", suite.version, None, dtype="float32", device="cpu") == fresh
+    assert cache.get("fp-b", suite.version, None, dtype="bfloat16", device="cuda") is None
+    other.model.to(torch.float64)
+    rerun = _score(other.model, other.tokenizer, suite, "fp-b", cache=cache)
+    assert {r.dtype for r in rerun} == {"float64"}  # scored again, not served the float32 rows
+    assert cache.get("fp-b", suite.version, None, dtype="float64", device="cpu") == rerun
+    assert cache.get("fp-b", suite.version, None, dtype="float32", device="cpu") == fresh
 
 
 @pytest.mark.slow

@@ -37,9 +37,9 @@ def _row(**over):
 
 
 def test_fresh_file_is_at_latest_version(db):
-    assert db.schema_version == SCHEMA_VERSION == 4
+    assert db.schema_version == SCHEMA_VERSION == 5
     with db.cursor() as cur:
-        assert current_version(cur) == 4
+        assert current_version(cur) == 5
     assert db.count("jobs") == 0
 
 
@@ -347,3 +347,39 @@ def test_reads_inside_a_transaction_see_its_writes(db):
         cur.execute("UPDATE jobs SET message = 'inside' WHERE id = ?", [job])
         assert db.get_job(job).message == "inside"  # same thread, same cursor, same transaction
     assert db.get_job(job).message == "inside"
+
+
+def test_scores_are_keyed_by_dtype_and_device(db):
+    db.put_eval_rows([_row(value=0.5, dtype="float32", device="cpu")])
+    db.put_eval_rows([_row(value=0.75, dtype="bfloat16", device="cuda")])
+    cpu = db.get_eval_rows("fp1", "zoo-1", None, dtype="float32", device="cpu")
+    gpu = db.get_eval_rows("fp1", "zoo-1", None, dtype="bfloat16", device="cuda")
+    assert [r["value"] for r in cpu] == [0.5] and [r["value"] for r in gpu] == [0.75]
+    assert db.get_eval_rows("fp1", "zoo-1", None, dtype="float16", device="cuda") == []
+    assert db.get_eval_rows("fp2", "zoo-1", None, dtype="float32", device="cpu") == []
+    assert [r["value"] for r in db.get_eval_rows("fp1", "zoo-1", None)] == [0.75]  # any: the newest
+    db.put_eval_rows([_row(value=0.25, dtype="float32", device="cpu")])  # rescored: replaced, not added
+    assert db.count("eval_rows") == 2
+
+
+def test_version_4_file_upgrades_to_content_keys(tmp_path):
+    path = tmp_path / "v4.duckdb"
+    con = duckdb.connect(str(path))
+    assert migrate(con, target=4) == 4
+    con.execute(
+        "INSERT INTO eval_rows VALUES ('fp1', 'm', 'zoo', 'zoo-1', 'add', 'acc', 0.5, NULL, 10, NULL, -1, "
+        "'0.4.13', 1.0, current_timestamp, 0)"
+    )
+    con.execute(
+        "INSERT INTO jobs (id, kind, params_json, status, created_at) "
+        "VALUES ('j1', 'merge', '{}', 'done', current_timestamp)"
+    )
+    con.close()
+    with Store(path) as store:
+        assert store.schema_version == SCHEMA_VERSION >= 5
+        (row,) = store.get_eval_rows("fp1", "zoo-1", None)
+        assert row["value"] == 0.5 and row["dtype"] == "" and row["device"] == ""
+        # an old row does not say how it was computed, so a keyed lookup rescoring it is right
+        assert store.get_eval_rows("fp1", "zoo-1", None, dtype="float32", device="cpu") == []
+        assert store.table("jobs").group_id.tolist() == [None]
+        assert "superseded_at" in store.table("merges").columns
