@@ -26,18 +26,55 @@ def _import_recipe() -> None:
     except merging.errors.MergeError as exc:
         st.session_state[f"{P}:import_error"] = str(exc)
         return
-    refs = [m.model for m in recipe.models]
+    if recipe.slices is not None:
+        refs = list(dict.fromkeys(src.model for sl in recipe.slices for src in sl.sources))
+    else:
+        refs = [m.model for m in recipe.models]
+    base_ref = recipe.base_model or (refs[0] if recipe.slices is not None else None)
+    refs = [r for r in refs if r != base_ref] or refs
     st.session_state[f"{P}:extra_refs"] = list(
-        dict.fromkeys(st.session_state.get(f"{P}:extra_refs", []) + refs + [recipe.base_model or ""])
+        dict.fromkeys(st.session_state.get(f"{P}:extra_refs", []) + refs + [base_ref or ""])
     )
     st.session_state[f"{P}:method"] = spec.name
-    if recipe.base_model:
-        st.session_state[f"{P}:base"] = recipe.base_model
+    if base_ref:
+        st.session_state[f"{P}:base"] = base_ref
+        st.session_state[f"{P}:base_prev"] = base_ref
     st.session_state[f"{P}:checkpoints"] = refs
     st.session_state[f"{P}:seed"] = recipe.seed if recipe.seed is not None else 0
-    st.session_state[f"{P}:out_dtype"] = recipe.out_dtype or ""
+    st.session_state[f"{P}:out_dtype"] = merging.recipe.canonical_dtype(recipe.out_dtype) or ""
     forms.load_recipe_into_state(P, spec, recipe)
     st.session_state[f"{P}:imported"] = f"Loaded a {spec.title} recipe with {len(refs)} checkpoint(s)."
+
+
+def _show_carried(carried: dict) -> None:
+    """What the imported YAML holds beyond the form, kept in the recipe as written (slices as a table)."""
+    with st.container(border=True):
+        st.markdown("**Kept from the imported YAML**")
+        slices = carried.get("slices")
+        if slices:
+            rows = [
+                {
+                    "slice": i,
+                    "model": src.model,
+                    "layers": f"[{src.layer_range[0]}, {src.layer_range[1]})",
+                    "parameters": ", ".join(f"{k}={v}" for k, v in src.parameters.items()),
+                }
+                for i, sl in enumerate(slices)
+                for src in sl.sources
+            ]
+            st.dataframe(rows, hide_index=True)
+            st.caption(
+                f"The output has {sum(sl.num_layers for sl in slices)} layers, built slice by slice; the "
+                "checkpoint list above does not change the slices."
+            )
+        other = {k: v for k, v in carried.items() if k not in ("slices", "base_entry", "no_base")}
+        if "base_entry" in carried:
+            other["base listed under models"] = "yes (treated as the base, as mergekit does)"
+        if other:
+            st.caption("; ".join(f"{k}: {v}" for k, v in other.items()))
+        st.button(
+            "Forget these", key=f"{P}:forget", on_click=lambda: st.session_state.pop(f"{P}:carried", None)
+        )
 
 
 with guard("Merge"):
@@ -99,9 +136,13 @@ with guard("Merge"):
     takes = "Takes " + spec.models_needed() + (" and a base model" if spec.needs_base else "") + "."
     st.markdown(f"{spec.summary}. {takes}  \n*Reference:* {spec.reference}")
 
+    carried = st.session_state.get(f"{P}:carried") or {}
+    if carried:
+        _show_carried(carried)
+
     with st.container(border=True):
         st.markdown("**Parameters**")
-        params, model_params = forms.render_params(P, spec, chosen)
+        params, model_params = forms.render_params(P, spec, chosen, forms.num_layers_of(base))
 
     st.markdown("**Output**")
     for key, value in (("save", False), ("evaluate", True), ("out_dtype", ""), ("seed", 0), ("limit", None)):
@@ -156,6 +197,7 @@ with guard("Merge"):
                 model_params,
                 out_dtype=out_dtype,
                 seed=int(seed) if spec.randomized else None,
+                carried=carried,
             )
         except merging.errors.MergeError as exc:
             problem = str(exc)

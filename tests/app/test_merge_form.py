@@ -103,7 +103,16 @@ def test_launch_submits_a_merge_job(registered_home):
 def test_method_list_offers_the_mergekit_family_with_one_line_explanations(populated_home):
     at = app_test(populated_home, "merge")
     box = at.selectbox(key="merge:method")
-    for name in ("slerp", "nuslerp", "multislerp", "karcher", "sce", "nearswap", "arcee_fusion", "passthrough"):
+    for name in (
+        "slerp",
+        "nuslerp",
+        "multislerp",
+        "karcher",
+        "sce",
+        "nearswap",
+        "arcee_fusion",
+        "passthrough",
+    ):
         assert name in box.options or any(f"({name}):" in o for o in box.options), name
     box.set_value("slerp").run()
     assert any("Takes exactly 1 checkpoint and a base model" in m.value for m in at.markdown)
@@ -120,5 +129,67 @@ def test_method_list_offers_the_mergekit_family_with_one_line_explanations(popul
 def test_study_offers_only_methods_that_take_any_number_of_models(populated_home):
     at = app_test(populated_home, "study")
     options = at.multiselect(key="study:methods").options
-    assert not any("SLERP" == o or "Passthrough" == o for o in options)
+    assert not any(o == "SLERP" or o == "Passthrough" for o in options)
     assert "Multi-SLERP" in options and "Task Arithmetic" in options
+
+
+def _preview(at) -> dict:
+    return yaml.safe_load(next(c.value for c in at.code if "merge_method" in c.value))
+
+
+def _import(at, doc: dict) -> None:
+    at.text_area(key="merge:yaml_in").set_value(yaml.safe_dump(doc, sort_keys=False)).run()
+    _by_label(at.button, "Load recipe").click().run()
+
+
+def test_gradients_filters_and_mergekit_keys_import_and_preview_back(populated_home):
+    at = app_test(populated_home, "merge")
+    cks = at.multiselect(key="merge:checkpoints").value[:2]
+    base = at.selectbox(key="merge:base").value
+    doc = {
+        "models": [
+            {"model": base},
+            {"model": cks[0], "parameters": {"weight": [0.0, 0.5, 1.0]}},
+            {
+                "model": cks[1],
+                "parameters": {
+                    "weight": [
+                        {"filter": "self_attn", "value": 0.7},
+                        {"filter": "mlp", "value": [0.2, 0.4]},
+                        {"value": 0.5},
+                    ]
+                },
+            },
+        ],
+        "merge_method": "task_arithmetic",
+        "base_model": base,
+        "parameters": {"lambda": 0.9, "int8_mask": True},
+        "dtype": "bfloat16",
+        "tokenizer_source": "base",
+        "chat_template": "chatml",
+        "name": "imported",
+    }
+    _import(at, doc)
+    assert errors_of(at) == []
+    assert at.session_state[f"merge:task_arithmetic:{cks[0]}:weight:form"] == "gradient"
+    assert at.session_state[f"merge:task_arithmetic:{cks[1]}:weight:form"] == "filters"
+    back = _preview(at)
+    assert back == doc
+    assert not _by_label(at.button, "Launch merge").disabled
+
+
+def test_frankenmerge_slices_import_and_preview_back(populated_home):
+    at = app_test(populated_home, "merge")
+    cks = at.multiselect(key="merge:checkpoints").value[:2]
+    doc = {
+        "slices": [
+            {"sources": [{"model": cks[0], "layer_range": [0, 2], "parameters": {"weight": 1.0}}]},
+            {"sources": [{"model": cks[1], "layer_range": [1, 2], "parameters": {"weight": 1.0}}]},
+        ],
+        "merge_method": "linear",
+        "dtype": "float32",
+    }
+    _import(at, doc)
+    assert errors_of(at) == []
+    assert _preview(at) == doc
+    assert any("3 layers" in c.value for c in at.caption)
