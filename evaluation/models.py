@@ -59,20 +59,25 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
     return names[dtype]
 
 
-def checkpoint_fingerprint(ref: str | Path) -> str:
+def checkpoint_fingerprint(ref: str | Path, *, allow_bin: bool = False) -> str:
     """The checkpoint's fingerprint as the merge engine defines it
     (`merging.open_checkpoint(ref).fingerprint`), so scores cached here are found again by the jobs
     layer under the same key."""
     from merging import MergeError, open_checkpoint
 
     try:
-        return open_checkpoint(ref).fingerprint
+        return open_checkpoint(ref, allow_bin=allow_bin).fingerprint
     except MergeError as err:
         raise EvaluationError(f"cannot fingerprint {ref}: {err}") from None
 
 
-def load_model(ref: str | Path, *, device: str = "auto", dtype: str | torch.dtype = "auto") -> LoadedModel:
-    """Load a causal LM and its tokenizer from a local directory or a Hub id, in eval mode on `device`."""
+def load_model(
+    ref: str | Path, *, device: str = "auto", dtype: str | torch.dtype = "auto", allow_bin: bool = False
+) -> LoadedModel:
+    """Load a causal LM and its tokenizer from a local directory or a Hub id, in eval mode on `device`.
+
+    Never runs code from the checkpoint: `trust_remote_code` stays off, and pickled .bin weights are refused
+    before anything is unpickled unless `allow_bin` opts in (then they load with weights_only=True)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     ref_s = str(ref)
@@ -86,14 +91,17 @@ def load_model(ref: str | Path, *, device: str = "auto", dtype: str | torch.dtyp
     source = str(local) if local.is_dir() else ref_s
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
+    fingerprint = checkpoint_fingerprint(source, allow_bin=allow_bin)  # validates the weight files first
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
     except (OSError, ValueError, TypeError) as err:
         raise EvaluationError(
             f"{ref_s} has no usable tokenizer ({_first_line(err)}); save the tokenizer next to the weights"
         ) from None
     try:
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype)
+        model = AutoModelForCausalLM.from_pretrained(
+            source, dtype=torch_dtype, trust_remote_code=False, use_safetensors=None if allow_bin else True
+        )
     except OSError as err:
         hint = (
             " (offline: HF_HUB_OFFLINE is set and the model is not in the local cache)"
@@ -106,7 +114,6 @@ def load_model(ref: str | Path, *, device: str = "auto", dtype: str | torch.dtyp
             f"{ref_s} is not a causal language model transformers can load: {_first_line(err)}"
         ) from None
     model.to(dev).eval()
-    fingerprint = checkpoint_fingerprint(source)
     return LoadedModel(model=model, tokenizer=tokenizer, fingerprint=fingerprint, ref=ref_s)
 
 

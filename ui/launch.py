@@ -10,6 +10,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from mergelab_home import inside_home, safe_name
+
 SUITE_LABELS = {
     "zoo": "zoo: the demo zoo's tasks (fast, local)",
     "quick": "quick: 4 of the paper's benchmarks, 100 items each",
@@ -25,9 +27,14 @@ def suite_choices(home: Path) -> dict[str, str]:
     return choices
 
 
-def default_output(home: Path, method: str) -> str:
-    """workspace/merges/<method>-<timestamp>: unique per launch, inside the workspace."""
-    return str(home / "merges" / f"{method}-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
+def default_output(home: Path, method: str, name: str | None = None) -> str:
+    """workspace/merges/<name or method>-<timestamp>: unique per launch, inside the workspace. A recipe's
+    name becomes a folder name only when it is one safe path component (mergelab_home.safe_name)."""
+    try:
+        stem = safe_name(name) if name else safe_name(method)
+    except ValueError:
+        stem = "merge"
+    return str(home / "merges" / f"{stem}-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
 
 
 def submit_merge(
@@ -50,7 +57,8 @@ def submit_merge(
     if save:
         if not output:
             raise ValueError("Give an output folder to save the merged model to.")
-        params["output"] = str(output)
+        # the app writes only inside the workspace: `..`, absolute paths elsewhere and symlinks out refused
+        params["output"] = str(inside_home(output))
         params["save"] = True
     if suite:
         params["suite"] = suite
