@@ -42,6 +42,11 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--ray-num-cpus", type=int, help="CPUs of the local Ray instance")
     s.add_argument("--workers", type=int, help="CPU worker threads (default 1; one per GPU when present)")
     s.add_argument("--quiet", action="store_true", help="no log lines, only the progress bar")
+    s.add_argument(
+        "--save-merges",
+        action="store_true",
+        help="also write every merge to $MERGELAB_HOME/merges/study-<id>/ (default: scored in memory only)",
+    )
     w = sub.add_parser(
         "sweep",
         parents=[common],
@@ -90,6 +95,7 @@ def _study(store: Store, args) -> int:
         "zoo_root": args.zoo_root,
         "ray_address": args.ray_address,
         "ray_num_cpus": args.ray_num_cpus,
+        "save_merges": args.save_merges or None,
     }
     return _follow(store, args, "study", params)
 
@@ -132,6 +138,7 @@ def _sweep(store: Store, args) -> int:
         "zoo_root": args.zoo_root,
         "ray_address": args.ray_address,
         "ray_num_cpus": args.ray_num_cpus,
+        "save_merges": args.save_merges or None,
     }
     return _follow(store, args, "sweep", params)
 

@@ -99,7 +99,9 @@ def validate_study(params: dict[str, Any]) -> dict[str, Any]:
         raise JobError(f"Unknown study backend {params.get('backend')!r}; use local or ray.")
     _suite(params)
     out = definition.to_params()
-    for key in ("zoo_root", "backend", "ray_address", "ray_num_cpus"):
+    if params.get("save_merges") and params.get("backend", "local") == "ray":
+        raise JobError("save_merges needs the local backend (Ray workers return scores, not folders).")
+    for key in ("zoo_root", "backend", "ray_address", "ray_num_cpus", "save_merges"):
         if params.get(key) is not None:
             out[key] = params[key]
     out["study_id"] = definition.study_id
@@ -198,6 +200,7 @@ def run_merge_job(ctx: JobContext, params: dict[str, Any]) -> dict[str, Any]:
     outcome = merge_outcome(result, peak)
     _fill_fingerprints(ctx, merge_id, recipe, outcome)
     record_outcome(ctx.store, merge_id, outcome, base_ref=recipe.base_model)
+    ctx.drop_temp_path(out)  # recorded: from now on the folder is a result, not a leftover
     ctx.log(f"wrote {out} in {outcome['seconds']:.1f} s")
     return {"merge_id": merge_id, "output_path": str(out), "fingerprint": outcome["fingerprint"]}
 

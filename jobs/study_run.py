@@ -4,6 +4,8 @@ merge in flight. The Ray backend (jobs.ray_backend) runs the same units on a clu
 
 from __future__ import annotations
 
+import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +81,20 @@ def merge_record(
     )
 
 
+def saved_merge_dir(study_id: str, config: str, subset_id: str) -> Path:
+    """Where a study that saves its merges writes one: $MERGELAB_HOME/merges/study-<id>/<config>-<subset>.
+
+    A folder already there belongs to a unit being run again, so its merge was never recorded as done
+    (killed between the final rename and the record): it is removed, not trusted."""
+    from mergelab_home import merges_dir
+
+    name = re.sub(r"[^A-Za-z0-9._+-]", "_", f"{config}-{subset_id}").lstrip(".")
+    out = merges_dir() / f"study-{study_id}" / name
+    if out.exists():
+        shutil.rmtree(out)
+    return out
+
+
 def finish_study(ctx: JobContext, plan, failures: list[str], ran: int, skipped: int) -> dict[str, Any]:
     if failures:
         ctx.store.set_study_status(plan.study_id, "failed")
@@ -99,6 +115,7 @@ def run_study(ctx: JobContext, params: dict[str, Any]) -> dict[str, Any]:
     from merging import MergeCancelled, MergeError
 
     definition, suite, plan, cks, skipped = start_study(ctx, params)
+    save = bool(params.get("save_merges"))
     cache = StoreScoreCache(ctx.store)
     done = skipped
     total = plan.total_units
@@ -141,6 +158,7 @@ def run_study(ctx: JobContext, params: dict[str, Any]) -> dict[str, Any]:
                 label = f"{config.name} {subset['subset_id']}"
                 recipe = build_recipe(config, definition.base, subset["checkpoints"], definition.seed)
                 merge_id = merge_record(ctx, definition, plan, subset, config, cks, recipe)
+                output = saved_merge_dir(plan.study_id, config.name, subset["subset_id"]) if save else None
                 try:
                     outcome = merge_and_score_resident(
                         recipe,
@@ -155,6 +173,9 @@ def run_study(ctx: JobContext, params: dict[str, Any]) -> dict[str, Any]:
                         ),
                         checkpoints=cks.opened,
                         model_name=label,
+                        output=output,
+                        on_temp=ctx.add_temp_path,
+                        on_done=ctx.drop_temp_path,
                     )
                     record_outcome(ctx.store, merge_id, outcome, base_ref=definition.base)
                 except (JobCancelled, MergeCancelled, EvaluationCancelled):
@@ -168,6 +189,8 @@ def run_study(ctx: JobContext, params: dict[str, Any]) -> dict[str, Any]:
                     ctx.store.finish_merge(merge_id, "failed", error=f"{type(exc).__name__}: {exc}")
                     raise
                 else:
+                    if output is not None:
+                        ctx.drop_temp_path(output)
                     mean = sum(r["value"] for r in outcome["scores"]) / max(1, len(outcome["scores"]))
                     ctx.log(f"{label}: mean {mean:.4f} ({outcome['seconds']:.2f} s merge)")
                 done += 1

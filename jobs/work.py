@@ -37,13 +37,16 @@ def peak_memory_probe(device: str) -> Callable[[], int | None]:
 
 
 class TrackedDirectorySink:
-    """A DirectorySink that declares its temporary folder to the job as soon as it exists, so a crash
-    mid-write is cleaned up on the next start."""
+    """A DirectorySink that declares what it writes to the job, so a crash is cleaned up on the next
+    start: the temporary folder as soon as it exists, and the final folder from just before the rename
+    until the caller has recorded the merge (then the caller drops it with on_done). A folder on disk
+    thus always has a merge record that is done."""
 
     def __init__(self, out_dir: str | Path, on_temp: Callable[[str], None], on_done: Callable[[str], None]):
         from merging import DirectorySink
 
         self._sink = DirectorySink(out_dir)
+        self.out_dir = Path(out_dir)
         self._on_temp, self._on_done = on_temp, on_done
 
     def begin(self, base, recipe, plan) -> None:
@@ -56,6 +59,7 @@ class TrackedDirectorySink:
 
     def commit(self, result):
         tmp = self._sink.tmp_dir
+        self._on_temp(str(self.out_dir))  # until recorded; DirectorySink refuses a non-empty out_dir
         out = self._sink.commit(result)
         if tmp is not None:
             self._on_done(str(tmp))
@@ -66,6 +70,39 @@ class TrackedDirectorySink:
         self._sink.abort()
         if tmp is not None:
             self._on_done(str(tmp))
+
+
+class TeeSink:
+    """One merge written to several sinks at once (the resident model and a folder on disk): every tensor
+    goes to each; a failure in any aborts them all, so a folder is complete or absent."""
+
+    def __init__(self, *sinks) -> None:
+        self.sinks = sinks
+
+    def begin(self, base, recipe, plan) -> None:
+        begun = []
+        try:
+            for sink in self.sinks:
+                sink.begin(base, recipe, plan)
+                begun.append(sink)
+        except BaseException:
+            for sink in begun:
+                with contextlib.suppress(Exception):
+                    sink.abort()
+            raise
+
+    def write(self, name, tensor) -> None:
+        for sink in self.sinks:
+            sink.write(name, tensor)
+
+    def commit(self, result):
+        outputs = [sink.commit(result) for sink in self.sinks]
+        return next((out for out in outputs if out is not None), None)
+
+    def abort(self) -> None:
+        for sink in self.sinks:
+            with contextlib.suppress(Exception):
+                sink.abort()
 
 
 def run_merge_tracked(
@@ -132,9 +169,19 @@ def merge_and_score_resident(
     spectra: Any = None,
     checkpoints: Mapping[str, Any] | None = None,
     model_name: str | None = None,
+    output: str | Path | None = None,
+    on_temp: Callable[[str], None] | None = None,
+    on_done: Callable[[str], None] | None = None,
 ) -> dict:
-    """Merge into the resident model of the base (no disk) and score it; returns merge_outcome data."""
+    """Merge into the resident model of the base and score it; returns merge_outcome data. With `output`
+    the merge is also written to that folder (temporary sibling declared through on_temp/on_done)."""
     from merging import ModelSink
+
+    sink = ModelSink(resident.model)
+    if output is not None:
+        noop = lambda _path: None  # noqa: E731
+        folder = TrackedDirectorySink(output, on_temp or noop, on_done or noop)
+        sink = TeeSink(sink, folder)
 
     def merging_progress(frac: float, msg: str) -> None:
         if on_progress:
@@ -143,7 +190,7 @@ def merge_and_score_resident(
     try:
         result, peak = run_merge_tracked(
             recipe,
-            ModelSink(resident.model),
+            sink,
             device=device,
             should_cancel=should_cancel,
             on_progress=merging_progress,

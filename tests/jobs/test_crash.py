@@ -1,20 +1,24 @@
 """SIGKILL in the middle of a study, then a restart: nothing finished is lost, nothing is duplicated."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from jobs import JobRunner
+from jobs.runner import pid_alive
+from merging.sinks import TMP_MARK
 from store import Store
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _cli(db, base, cks, zoo_root):
+def _cli(db, base, cks, zoo_root, save: bool = False):
     return [
         sys.executable,
         "-m",
@@ -38,24 +42,28 @@ def _cli(db, base, cks, zoo_root):
         str(zoo_root),
         "--seed",
         "0",
+        *(["--save-merges"] if save else []),
     ]
 
 
 @pytest.mark.slow
-def test_sigkill_mid_study_then_resume(tmp_path, home, tiny_llama_family, zoo_tasks):
+@pytest.mark.parametrize("save", [False, True], ids=["in-memory", "save-merges"])
+def test_sigkill_mid_study_then_resume(tmp_path, home, tiny_llama_family, zoo_tasks, save):
     base, cks = tiny_llama_family
     db = tmp_path / "db.duckdb"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(
-        _cli(db, base, cks, zoo_tasks),
+        _cli(db, base, cks, zoo_tasks, save),
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
     )
-    merged_lines = []
+    merged_lines, worker_pid = [], None
     for line in proc.stdout:
+        if "worker pid" in line:
+            worker_pid = int(re.search(r"worker pid (\d+)", line).group(1))
         if ": mean " in line:
             merged_lines.append(line)
             if len(merged_lines) == 2:
@@ -63,6 +71,12 @@ def test_sigkill_mid_study_then_resume(tmp_path, home, tiny_llama_family, zoo_ta
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL and len(merged_lines) == 2
+    # the job's worker process does not outlive the CLI (nothing keeps writing a merge)
+    assert worker_pid is not None and worker_pid != proc.pid
+    deadline = time.monotonic() + 10
+    while pid_alive(worker_pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not pid_alive(worker_pid)
 
     with Store(db) as store:
         before = store.merges_df(status="done")
@@ -74,9 +88,14 @@ def test_sigkill_mid_study_then_resume(tmp_path, home, tiny_llama_family, zoo_ta
         assert runner.recover() == [job.id]
         runner.shutdown()
         assert store.get_job(job.id).status == "interrupted"
+        assert "ended before the job finished" in store.get_job(job.id).error
         assert set(store.merges_df().status) <= {"done", "interrupted"}
+        if save:  # only complete, recorded merges remain on disk; no temporary folder
+            assert _saved(home) == set(before.output_path)
 
-    done = subprocess.run(_cli(db, base, cks, zoo_tasks), cwd=ROOT, env=env, capture_output=True, text=True)
+    done = subprocess.run(
+        _cli(db, base, cks, zoo_tasks, save), cwd=ROOT, env=env, capture_output=True, text=True
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     with Store(db) as store:
         merges = store.merges_df()
@@ -89,6 +108,19 @@ def test_sigkill_mid_study_then_resume(tmp_path, home, tiny_llama_family, zoo_ta
             assert store.get_eval_rows(fp, *_version_and_limit(store)) == rows
         statuses = sorted(store.jobs_df().status)
         assert statuses == ["done", "interrupted"]
+        if save:
+            assert _saved(home) == set(merges.output_path) and len(_saved(home)) == 12
+            assert all((Path(p) / "config.json").exists() for p in merges.output_path)
+        else:
+            assert not (home / "merges").exists()
+
+
+def _saved(home: Path) -> set[str]:
+    """The folders under the workspace's merges/ (a temporary folder would show up here too)."""
+    root = home / "merges"
+    found = {str(p) for p in root.glob("*/*")} | {str(p) for p in root.glob("*/.*")}
+    assert not [p for p in found if TMP_MARK in p], found
+    return found
 
 
 def _version_and_limit(store):
