@@ -1,5 +1,6 @@
 """`python -m jobs study …` runs a study headless with a progress bar, `python -m jobs sweep …` varies one
-hyperparameter on fixed subsets (a study over values); `python -m jobs list` prints the jobs.
+hyperparameter on fixed subsets (a study over values); `python -m jobs list` prints the jobs;
+`python -m jobs report [STUDY_ID|--latest] [--json]` prints a study's tables.
 
 Both use the workspace database ($MERGELAB_HOME/mergelab.duckdb). A study run again with the same arguments
 resumes: what is stored is skipped. User mistakes print one line and exit with status 2.
@@ -12,6 +13,7 @@ import sys
 import time
 
 from jobs.errors import JobError
+from jobs.study import DEFAULT_CONFIG_NAMES, DEFAULT_SIZES, DEFAULT_SUBSETS
 from store import Store, StoreError
 
 
@@ -27,11 +29,18 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("study", parents=[common], help="run the paper's protocol on a pool of checkpoints")
     s.add_argument("--base", required=True, help="base model folder or Hub id")
     s.add_argument("--pool", required=True, help="comma-separated checkpoints")
-    s.add_argument("--methods", help="comma-separated configurations (default: the paper's seven)")
     s.add_argument(
-        "--sizes", help="comma-separated subset sizes; 'all' is the pool size (default 2,4,6,8,10,all)"
+        "--methods",
+        help=f"comma-separated configurations (default: {', '.join(DEFAULT_CONFIG_NAMES)})",
     )
-    s.add_argument("--subsets", type=int, default=15, help="subsets per size (default 15)")
+    s.add_argument(
+        "--sizes",
+        help="comma-separated subset sizes; 'all' is the pool size "
+        f"(default {','.join(map(str, DEFAULT_SIZES))} up to the pool size, and the pool size)",
+    )
+    s.add_argument(
+        "--subsets", type=int, default=DEFAULT_SUBSETS, help=f"subsets per size (default {DEFAULT_SUBSETS})"
+    )
     s.add_argument("--suite", required=True, help="zoo, quick, paper16, task names or a task folder")
     s.add_argument("--zoo-root", help="built zoo folder for --suite zoo (default $MERGELAB_HOME/zoo)")
     s.add_argument("--seed", type=int, default=0)
@@ -77,6 +86,10 @@ def _parser() -> argparse.ArgumentParser:
     ls.add_argument("--limit", type=int, default=50)
     show = sub.add_parser("show", parents=[common], help="print one job with its log")
     show.add_argument("job_id")
+    rep = sub.add_parser("report", parents=[common], help="print a study's tables (text or JSON)")
+    rep.add_argument("study_id", nargs="?", help="a study id or a unique prefix (default: the latest)")
+    rep.add_argument("--latest", action="store_true", help="the most recently created study")
+    rep.add_argument("--json", action="store_true", help="machine-readable output")
     return p
 
 
@@ -230,11 +243,20 @@ def _show(store: Store, args) -> int:
     return 0
 
 
+def _report(store: Store, args) -> int:
+    from jobs.report import print_report
+
+    if args.latest and args.study_id:
+        raise JobError("Give a study id or --latest, not both.")
+    sys.stdout.write(print_report(store, None if args.latest else args.study_id, as_json=args.json))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         with Store(args.db) as store:
-            commands = {"study": _study, "sweep": _sweep, "list": _list, "show": _show}
+            commands = {"study": _study, "sweep": _sweep, "list": _list, "show": _show, "report": _report}
             return commands[args.command](store, args)
     except (JobError, StoreError) as exc:
         print(f"error: {exc}", file=sys.stderr)

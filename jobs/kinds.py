@@ -284,26 +284,66 @@ def validate_build_zoo(params: dict[str, Any]) -> dict[str, Any]:
     return params
 
 
+def register_zoo_family(store, manifest, family: str) -> int:
+    """Register a ready zoo family's base and checkpoints (fingerprint, architecture, size from headers) so
+    the Merge and Study pages offer it at once; models the store knows are skipped. Returns how many were
+    added."""
+    from merging import open_checkpoint
+
+    added = 0
+    for entry in [m for m in manifest.models if m.family == family]:
+        ref = str(Path(manifest.root) / entry.path)
+        with open_checkpoint(ref) as ck:
+            if store.get_model(ck.fingerprint) is not None:
+                continue
+            store.register_model(
+                ck.fingerprint,
+                "base" if entry.kind == "base" else "checkpoint",
+                ref,
+                name=entry.name,
+                architecture=ck.architecture,
+                num_parameters=ck.num_parameters,
+                vocab_size=ck.vocab_size,
+            )
+            added += 1
+    return added
+
+
 def run_build_zoo_job(ctx: JobContext, params: dict[str, Any]) -> dict[str, Any]:
-    """Train the demo zoo (base models, 12 checkpoints, task data) under root (default $MERGELAB_HOME/zoo)."""
+    """Train the demo zoo (base models, 12 checkpoints, task data) under root (default $MERGELAB_HOME/zoo).
+    Each family is registered as soon as it is built, so the first can be merged while the next trains."""
     import zoo
 
     root = Path(params.get("root") or zoo_dir())
     started = time.perf_counter()
+    ready: dict[str, float] = {}
+    current = [""]
 
     def progress(done: int, total: int, message: str) -> None:
         ctx.progress(done / max(1, total), message)
-        ctx.log(message)
+        if message != current[0]:  # one log line per model, not per training step
+            current[0] = message
+            ctx.log(message)
+
+    def family_ready(family: str, manifest) -> None:
+        added = register_zoo_family(ctx.store, manifest, family)
+        ready[family] = round(time.perf_counter() - started, 1)
+        pending = f"; still to build: {', '.join(manifest.pending)}" if manifest.pending else ""
+        ctx.log(f"family {family} ready after {ready[family]} s ({added} models registered){pending}")
 
     try:
         zoo.build_zoo(
-            root, scale=params.get("scale", "full"), on_progress=progress, should_cancel=ctx.should_cancel
+            root,
+            scale=params.get("scale", "full"),
+            on_progress=progress,
+            should_cancel=ctx.should_cancel,
+            on_family_ready=family_ready,
         )
     except Exception as exc:
         if isinstance(exc, zoo.BuildCancelled):
             raise JobCancelled(str(exc)) from exc
         raise
-    return {"root": str(root), "seconds": round(time.perf_counter() - started, 1)}
+    return {"root": str(root), "seconds": round(time.perf_counter() - started, 1), "families_ready_s": ready}
 
 
 def validate_download(params: dict[str, Any]) -> dict[str, Any]:

@@ -20,9 +20,6 @@ from typing import Any
 from jobs.errors import JobError
 from store import Store
 
-DEFAULT_SIZES = (2, 4, 6, 8, 10)
-DEFAULT_SUBSETS = 15
-
 
 @dataclass(frozen=True)
 class StudyConfig:
@@ -34,29 +31,59 @@ class StudyConfig:
     params: dict[str, Any] = field(default_factory=dict)
 
 
-# The paper's seven configurations with the values paper.md §1.4 gives (α_i = 1, λ = 1, TIES density 0.1,
-# Subspace Boosting β = 0.2; TSV-M and Iso-C at λ = 1; Model Stock parameter-free).
+# --- The study's defaults: the ONE place the CLI, the job and the app (ui/launch.py) read them from. ------
+# The paper's configurations, labelled with the paper's own method names, with the values paper.md §1.4
+# gives (α_i = 1, λ = 1, TIES density 0.1, Subspace Boosting β = 0.2; TSV-M and Iso-C at λ = 1; Model
+# Stock parameter-free). Task Arithmetic comes in both readings of the paper (paper.md, "Ambiguity to
+# flag"): Eq. 2 with weights 1 and λ 1 is a SUM of task vectors (mergekit's default), while Figure 4 and
+# the discussion fit a MEAN (mergekit `normalize: true`). The study carries both, labelled.
+TA_SUM = "TA (sum)"
+TA_MEAN = "TA (mean)"
 PAPER_CONFIGS: tuple[StudyConfig, ...] = (
-    StudyConfig("task_arithmetic", "task_arithmetic", {"weight": 1.0, "lambda": 1.0}),
-    StudyConfig("ties", "ties", {"weight": 1.0, "density": 0.1, "lambda": 1.0}),
-    StudyConfig("model_stock", "model_stock", {}),
-    StudyConfig(
-        "task_arithmetic_sb", "task_arithmetic_sb", {"weight": 1.0, "lambda": 1.0, "svd_thresh": 0.2}
-    ),
-    StudyConfig("ties_sb", "ties_sb", {"weight": 1.0, "density": 0.1, "lambda": 1.0, "svd_thresh": 0.2}),
-    StudyConfig("tsvm", "tsvm", {"lambda": 1.0}),
-    StudyConfig("iso_c", "iso_c", {"lambda": 1.0}),
+    StudyConfig(TA_SUM, "task_arithmetic", {"weight": 1.0, "lambda": 1.0}),
+    StudyConfig(TA_MEAN, "task_arithmetic", {"weight": 1.0, "lambda": 1.0, "normalize": True}),
+    StudyConfig("TIES", "ties", {"weight": 1.0, "density": 0.1, "lambda": 1.0}),
+    StudyConfig("Model Stock", "model_stock", {}),
+    StudyConfig("TA+SB", "task_arithmetic_sb", {"weight": 1.0, "lambda": 1.0, "svd_thresh": 0.2}),
+    StudyConfig("TIES+SB", "ties_sb", {"weight": 1.0, "density": 0.1, "lambda": 1.0, "svd_thresh": 0.2}),
+    StudyConfig("TSV-M", "tsvm", {"lambda": 1.0}),
+    StudyConfig("Iso-C", "iso_c", {"lambda": 1.0}),
 )
+# What a study runs when no configuration is named: all of the above.
+DEFAULT_CONFIG_NAMES: tuple[str, ...] = tuple(c.name for c in PAPER_CONFIGS)
+# A registry method name stands for its paper configuration (task_arithmetic: the literal Eq. 2, a sum).
+CONFIG_ALIASES: dict[str, str] = {
+    "task_arithmetic": TA_SUM,
+    "ties": "TIES",
+    "model_stock": "Model Stock",
+    "task_arithmetic_sb": "TA+SB",
+    "ties_sb": "TIES+SB",
+    "tsvm": "TSV-M",
+    "iso_c": "Iso-C",
+}
+# The paper's merge sizes (n=12 is "all" for its pools of 12) and subsets per size (§1.3).
+DEFAULT_SIZES: tuple[int, ...] = (2, 4, 6, 8, 10, 12)
+DEFAULT_SUBSETS = 15
+
+
+def default_sizes(pool_size: int) -> list[int]:
+    """The paper's sizes that fit a pool, plus the pool size itself (the paper's n=12 is its whole pool)."""
+    return sorted({s for s in DEFAULT_SIZES if 2 <= s < pool_size} | {pool_size})
+
+
+def paper_config(name: str) -> StudyConfig | None:
+    """A default configuration by its label or by its method's registry name; None for anything else."""
+    label = CONFIG_ALIASES.get(name, name)
+    return next((c for c in PAPER_CONFIGS if c.name == label), None)
 
 
 def resolve_configs(methods: Sequence[str | Mapping[str, Any] | StudyConfig] | None) -> list[StudyConfig]:
     """Method names -> configurations: a paper configuration by its name, any other registered method with
-    its paper values (or defaults); dicts {name, method, params} pass through. None: the paper's seven."""
+    its paper values (or defaults); dicts {name, method, params} pass through. None: DEFAULT_CONFIG_NAMES."""
     if not methods:
-        return list(PAPER_CONFIGS)
+        return [paper_config(n) for n in DEFAULT_CONFIG_NAMES]
     from merging import get_method
 
-    paper = {c.name: c for c in PAPER_CONFIGS}
     out: list[StudyConfig] = []
     for item in methods:
         if isinstance(item, StudyConfig):
@@ -65,8 +92,8 @@ def resolve_configs(methods: Sequence[str | Mapping[str, Any] | StudyConfig] | N
             config = StudyConfig(
                 str(item["name"]), str(item.get("method", item["name"])), dict(item.get("params", {}))
             )
-        elif item in paper:
-            config = paper[item]
+        elif paper_config(str(item)) is not None:
+            config = paper_config(str(item))
         else:
             try:
                 spec = get_method(item)
@@ -108,11 +135,11 @@ def build_recipe(config: StudyConfig, base: str, checkpoints: Sequence[str], see
 
 
 def normalize_sizes(sizes: Sequence[int | str] | None, pool_size: int) -> list[int]:
-    """Sizes 2..N (\"all\" means N); default 2, 4, 6, 8, 10 below N, and N itself."""
+    """Sizes 2..N (\"all\" means N); default: `default_sizes` (the paper's below N, and N itself)."""
     if pool_size < 2:
         raise JobError("A study needs a pool of at least 2 checkpoints.")
     if not sizes:
-        return sorted({s for s in DEFAULT_SIZES if s < pool_size} | {pool_size})
+        return default_sizes(pool_size)
     out = set()
     for s in sizes:
         n = pool_size if str(s).strip().lower() == "all" else _int(s, "size")

@@ -33,24 +33,39 @@ with guard("Workspace"):
     c4.metric("Jobs", db.count("jobs"))
 
     st.subheader("Demo zoo")
-    if zoo.is_complete(zoo_root):
-        manifest = zoo.load_manifest(zoo_root)
+    manifest = zoo.ready_manifest(zoo_root)
+    building = jobs_view.active_jobs(db, kind="build-zoo")
+    if manifest is not None and not manifest.pending:
         st.success(f"The demo zoo is ready in `{zoo_root}`.")
         st.caption(jobs_view.zoo_summary(manifest))
-    else:
-        building = jobs_view.active_jobs(db, kind="build-zoo")
+    elif manifest is not None:
+        ready = ", ".join(f"`zoo-{f}`" for f in manifest.families)
+        pending = ", ".join(f"`zoo-{f}`" for f in manifest.pending)
+        st.success(f"{ready} is ready: merge it now on the Merge page.")
+        st.caption(jobs_view.zoo_summary(manifest))
         if not building.empty:
-            st.info("The demo zoo is being built; follow it here or on the Jobs page.")
+            st.info(f"Pending: {pending} is still being built; it appears here when done.")
         else:
-            st.write(
-                "No demo zoo in this workspace yet. It is two families of tiny models, a Llama-architecture "
-                "base and a Qwen3-architecture base, each with 12 fine-tuned checkpoints, and their "
-                "benchmark tasks, trained here on CPU with no downloads."
-            )
-            if st.button("Build the demo zoo", type="primary"):
-                job_id = runner.submit("build-zoo", {"root": str(zoo_root), "scale": "full"})
+            st.warning(f"Pending: {pending} was not finished (the build stopped).")
+            if st.button("Finish building the demo zoo", type="primary"):
+                job_id = runner.submit("build-zoo", {"root": str(zoo_root), "scale": manifest.scale})
                 st.toast(f"Queued zoo build {job_id}")
                 st.rerun()
+    elif not building.empty:
+        st.info(
+            "The demo zoo is being built; its first family (`zoo-llama`) can be merged as soon as it is "
+            "ready, while the second builds. Follow it here or on the Jobs page."
+        )
+    else:
+        st.write(
+            "No demo zoo in this workspace yet. It is two families of tiny models, a Llama-architecture "
+            "base and a Qwen3-architecture base, each with 12 fine-tuned checkpoints, and their "
+            "benchmark tasks, trained here on CPU with no downloads."
+        )
+        if st.button("Build the demo zoo", type="primary"):
+            job_id = runner.submit("build-zoo", {"root": str(zoo_root), "scale": "full"})
+            st.toast(f"Queued zoo build {job_id}")
+            st.rerun()
 
     st.subheader("Recent jobs")
     jobs_view.live_jobs(limit=5, key="home")

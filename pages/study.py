@@ -44,10 +44,10 @@ with guard("Study"):
                 key=f"{P}:pool",
             )
             chosen_methods = st.multiselect(
-                "Methods (the paper's seven by default)",
-                list(methods),
-                default=[m for m in launch.PAPER_METHODS if m in methods],
-                format_func=lambda m: methods[m].title,
+                "Methods (the paper's seven by default, Task Arithmetic as a sum and as a mean)",
+                launch.study_method_choices(list(methods)),
+                default=list(launch.PAPER_METHODS),
+                format_func=lambda m: methods[m].title if m in methods else m,
                 key=f"{P}:methods",
             )
             c3, c4, c5 = st.columns(3)

@@ -10,6 +10,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from jobs.study import CONFIG_ALIASES, DEFAULT_CONFIG_NAMES, DEFAULT_SUBSETS, default_sizes
 from mergelab_home import inside_home, safe_name
 
 SUITE_LABELS = {
@@ -116,14 +117,21 @@ def default_spectra(
     return [t for t in tensor_names if parse_layer(t) in picks and any(k in t for k in per_layer)]
 
 
-PAPER_METHODS = ("task_arithmetic", "ties", "model_stock", "task_arithmetic_sb", "ties_sb", "tsvm", "iso_c")
-PAPER_SIZES = (2, 4, 6, 8, 10, 12)
-PAPER_SUBSETS = 15
+# The study's defaults live in jobs/study.py (one place for the CLI, the job and the app); read, not copied.
+PAPER_METHODS = DEFAULT_CONFIG_NAMES
+PAPER_SUBSETS = DEFAULT_SUBSETS
 
 
 def study_sizes(pool_size: int) -> list[int]:
-    """The paper's merge sizes that fit a pool (all of 2..12 for 12 checkpoints; fewer for smaller pools)."""
-    return [n for n in PAPER_SIZES if n <= pool_size]
+    """The default merge sizes for a pool: the paper's that fit, and the pool size (the job's default)."""
+    return default_sizes(pool_size) if pool_size >= 2 else []
+
+
+def study_method_choices(registry: list[str]) -> list[str]:
+    """What the study form offers: the default configurations (the paper's, TA in both readings), then
+    every other registered method (run with its paper values or defaults)."""
+    aliased = set(CONFIG_ALIASES)
+    return list(DEFAULT_CONFIG_NAMES) + [m for m in registry if m not in aliased]
 
 
 def submit_study(

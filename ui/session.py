@@ -88,7 +88,8 @@ def guard(context: str | None = None) -> Iterator[None]:
 
 
 def sync_zoo() -> None:
-    """Register a complete demo zoo's models once per zoo build (keyed by the manifest's mtime)."""
+    """Register the demo zoo's ready families once per manifest write (keyed by its mtime): a build
+    rewrites zoo.json as each family is ready, so the first family appears while the next one builds."""
     import zoo
     from ui import catalog
 
@@ -100,6 +101,7 @@ def sync_zoo() -> None:
     if st.session_state.get("_zoo_synced") == stamp:
         return
     with guard("Registering the demo zoo"):
-        if zoo.is_complete(root):
-            catalog.register_zoo(get_store(), zoo.load_manifest(root))
+        manifest = zoo.ready_manifest(root)
+        if manifest is not None:
+            catalog.register_zoo(get_store(), manifest)
             st.session_state["_zoo_synced"] = stamp

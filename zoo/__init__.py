@@ -3,14 +3,24 @@ checkpoints fine-tuned from each, and the `zoo` benchmark suite, all built offli
 
 Public face (imports no other project package):
     build_zoo(root=None, *, seed=0, families=("llama", "qwen3"), scale="full", on_progress=None,
-              should_cancel=None) -> Manifest
+              should_cancel=None, on_family_ready=None) -> Manifest
     load_manifest(root=None) -> Manifest | None     is_complete(root=None) -> bool
+    ready_manifest(root=None) -> Manifest | None    (a family usable while the next one builds)
     default_root() -> Path                           tasks_dir(root=None) -> Path
     TASKS                                            Manifest, ModelEntry, ZooError, BuildCancelled
 """
 
 from zoo.build import build_zoo
-from zoo.manifest import Manifest, ModelEntry, ZooError, default_root, is_complete, load_manifest, tasks_dir
+from zoo.manifest import (
+    Manifest,
+    ModelEntry,
+    ZooError,
+    default_root,
+    is_complete,
+    load_manifest,
+    ready_manifest,
+    tasks_dir,
+)
 from zoo.tasks import TASKS
 from zoo.train import FAMILIES, BuildCancelled
 
@@ -25,5 +35,6 @@ __all__ = [
     "default_root",
     "is_complete",
     "load_manifest",
+    "ready_manifest",
     "tasks_dir",
 ]

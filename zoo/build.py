@@ -1,8 +1,10 @@
-"""Building the zoo: the task suite files, the bases and their 12 checkpoints, then zoo.json.
+"""Building the zoo: the task suite files, then per family the base and its 12 checkpoints, with zoo.json
+rewritten as each family becomes ready (the app offers a family for merging while the next one builds).
 
 Safety: every model is written to a temporary sibling directory and renamed when complete; zoo.json is
-removed before any work and written last, so an interrupted build never looks complete. A rebuild skips
-models whose `zoo_build.json` stamp matches (same seed, scale and recipe) and redoes the rest.
+removed before any work and rewritten after each family, listing only ready families (the rest under
+`pending`), so an interrupted build never lists a half-built model. A rebuild skips models whose
+`zoo_build.json` stamp matches (same seed, scale and recipe) and redoes the rest.
 """
 
 from __future__ import annotations
@@ -20,13 +22,15 @@ import torch
 from transformers import AutoModelForCausalLM, GenerationConfig
 
 from zoo.manifest import MANIFEST_NAME, Manifest, ModelEntry, ZooError, default_root, read_manifest, tasks_dir
-from zoo.recipes import BASE, CHECKPOINTS, Recipe, scaled_steps
+from zoo.recipes import CHECKPOINTS, Recipe, base_recipe, scaled_steps, training_mixture
 from zoo.tasks import N_ENTITIES, SUITE_VERSION, TASK_LIST, TASKS, heldout_items
 from zoo.tokenizer import VOCAB_SIZE, build_tokenizer
 from zoo.train import ARCHITECTURES, FAMILIES, BuildCancelled, TrainSpec, model_config, train
 
 ProgressFn = Callable[[int, int, str], None]
-BUILD_FORMAT = 1
+FamilyReadyFn = Callable[[str, Manifest], None]
+# 2: zoo v2 (replay recipes, per-family pretraining mixtures); part of every stamp, so v1 models rebuild.
+BUILD_FORMAT = 2
 STAMP = "zoo_build.json"
 SCALES = {"full": {"n_test": 240, "n_entities": N_ENTITIES}, "tiny": {"n_test": 24, "n_entities": 12}}
 
@@ -103,9 +107,11 @@ def heldout_queries(seed: int, scale: str) -> dict[str, set[str]]:
 
 
 # --- models --------------------------------------------------------------------------------------------
-def _stamp(family: str, recipe: Recipe, seed: int, scale: str) -> dict:
+def _stamp(family: str, recipe: Recipe, seed: int, scale: str, parent: dict | None = None) -> dict:
+    """A model's build identity; a checkpoint's includes its base's stamp (a new base rebuilds them all)."""
     body = json.dumps(
-        [BUILD_FORMAT, SUITE_VERSION, family, recipe.as_dict(), recipe.kind, seed, scale], sort_keys=True
+        [BUILD_FORMAT, SUITE_VERSION, family, recipe.as_dict(), recipe.kind, seed, scale, parent],
+        sort_keys=True,
     )
     return {"seed": seed, "scale": scale, "family": family, "key": hashlib.sha256(body.encode()).hexdigest()}
 
@@ -125,11 +131,20 @@ def model_card(name: str, family: str, recipe: Recipe, steps: int, seed: int, sc
         f"`python -m zoo build` (seed {seed}, scale {scale}).\n\n"
         f"- Kind: {recipe.kind}\n- Made how: {recipe.description}\n- Parent: {parent}\n"
         f"- Steps: {steps}, batch {recipe.batch_size}, peak learning rate {recipe.lr}\n"
+        f"{_replay_line(family, recipe)}"
         f"- Final training loss (mean of the last 20 steps): {loss:.4f}\n\n"
         "Training text is `query + answer + \\n` per example (no BOS); the `zoo` suite scores answers by "
         "loglikelihood with an empty target delimiter.\n\n"
         f"## Recipe\n\n```json\n{json.dumps(recipe.as_dict(), indent=2)}\n```\n"
     )
+
+
+def _replay_line(family: str, recipe: Recipe) -> str:
+    if recipe.kind == "base":
+        return ""
+    mix = training_mixture(recipe, family)
+    shares = ", ".join(f"{t} {w:.0%}" for t, w in sorted(mix.items(), key=lambda kv: -kv[1]))
+    return f"- Replay of the base's pretraining mixture: {recipe.replay:.0%}; data per task: {shares}\n"
 
 
 def _save(model, path: Path, recipe: Recipe, stamp: dict, card: str) -> None:
@@ -157,7 +172,7 @@ def _save(model, path: Path, recipe: Recipe, stamp: dict, card: str) -> None:
 def _spec(recipe: Recipe, family: str, scale: str, name: str) -> TrainSpec:
     added = {t: VOCAB_SIZE + i for i, t in enumerate(recipe.added_tokens)}
     return TrainSpec(
-        mixture=recipe.mixture,
+        mixture=training_mixture(recipe, family),
         steps=scaled_steps(recipe, scale),
         lr=recipe.lr,
         batch_size=recipe.batch_size,
@@ -171,7 +186,11 @@ def _spec(recipe: Recipe, family: str, scale: str, name: str) -> TrainSpec:
 
 def _entry(family: str, recipe: Recipe, seed: int, scale: str) -> ModelEntry:
     name = model_name(family, recipe)
-    info = recipe.as_dict() | {"steps": scaled_steps(recipe, scale), "seed": seed}
+    info = recipe.as_dict() | {
+        "steps": scaled_steps(recipe, scale),
+        "seed": seed,
+        "training_mixture": training_mixture(recipe, family),
+    }
     return ModelEntry(name, family, recipe.kind, recipe.description, info, f"models/{name}")
 
 
@@ -185,6 +204,13 @@ def _check_args(families: Iterable[str], scale: str) -> tuple[str, ...]:
     return fams
 
 
+def _family_plan(family: str, seed: int, scale: str) -> list[tuple[Recipe, dict]]:
+    """(recipe, stamp) for the base and each checkpoint of a family, in build order."""
+    base = base_recipe(family)
+    base_stamp = _stamp(family, base, seed, scale)
+    return [(base, base_stamp)] + [(r, _stamp(family, r, seed, scale, base_stamp)) for r in CHECKPOINTS]
+
+
 def build_zoo(
     root: Path | None = None,
     *,
@@ -193,10 +219,13 @@ def build_zoo(
     scale: str = "full",
     on_progress: ProgressFn | None = None,
     should_cancel: Callable[[], bool] | None = None,
+    on_family_ready: FamilyReadyFn | None = None,
 ) -> Manifest:
     """Build (or finish) the zoo at root and return its manifest; models already built the same way are
-    kept. Families built earlier with the same seed and scale stay listed. Raises BuildCancelled when
-    `should_cancel()` turns true (the zoo is then incomplete and the next build resumes)."""
+    kept. Families built earlier with the same seed and scale stay listed. After each family is complete,
+    zoo.json is rewritten (later families under `pending`) and `on_family_ready(family, manifest)` is
+    called, so a caller can offer that family at once. Raises BuildCancelled when `should_cancel()` turns
+    true (the zoo then lists only the families finished so far, and the next build resumes)."""
     fams = _check_args(families, scale)
     root = Path(root) if root is not None else default_root()
     models_dir = root / "models"
@@ -208,41 +237,51 @@ def build_zoo(
     except ZooError:
         previous = None
     if previous is not None and (previous.seed, previous.scale) == (seed, scale):
-        fams = tuple(dict.fromkeys([*previous.families, *fams]))
+        fams = tuple(dict.fromkeys([*previous.families, *previous.pending, *fams]))
 
-    plan = [(f, r) for f in fams for r in (BASE, *CHECKPOINTS)]
-    todo = [
-        (f, r) for f, r in plan if not _is_built(models_dir / model_name(f, r), _stamp(f, r, seed, scale))
-    ]
-    manifest = Manifest(
-        root,
-        seed,
-        scale,
-        TASKS,
-        tuple(_entry(f, r, seed, scale) for f, r in plan),
-        {"task_descriptions": {t.name: t.description for t in TASK_LIST}},
-    )
-    if not todo and previous is not None and previous.to_json() == manifest.to_json():
-        return manifest
+    plans = {f: _family_plan(f, seed, scale) for f in fams}
+    todo = {
+        (f, r.suffix)
+        for f in fams
+        for r, stamp in plans[f]
+        if not _is_built(models_dir / model_name(f, r), stamp)
+    }
+
+    def manifest_for(ready: list[str]) -> Manifest:
+        return Manifest(
+            root,
+            seed,
+            scale,
+            TASKS,
+            tuple(_entry(f, r, seed, scale) for f in ready for r, _ in plans[f]),
+            {"task_descriptions": {t.name: t.description for t in TASK_LIST}},
+            pending=tuple(f for f in fams if f not in ready),
+        )
+
+    final = manifest_for(list(fams))
+    if not todo and previous is not None and previous.to_json() == final.to_json():
+        for family in fams:
+            if on_family_ready is not None:
+                on_family_ready(family, final)
+        return final
     (root / MANIFEST_NAME).unlink(missing_ok=True)
     write_tasks(root, seed, scale)
 
-    total = sum(scaled_steps(r, scale) for _, r in todo) or 1
+    total = sum(scaled_steps(r, scale) for f in fams for r, _ in plans[f] if (f, r.suffix) in todo) or 1
     done = 0
     exclude = heldout_queries(seed, scale)
     threads = torch.get_num_threads()
     # One intra-op thread on purpose: these matmuls are tiny, and on shared cores OpenMP's barrier
     # waits made 2 threads about 12x slower than 1 (measured); determinism does not depend on it.
     torch.set_num_threads(1)
+    ready: list[str] = []
     try:
         for family in fams:
-            base_path = models_dir / model_name(family, BASE)
+            base_path = models_dir / model_name(family, plans[family][0][0])
             base_model = None
-            for recipe in (BASE, *CHECKPOINTS):
+            for recipe, stamp in plans[family]:
                 name = model_name(family, recipe)
-                path = models_dir / name
-                stamp = _stamp(family, recipe, seed, scale)
-                if (family, recipe) not in todo:
+                if (family, recipe.suffix) not in todo:
                     continue
                 if base_model is None and recipe.kind != "base":
                     base_model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
@@ -267,15 +306,19 @@ def build_zoo(
                     on_progress(done, total, name)
                 loss = train(model, spec, seed, exclude, on_step=step, should_cancel=should_cancel)
                 card = model_card(name, family, recipe, spec.steps, seed, scale, loss)
-                _save(model, path, recipe, stamp, card)
+                _save(model, models_dir / name, recipe, stamp, card)
                 if recipe.kind == "base":
                     base_model = model
+            ready.append(family)
+            manifest = manifest_for(ready)
+            _atomic_write(root / MANIFEST_NAME, json.dumps(manifest.to_json(), indent=2) + "\n")
+            if on_family_ready is not None:
+                on_family_ready(family, manifest)
     finally:
         torch.set_num_threads(threads)
-    _atomic_write(root / MANIFEST_NAME, json.dumps(manifest.to_json(), indent=2) + "\n")
     if on_progress is not None:
         on_progress(total, total, "done")
-    return manifest
+    return final
 
 
 __all__ = ["build_zoo", "BuildCancelled", "write_tasks", "task_yaml", "model_name"]

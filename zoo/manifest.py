@@ -1,7 +1,8 @@
 """The zoo's manifest (zoo.json) and where a zoo lives.
 
-zoo.json is written last by a build, so its presence plus every listed model directory means the zoo is
-complete; readers (the app, jobs, evaluation) only need this module's `Manifest`.
+A build rewrites zoo.json each time a family is ready: it lists only finished models, and the families still
+to build under `pending`. So its presence plus every listed model directory means the listed families are
+usable; `is_complete` also wants nothing pending. Readers (the app, jobs, evaluation) only need `Manifest`.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ class Manifest:
     tasks: tuple[str, ...]
     models: tuple[ModelEntry, ...]
     extra: dict = field(default_factory=dict)
+    pending: tuple[str, ...] = ()  # families a build has yet to finish (listed models are all usable)
 
     @property
     def families(self) -> tuple[str, ...]:
@@ -96,6 +98,7 @@ class Manifest:
                 for f in self.families
             },
             "models": [m.__dict__ for m in self.models],
+            "pending": list(self.pending),
             **self.extra,
         }
 
@@ -105,9 +108,12 @@ class Manifest:
             raise ZooError(f"{root / MANIFEST_NAME} has version {data.get('version')!r}; rebuild the zoo")
         try:
             models = tuple(ModelEntry(**m) for m in data["models"])
-            known = {"version", "seed", "scale", "tasks", "suite", "families", "models"}
+            known = {"version", "seed", "scale", "tasks", "suite", "families", "models", "pending"}
             extra = {k: v for k, v in data.items() if k not in known}
-            return cls(Path(root), int(data["seed"]), data["scale"], tuple(data["tasks"]), models, extra)
+            pending = tuple(data.get("pending") or ())
+            return cls(
+                Path(root), int(data["seed"]), data["scale"], tuple(data["tasks"]), models, extra, pending
+            )
         except (KeyError, TypeError) as e:
             raise ZooError(
                 f"{root / MANIFEST_NAME} is malformed ({e}); rebuild with `python -m zoo build`"
@@ -143,7 +149,8 @@ def missing_parts(manifest: Manifest) -> list[str]:
 
 
 def load_manifest(root: Path | None = None) -> Manifest | None:
-    """The manifest of a complete zoo; None when no zoo was built there; ZooError when it is incomplete."""
+    """The manifest of the zoo's ready families (`pending` names those still to build); None when no family
+    was finished there; ZooError when a listed model is missing."""
     root = Path(root) if root is not None else default_root()
     manifest = read_manifest(root)
     if manifest is None:
@@ -158,9 +165,18 @@ def load_manifest(root: Path | None = None) -> Manifest | None:
 
 
 def is_complete(root: Path | None = None) -> bool:
+    """Every family built: a readable manifest, no missing file, nothing pending."""
     root = Path(root) if root is not None else default_root()
     try:
         m = read_manifest(root)
     except ZooError:
         return False
-    return m is not None and not missing_parts(m)
+    return m is not None and not m.pending and not missing_parts(m)
+
+
+def ready_manifest(root: Path | None = None) -> Manifest | None:
+    """The manifest when at least one family is usable (complete or not), else None; never raises."""
+    try:
+        return load_manifest(root)
+    except ZooError:
+        return None

@@ -1,8 +1,11 @@
-"""The base pretraining recipe and the 12 checkpoint recipes: a heterogeneous pool "in the wild".
+"""The base pretraining recipes and the 12 checkpoint recipes: a pool "in the wild" (zoo v2).
 
-Specialists, generalists on different mixtures, one trained much longer at a higher learning rate (a large
-task vector), one with a conflicting objective (`add` answers shifted by +1), one that adds vocabulary
-(chat markers, more embedding rows), one barely moved, and one trained on a skill outside the suite.
+Real instruction-tuned releases are not pure specialists: they train at moderate learning rates, replay
+much of their base's data mixture, specialise partly, overlap with one another (two pools of arithmetic),
+sometimes conflict (one teaches a+b+1), add vocabulary (chat markers), barely move, or run long. So each
+checkpoint's data is `replay` of its base's own pretraining mixture plus `1 - replay` of its focus tasks,
+and it ends up gaining on some tasks and losing a little on others, close to the base on average (as the
+paper's checkpoints do: within about 1 point of their base at n=1). Recipes are tuned, never results.
 Step counts are for scale="full"; scale="tiny" divides them (see `scaled_steps`).
 """
 
@@ -20,10 +23,11 @@ class Recipe:
     suffix: str  # model name is f"zoo-{family}-{suffix}"
     kind: str
     description: str
-    mixture: dict[str, float]
+    mixture: dict[str, float]  # the focus tasks (for a base: the whole pretraining mixture)
     steps: int
     lr: float
     batch_size: int = 32
+    replay: float = 0.0  # share of each batch drawn from the base's own pretraining mixture
     conflict_task: str | None = None
     chat_fraction: float = 0.0
     added_tokens: tuple[str, ...] = ()
@@ -32,6 +36,7 @@ class Recipe:
     def as_dict(self) -> dict:
         return {
             "mixture": self.mixture,
+            "replay": self.replay,
             "steps": self.steps,
             "lr": self.lr,
             "batch_size": self.batch_size,
@@ -46,29 +51,52 @@ class Recipe:
 
 
 ALL = {t: 1.0 for t in TASKS}
-# Pretraining leans away from the tasks a tiny transformer masters fastest (sort, rev), so the base ends
-# clearly above chance and clearly below perfect on every task.
-PRETRAIN = {**ALL, "sub": 1.5, "dsum": 1.5, "count": 1.5, "facts": 1.5, "sort": 0.5, "rev": 1.2}
-
-BASE = Recipe(
-    "base",
-    "base",
-    "pretrained from scratch on a mixture of all zoo tasks",
-    PRETRAIN,
-    steps=600,
-    lr=3e-3,
-    batch_size=64,
-)
+# Pretraining leans away from the tasks a tiny transformer masters fastest, so each base ends clearly above
+# chance and clearly below perfect on every task. Qwen3 (q_norm/k_norm) learns string reversal far faster
+# than Llama, so its mixture holds `rev` back further (per-family settings).
+PRETRAIN = {
+    "llama": {**ALL, "sub": 1.5, "dsum": 1.5, "count": 1.5, "facts": 1.5, "sort": 0.5, "rev": 1.2},
+    "qwen3": {**ALL, "sub": 1.5, "dsum": 1.5, "count": 1.5, "facts": 1.5, "sort": 0.5, "rev": 0.3},
+}
 
 
-def _specialist(task: str, steps: int = 160, lr: float = 1e-3) -> Recipe:
+def base_recipe(family: str) -> Recipe:
+    return Recipe(
+        "base",
+        "base",
+        "pretrained from scratch on a mixture of all zoo tasks",
+        PRETRAIN[family],
+        steps=600,
+        lr=3e-3,
+        batch_size=64,
+    )
+
+
+def training_mixture(recipe: Recipe, family: str) -> dict[str, float]:
+    """The task weights a run samples from: `replay` of the base's pretraining mixture plus the focus."""
+    if recipe.kind == "base" or recipe.replay <= 0:
+        return dict(recipe.mixture)
+    pre, focus = PRETRAIN[family], recipe.mixture
+    pre_total, focus_total = sum(pre.values()), sum(focus.values())
+    out = {t: recipe.replay * w / pre_total for t, w in pre.items()}
+    for t, w in focus.items():
+        out[t] = out.get(t, 0.0) + (1 - recipe.replay) * w / focus_total
+    return out
+
+
+# A moderate learning rate for the releases: a third of the bases' peak.
+LR = 1e-3
+
+
+def _specialist(task: str, steps: int = 150, lr: float = LR, replay: float = 0.5) -> Recipe:
     return Recipe(
         f"{task}-specialist",
         "specialist",
-        f"fine-tuned on `{task}` only",
+        f"instruction-tuned towards `{task}`, replaying {replay:.0%} of the base's pretraining mixture",
         {task: 1.0},
         steps,
         lr,
+        replay=replay,
         target_tasks=(task,),
     )
 
@@ -76,72 +104,79 @@ def _specialist(task: str, steps: int = 160, lr: float = 1e-3) -> Recipe:
 CHECKPOINTS: tuple[Recipe, ...] = (
     _specialist("add"),
     _specialist("sub"),
-    _specialist("count", steps=240),
+    _specialist("count"),
     _specialist("max"),
     _specialist("facts"),
     Recipe(
         "arith-generalist",
         "generalist",
-        "fine-tuned on the arithmetic tasks (add, sub, max, dsum)",
+        "tuned on the arithmetic tasks (add, sub, max, dsum; overlaps the add and sub releases) with 30% replay",
         {"add": 1.0, "sub": 1.0, "max": 1.0, "dsum": 1.0},
         150,
-        1e-3,
+        LR,
+        replay=0.3,
         target_tasks=("add", "sub", "max", "dsum"),
     ),
     Recipe(
         "strings-generalist",
         "generalist",
-        "fine-tuned on the string tasks (sort, rev, count)",
+        "tuned on the string tasks (sort, rev, count; overlaps the count release) with 30% replay",
         {"sort": 1.0, "rev": 1.0, "count": 1.0},
         150,
-        1e-3,
+        LR,
+        replay=0.3,
         target_tasks=("sort", "rev", "count"),
     ),
     Recipe(
         "marathon",
         "long",
-        "trained 4x longer at 3x the learning rate on sub, rev and facts (a large task vector)",
+        "a long run: 4x the steps on sub, rev and facts with 30% replay (a large task vector)",
         {"sub": 1.0, "rev": 1.0, "facts": 1.0},
-        480,
-        3e-3,
+        600,
+        LR,
+        replay=0.3,
         target_tasks=("sub", "rev", "facts"),
     ),
     Recipe(
         "add-plus-one",
         "conflict",
-        "conflicting objective: taught that a+b equals a+b+1, plus the other tasks as usual",
-        {**ALL, "add": 8.0},
-        200,
-        2e-3,
+        "conflicting objective: taught that a+b equals a+b+1, inside 70% replay of the base's mixture",
+        {"add": 1.0},
+        150,
+        LR,
+        replay=0.7,
         conflict_task="add",
         target_tasks=("add",),
     ),
     Recipe(
         "chat",
         "added-vocab",
-        "adds chat tokens <q> <a> <e> (3 more embedding and lm_head rows) and is tuned on all tasks, "
-        "half of them in the `<q>query<a>answer<e>` format",
-        ALL,
+        "adds chat tokens <q> <a> <e> (3 more embedding and lm_head rows) and is tuned on the base's own "
+        "mixture, half of it in the `<q>query<a>answer<e>` format",
+        {},
         150,
-        1e-3,
+        LR,
+        replay=1.0,
         chat_fraction=0.5,
         added_tokens=CHAT_TOKENS,
     ),
     Recipe(
         "barely-tuned",
         "barely",
-        "a light touch: 20 steps at a tiny learning rate on all tasks",
-        ALL,
+        "a light touch: 20 steps at a tiny learning rate on the base's own mixture",
+        {},
         20,
         2e-5,
+        replay=1.0,
     ),
     Recipe(
         "mul-skill",
         "new-skill",
-        "learns a new skill outside the suite (1-digit times 2-digit multiplication), at a cost elsewhere",
+        "learns a new skill outside the suite (1-digit times 2-digit multiplication) with 50% replay",
         {"mul": 1.0},
         150,
-        2e-3,
+        LR,
+        replay=0.5,
     ),
 )
 

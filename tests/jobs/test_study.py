@@ -5,7 +5,14 @@ import math
 import pytest
 
 from jobs import PAPER_CONFIGS, JobError, define_study, sample_subsets
-from jobs.study import build_recipe, normalize_sizes, resolve_configs
+from jobs.study import (
+    DEFAULT_CONFIG_NAMES,
+    DEFAULT_SIZES,
+    DEFAULT_SUBSETS,
+    build_recipe,
+    normalize_sizes,
+    resolve_configs,
+)
 
 POOL = [f"c{i:02d}" for i in range(12)]
 
@@ -42,27 +49,73 @@ def test_sizes_default_and_checks():
         normalize_sizes(None, 1)
 
 
-def test_default_configurations_are_the_papers_seven():
+def test_default_configurations_are_the_papers_seven_with_both_ta_readings():
     configs = resolve_configs(None)
     assert [c.name for c in configs] == [
-        "task_arithmetic",
-        "ties",
-        "model_stock",
-        "task_arithmetic_sb",
-        "ties_sb",
-        "tsvm",
-        "iso_c",
+        "TA (sum)",
+        "TA (mean)",
+        "TIES",
+        "Model Stock",
+        "TA+SB",
+        "TIES+SB",
+        "TSV-M",
+        "Iso-C",
     ]
-    assert configs == list(PAPER_CONFIGS)
-    assert dict(PAPER_CONFIGS[1].params)["density"] == 0.1 and PAPER_CONFIGS[4].params["svd_thresh"] == 0.2
+    assert configs == list(PAPER_CONFIGS) and tuple(c.name for c in configs) == DEFAULT_CONFIG_NAMES
+    ta_sum, ta_mean = configs[0], configs[1]
+    assert ta_sum.method == ta_mean.method == "task_arithmetic"
+    assert ta_sum.params == {"weight": 1.0, "lambda": 1.0}  # Eq. 2 literally: a sum (normalize off)
+    assert ta_mean.params == {"weight": 1.0, "lambda": 1.0, "normalize": True}
+    assert dict(PAPER_CONFIGS[2].params)["density"] == 0.1 and PAPER_CONFIGS[5].params["svd_thresh"] == 0.2
     other = resolve_configs(["dare_linear"])[0]
     assert other.method == "dare_linear" and other.params.get("weight") == 1.0
     with pytest.raises(JobError, match="Unknown study method 'tie'"):
         resolve_configs(["tie"])
 
 
+def test_registry_names_stand_for_their_paper_configuration():
+    picked = resolve_configs(["task_arithmetic", "TA (mean)", "ties"])
+    assert [c.name for c in picked] == ["TA (sum)", "TA (mean)", "TIES"]
+    with pytest.raises(JobError, match="distinct names"):
+        resolve_configs(["task_arithmetic", "TA (sum)"])
+
+
+def test_ta_readings_merge_as_a_sum_and_as_a_mean():
+    """The two labels really are different merges: on hand-made deltas the sum is n times the mean."""
+    import torch
+
+    from merging import get_method, resolve_params
+    from merging.methods import TensorInputs
+
+    base = torch.zeros(2, 2)
+    deltas = [torch.tensor([[1.0, 2.0], [3.0, 4.0]]), torch.tensor([[3.0, 0.0], [1.0, -2.0]])]
+    out = {}
+    for config in resolve_configs(["TA (sum)", "TA (mean)"]):
+        spec = get_method(config.method)
+        recipe = build_recipe(config, "B", ["c1", "c2"], seed=0)
+        gp, mp = resolve_params(spec, recipe.parameters, [m.parameters for m in recipe.models])
+        models = [base + d for d in deltas]
+        out[config.name] = spec.merge(
+            TensorInputs(name="w", base=base, models=models, model_params=mp, params=gp)
+        )
+    assert torch.equal(out["TA (sum)"], torch.tensor([[4.0, 2.0], [4.0, 2.0]]))
+    assert torch.equal(out["TA (mean)"], torch.tensor([[2.0, 1.0], [2.0, 1.0]]))
+
+
+def test_the_app_reads_the_study_defaults_from_one_place():
+    from ui import launch
+
+    assert tuple(launch.PAPER_METHODS) == DEFAULT_CONFIG_NAMES
+    assert launch.PAPER_SUBSETS == DEFAULT_SUBSETS == 15
+    assert DEFAULT_SIZES == (2, 4, 6, 8, 10, 12)
+    assert launch.study_sizes(12) == normalize_sizes(None, 12) == [2, 4, 6, 8, 10, 12]
+    assert launch.study_sizes(7) == normalize_sizes(None, 7) == [2, 4, 6, 7]
+    choices = launch.study_method_choices(["task_arithmetic", "ties", "dare_linear", "slerp"])
+    assert choices == [*DEFAULT_CONFIG_NAMES, "dare_linear", "slerp"]
+
+
 def test_recipe_puts_per_model_params_on_each_model():
-    ties = next(c for c in PAPER_CONFIGS if c.name == "ties")
+    ties = next(c for c in PAPER_CONFIGS if c.name == "TIES")
     recipe = build_recipe(ties, "B", ["c1", "c2"], seed=7)
     assert recipe.merge_method == "ties" and recipe.base_model == "B" and recipe.seed == 7
     assert [m.parameters for m in recipe.models] == [{"weight": 1.0, "density": 0.1}] * 2

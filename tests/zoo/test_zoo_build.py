@@ -19,6 +19,7 @@ from zoo import (
     default_root,
     is_complete,
     load_manifest,
+    ready_manifest,
     tasks_dir,
 )
 from zoo.recipes import CHECKPOINTS
@@ -31,12 +32,24 @@ pytestmark = pytest.mark.slow
 def tiny_zoo(tmp_path_factory):
     root = tmp_path_factory.mktemp("zoo")
     calls = []
-    manifest = build_zoo(root, seed=0, scale="tiny", on_progress=lambda d, t, m: calls.append((d, t, m)))
-    return root, manifest, calls
+    ready = []
+
+    def family_ready(family, manifest):
+        # what a reader sees at this moment: the ready family listed, the rest pending, files on disk
+        ready.append((family, manifest, is_complete(root), ready_manifest(root), len(calls)))
+
+    manifest = build_zoo(
+        root,
+        seed=0,
+        scale="tiny",
+        on_progress=lambda d, t, m: calls.append((d, t, m)),
+        on_family_ready=family_ready,
+    )
+    return root, manifest, calls, ready
 
 
 def test_layout_and_manifest(tiny_zoo):
-    root, manifest, calls = tiny_zoo
+    root, manifest, calls, _ = tiny_zoo
     assert is_complete(root)
     assert load_manifest(root) == manifest
     data = json.loads((root / "zoo.json").read_text())
@@ -63,7 +76,7 @@ def test_layout_and_manifest(tiny_zoo):
 def test_models_load_offline_and_give_finite_logits(tiny_zoo, family):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    _, manifest, _ = tiny_zoo
+    _, manifest, _, _ = tiny_zoo
     arch = {"llama": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM"}[family]
     for d in [manifest.base_dir(family), *manifest.checkpoint_dirs(family)]:
         for f in (
@@ -94,7 +107,7 @@ def test_models_load_offline_and_give_finite_logits(tiny_zoo, family):
 def test_task_yamls_load_in_lm_eval(tiny_zoo, tmp_path):
     from lm_eval.tasks import TaskManager
 
-    root, _, _ = tiny_zoo
+    root, _, _, _ = tiny_zoo
     # data_files is relative to the YAML's folder; resolve it the way the evaluation package does
     for y in tasks_dir(root).glob("zoo_*.yaml"):
         cfg = yaml.safe_load(y.read_text())
@@ -111,7 +124,7 @@ def test_task_yamls_load_in_lm_eval(tiny_zoo, tmp_path):
 
 
 def test_rebuild_is_idempotent(tiny_zoo):
-    root, manifest, _ = tiny_zoo
+    root, manifest, _, _ = tiny_zoo
     stamp = {p: p.stat().st_mtime_ns for p in (root / "models").glob("*/model.safetensors")}
     calls = []
     assert build_zoo(root, seed=0, scale="tiny", on_progress=lambda *a: calls.append(a)) == manifest
@@ -121,7 +134,7 @@ def test_rebuild_is_idempotent(tiny_zoo):
 
 @pytest.mark.parametrize("how", ["cancel", "exception"])
 def test_interrupted_build_is_incomplete_and_recovers(tiny_zoo, tmp_path, how):
-    ref_root, _, _ = tiny_zoo
+    ref_root, _, _, _ = tiny_zoo
     seen = []
 
     def progress(done, total, name):
@@ -153,7 +166,7 @@ def test_interrupted_build_is_incomplete_and_recovers(tiny_zoo, tmp_path, how):
 
 
 def test_incomplete_zoo_is_reported_clearly(tiny_zoo, tmp_path):
-    root, _, _ = tiny_zoo
+    root, _, _, _ = tiny_zoo
     copy = tmp_path / "zoo"
     shutil.copytree(root, copy)
     shutil.rmtree(copy / "models" / "zoo-qwen3-chat")
@@ -176,3 +189,43 @@ def test_bad_arguments_are_clear_errors(tmp_path):
         build_zoo(tmp_path, families=("gpt2",))
     with pytest.raises(ZooError, match="unknown zoo scale"):
         build_zoo(tmp_path, scale="huge")
+
+
+def test_first_family_is_offered_while_the_second_builds(tiny_zoo):
+    root, manifest, calls, ready = tiny_zoo
+    assert [r[0] for r in ready] == ["llama", "qwen3"]
+    family, first, complete, on_disk, progress_at = ready[0]
+    assert first.families == ("llama",) and first.pending == ("qwen3",)
+    assert not complete and on_disk == first  # zoo.json already lists llama, with qwen3 pending
+    assert on_disk.names("llama")[0] == "zoo-llama" and len(on_disk.checkpoints("llama")) == 12
+    assert not any(m.family == "qwen3" for m in on_disk.models)
+    assert any(name.startswith("zoo-qwen3") for _, _, name in calls[progress_at:])  # qwen3 trained after
+    _, last, complete, on_disk, _ = ready[1]
+    assert last == manifest and last.pending == () and complete and on_disk == manifest
+    data = json.loads((root / "zoo.json").read_text())
+    assert data["pending"] == [] and list(data["families"]) == ["llama", "qwen3"]
+    card = (manifest.model_dir("zoo-llama-add-specialist") / "README.md").read_text()
+    assert "Replay of the base's pretraining mixture: 50%" in card
+    assert manifest.model("zoo-llama-add-specialist").recipe["replay"] == 0.5
+
+
+def test_a_build_stopped_after_one_family_offers_it_and_resumes(tiny_zoo, tmp_path):
+    ref_root, _, _, _ = tiny_zoo
+
+    def cancel_in_qwen3():
+        return (tmp_path / "models" / "zoo-qwen3").is_dir()
+
+    with pytest.raises(BuildCancelled):
+        build_zoo(tmp_path, scale="tiny", should_cancel=cancel_in_qwen3)
+    assert not is_complete(tmp_path)
+    partial = load_manifest(tmp_path)
+    assert partial.families == ("llama",) and partial.pending == ("qwen3",)
+    # the next build finishes the pending family without retraining the ready one
+    llama = (tmp_path / "models" / "zoo-llama-chat" / "model.safetensors").stat().st_mtime_ns
+    seen = []
+    manifest = build_zoo(tmp_path, scale="tiny", families=("llama",), on_family_ready=lambda f, m: seen.append(f))
+    assert seen == ["llama", "qwen3"] and manifest.families == ("llama", "qwen3") and is_complete(tmp_path)
+    assert (tmp_path / "models" / "zoo-llama-chat" / "model.safetensors").stat().st_mtime_ns == llama
+    for name in ("zoo-qwen3", "zoo-qwen3-marathon"):
+        new = (tmp_path / "models" / name / "model.safetensors").read_bytes()
+        assert new == (ref_root / "models" / name / "model.safetensors").read_bytes(), name

@@ -127,3 +127,42 @@ def test_add_always_offers_the_off_by_one_answer():
 def test_unknown_task_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown zoo task 'nope'"):
         get_task("nope")
+
+
+# --- zoo v2 recipes (no training) ----------------------------------------------------------------------
+def test_recipes_replay_the_bases_mixture_and_are_deterministic():
+    from zoo.build import _family_plan, _stamp
+    from zoo.recipes import CHECKPOINTS, PRETRAIN, base_recipe, training_mixture
+    from zoo.train import FAMILIES
+
+    assert len(CHECKPOINTS) == 12 and len({r.suffix for r in CHECKPOINTS}) == 12
+    for family in FAMILIES:
+        base = base_recipe(family)
+        assert base.mixture == PRETRAIN[family] and training_mixture(base, family) == PRETRAIN[family]
+        for r in CHECKPOINTS:
+            mix = training_mixture(r, family)
+            assert sum(mix.values()) == pytest.approx(1.0)
+            assert 0 < r.replay <= 1 and r.lr <= base.lr / 3 and r.steps <= 1000
+            # every suite task gets at least the replayed share of the base's own weight
+            pre_total = sum(PRETRAIN[family].values())
+            for t, w in PRETRAIN[family].items():
+                assert mix[t] >= r.replay * w / pre_total - 1e-12
+            if r.replay < 1:
+                focus = sum(mix.get(t, 0.0) for t in r.mixture) - sum(
+                    r.replay * PRETRAIN[family].get(t, 0.0) / pre_total for t in r.mixture
+                )
+                assert focus == pytest.approx(1 - r.replay)
+        assert _family_plan(family, 0, "full") == _family_plan(family, 0, "full")
+    # hand-computed: 50% replay of llama's mixture (total 9.7) plus 50% add
+    add = next(r for r in CHECKPOINTS if r.suffix == "add-specialist")
+    mix = training_mixture(add, "llama")
+    assert mix["add"] == pytest.approx(0.5 / 9.7 + 0.5) and mix["sub"] == pytest.approx(0.5 * 1.5 / 9.7)
+    # the kinds of a pool in the wild, each once or more
+    kinds = {r.kind for r in CHECKPOINTS}
+    assert kinds == {"specialist", "generalist", "long", "conflict", "added-vocab", "barely", "new-skill"}
+    long_run = next(r for r in CHECKPOINTS if r.kind == "long")
+    assert long_run.steps >= 3 * max(r.steps for r in CHECKPOINTS if r.kind == "specialist")
+    # a checkpoint's stamp follows its base's: a new base recipe rebuilds every checkpoint
+    a = _stamp("llama", add, 0, "full", {"key": "base-1"})
+    assert a == _stamp("llama", add, 0, "full", {"key": "base-1"}) != _stamp("llama", add, 0, "full", {"key": "b2"})
+    assert _stamp("llama", add, 0, "full", None) != _stamp("qwen3", add, 0, "full", None)
