@@ -95,7 +95,9 @@ def study_frames(store, study: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFra
         lim = rows["limit"]
         rows = rows[lim.isna()] if limit is None or pd.isna(limit) else rows[lim == int(limit)]
     scores = _headline(rows)
-    done = merges[(merges["status"] == "done") & merges["merged_fingerprint"].notna()] if len(merges) else merges
+    done = (
+        merges[(merges["status"] == "done") & merges["merged_fingerprint"].notna()] if len(merges) else merges
+    )
     fp_of: dict[str, str] = {}
     base_fp = None
     for m in done.itertuples(index=False) if len(done) else []:
@@ -142,7 +144,9 @@ def study_frames(store, study: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFra
 def _records(df: pd.DataFrame) -> list[dict[str, Any]]:
     out = []
     for row in df.to_dict(orient="records"):
-        out.append({k: (None if isinstance(v, float) and math.isnan(v) else _plain(v)) for k, v in row.items()})
+        out.append(
+            {k: (None if isinstance(v, float) and math.isnan(v) else _plain(v)) for k, v in row.items()}
+        )
     return out
 
 
@@ -161,7 +165,9 @@ def build_report(store, study_id: str | None = None, *, n_boot: int = 1000) -> d
     configs = [c["name"] if isinstance(c, dict) else str(c) for c in study["methods"]]
     merged, base, singles = study_frames(store, study)
     merges = store.merges_df(study_id=sid)
-    n_done = int(((merges["status"] == "done") & merges["merged_fingerprint"].notna()).sum()) if len(merges) else 0
+    n_done = (
+        int(((merges["status"] == "done") & merges["merged_fingerprint"].notna()).sum()) if len(merges) else 0
+    )
     subsets = store.study_subsets(sid)
     report: dict[str, Any] = {
         "study": {
@@ -223,7 +229,9 @@ def build_report(store, study_id: str | None = None, *, n_boot: int = 1000) -> d
         if ref != "base" and singles.empty:
             continue
         source = with_ones if ref != "best_subset" else merged
-        table = metrics.study_metrics(source, base, singles if len(singles) else None, reference=ref, n_boot=n_boot)
+        table = metrics.study_metrics(
+            source, base, singles if len(singles) else None, reference=ref, n_boot=n_boot
+        )
         order = {c: i for i, c in enumerate(configs)}
         table = table.sort_values(["method", "n"], key=lambda s: s.map(order) if s.name == "method" else s)
         report["tables"][ref] = _records(table.rename(columns={"method": "config"}))
@@ -234,9 +242,13 @@ def build_report(store, study_id: str | None = None, *, n_boot: int = 1000) -> d
 def _paper_comparison(ours: list[dict], configs: Sequence[str], published: pd.DataFrame) -> dict[str, Any]:
     """The paper's Average rows of Tables 1 and 3 beside this study's counterpart configurations."""
     ta = TA_MEAN if TA_MEAN in configs else TA_SUM if TA_SUM in configs else None
-    why = TA_READING_WHY if ta == TA_MEAN else (
-        "This study has no TA (mean) configuration, so the paper's TA row is set beside TA (sum), the "
-        "literal Eq. 2; the paper's Figure 4 suggests it ran a mean (paper.md, 'Ambiguity to flag')."
+    why = (
+        TA_READING_WHY
+        if ta == TA_MEAN
+        else (
+            "This study has no TA (mean) configuration, so the paper's TA row is set beside TA (sum), the "
+            "literal Eq. 2; the paper's Figure 4 suggests it ran a mean (paper.md, 'Ambiguity to flag')."
+        )
     )
     avg = published[(published["model"] == "Average") & (published["table"] != 2)]
     rows = []
@@ -284,7 +296,7 @@ def _grid(rows: list[dict], key: str, labels: Sequence[str]) -> list[str]:
 def format_report(report: dict[str, Any]) -> str:
     s = report["study"]
     out = [
-        f"study {s['id']} \"{s['name']}\" ({s['status']}): base {_short(s['base'])}, {len(s['pool'])} "
+        f'study {s["id"]} "{s["name"]}" ({s["status"]}): base {_short(s["base"])}, {len(s["pool"])} '
         f"checkpoints, sizes {', '.join(map(str, s['sizes']))}, {s['subsets_per_size']} subsets per size, "
         f"suite {s['suite']}" + (f" (limit {s['limit']})" if s["limit"] else ""),
         f"{s['merges_done']} of {s['merges_planned']} merges scored",
@@ -293,7 +305,11 @@ def format_report(report: dict[str, Any]) -> str:
         out.append("The base is not scored yet; the tables fill in as the study runs.")
         return "\n".join(out) + "\n"
     b = report["base"]
-    out += ["", f"Aggregates (mean over {len(b['tasks'])} tasks, %)", f"  {'base ' + b['name']:<40}{b['aggregate']:6.2f}"]
+    out += [
+        "",
+        f"Aggregates (mean over {len(b['tasks'])} tasks, %)",
+        f"  {'base ' + b['name']:<40}{b['aggregate']:6.2f}",
+    ]
     for c in report["checkpoints"]:
         out.append(f"  {c['name']:<40}{c['aggregate']:6.2f}  {c['gain']:+6.2f}")
     if report["singles"]:
@@ -310,7 +326,10 @@ def format_report(report: dict[str, Any]) -> str:
         out += ["", f"Success rate % / mean gain pp {title}", *_grid(rows, "config", configs)]
     comp = report["paper_comparison"]
     if comp:
-        out += ["", f"Beside the paper ({comp['paper_rows']}; Table 1: TA, Model Stock, TIES; Table 3: the rest)"]
+        out += [
+            "",
+            f"Beside the paper ({comp['paper_rows']}; Table 1: TA, Model Stock, TIES; Table 3: the rest)",
+        ]
         ns = sorted({r["n"] for r in comp["rows"]})
         methods = list(dict.fromkeys(r["paper_method"] for r in comp["rows"]))
         labels = [f"{w} {m}" for m in methods for w in ("paper", "study")]
@@ -319,7 +338,8 @@ def format_report(report: dict[str, Any]) -> str:
         for method in methods:
             mine = {r["n"]: r for r in comp["rows"] if r["paper_method"] == method}
             paper_cells = "".join(
-                f"{_cell(mine[n]['paper_success'], mine[n]['paper_gain']) if n in mine else '-':>11}" for n in ns
+                f"{_cell(mine[n]['paper_success'], mine[n]['paper_gain']) if n in mine else '-':>11}"
+                for n in ns
             )
             study_cells = "".join(
                 f"{_cell(mine[n]['success'], mine[n]['gain']) if n in mine else '-':>11}" for n in ns

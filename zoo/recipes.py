@@ -110,7 +110,7 @@ CHECKPOINTS: tuple[Recipe, ...] = (
     Recipe(
         "arith-generalist",
         "generalist",
-        "tuned on the arithmetic tasks (add, sub, max, dsum; overlaps the add and sub releases) with 30% replay",
+        "tuned on the arithmetic tasks (add, sub, max, dsum; overlaps the add and sub releases), 30% replay",
         {"add": 1.0, "sub": 1.0, "max": 1.0, "dsum": 1.0},
         150,
         LR,

@@ -36,7 +36,9 @@ def test_build_zoo_job_registers_each_family_when_ready(tmp_path, home):
         # building again registers nothing twice and retrains nothing
         runner = JobRunner(store, workers=1)
         try:
-            (again,) = runner.wait([runner.submit("build-zoo", {"root": str(root), "scale": "tiny"})], timeout=300)
+            (again,) = runner.wait(
+                [runner.submit("build-zoo", {"root": str(root), "scale": "tiny"})], timeout=300
+            )
         finally:
             runner.shutdown()
         assert again.status == "done" and "(0 models registered)" in again.log

@@ -101,10 +101,14 @@ def test_report_text_labels_both_readings_and_says_which_it_compares(small_study
     text = capsys.readouterr().out
     assert f"study {study_id}" in text and "6 of 6 merges scored" in text
     lines = text.splitlines()
-    assert any(ln.startswith("TA (sum) ") for ln in lines) and any(ln.startswith("TA (mean) ") for ln in lines)
+    assert any(ln.startswith("TA (sum) ") for ln in lines) and any(
+        ln.startswith("TA (mean) ") for ln in lines
+    )
     assert "Success rate % / mean gain pp vs the base" in text
     assert "Task Arithmetic reading used for the paper's TA row: TA (mean)." in text
-    assert any(ln.startswith("paper TA ") for ln in lines) and any(ln.startswith("study TA (mean) ") for ln in lines)
+    assert any(ln.startswith("paper TA ") for ln in lines) and any(
+        ln.startswith("study TA (mean) ") for ln in lines
+    )
 
 
 def test_report_errors_are_one_line(tmp_path, capsys):
@@ -115,7 +119,14 @@ def test_report_errors_are_one_line(tmp_path, capsys):
     )
     with Store(db) as store:
         store.create_study(
-            name="s", base="B", pool=["a", "b"], methods=[], sizes=[2], subsets_per_size=1, seed=0, suite="zoo"
+            name="s",
+            base="B",
+            pool=["a", "b"],
+            methods=[],
+            sizes=[2],
+            subsets_per_size=1,
+            seed=0,
+            suite="zoo",
         )
     assert main(["report", "--db", str(db), "nope"]) == 2
     assert "no study match 'nope'" in capsys.readouterr().err

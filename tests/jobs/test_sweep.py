@@ -4,7 +4,7 @@ requests, and a real sweep on tiny models (threads, and the same results on Ray)
 import pytest
 
 from jobs import JobError, JobRunner
-from jobs.study import PAPER_CONFIGS, build_recipe
+from jobs.study import PAPER_CONFIGS, build_recipe, paper_config
 from jobs.sweep import (
     define_sweep,
     parse_values,
@@ -26,7 +26,7 @@ def test_lambda_sweep_expands_to_one_paper_configuration_per_value():
         "task_arithmetic lambda=1.5",
         "task_arithmetic lambda=2",
     ]
-    paper = next(c for c in PAPER_CONFIGS if c.name == "task_arithmetic").params
+    paper = paper_config("task_arithmetic").params  # TA (sum), the literal Eq. 2
     for c, v in zip(configs, [0.2, 0.5, 1.0, 1.5, 2.0], strict=True):
         assert c.method == "task_arithmetic" and c.params == {**paper, "lambda": v}
     recipe = build_recipe(configs[0], "/m/base", POOL[:2], seed=0)

@@ -223,7 +223,9 @@ def test_a_build_stopped_after_one_family_offers_it_and_resumes(tiny_zoo, tmp_pa
     # the next build finishes the pending family without retraining the ready one
     llama = (tmp_path / "models" / "zoo-llama-chat" / "model.safetensors").stat().st_mtime_ns
     seen = []
-    manifest = build_zoo(tmp_path, scale="tiny", families=("llama",), on_family_ready=lambda f, m: seen.append(f))
+    manifest = build_zoo(
+        tmp_path, scale="tiny", families=("llama",), on_family_ready=lambda f, m: seen.append(f)
+    )
     assert seen == ["llama", "qwen3"] and manifest.families == ("llama", "qwen3") and is_complete(tmp_path)
     assert (tmp_path / "models" / "zoo-llama-chat" / "model.safetensors").stat().st_mtime_ns == llama
     for name in ("zoo-qwen3", "zoo-qwen3-marathon"):

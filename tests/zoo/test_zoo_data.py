@@ -164,5 +164,9 @@ def test_recipes_replay_the_bases_mixture_and_are_deterministic():
     assert long_run.steps >= 3 * max(r.steps for r in CHECKPOINTS if r.kind == "specialist")
     # a checkpoint's stamp follows its base's: a new base recipe rebuilds every checkpoint
     a = _stamp("llama", add, 0, "full", {"key": "base-1"})
-    assert a == _stamp("llama", add, 0, "full", {"key": "base-1"}) != _stamp("llama", add, 0, "full", {"key": "b2"})
+    assert (
+        a
+        == _stamp("llama", add, 0, "full", {"key": "base-1"})
+        != _stamp("llama", add, 0, "full", {"key": "b2"})
+    )
     assert _stamp("llama", add, 0, "full", None) != _stamp("qwen3", add, 0, "full", None)
