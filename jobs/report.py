@@ -86,8 +86,8 @@ def _short(ref: str) -> str:
 
 def study_frames(store, study: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """(merges: method, n, subset_id, task, value, members; base: task, value; singles: checkpoint, task,
-    value) for `evaluation.metrics`. Fingerprints come from the study's own merge records (the weights it
-    actually read), falling back to the registered models for checkpoints no merge used yet."""
+    value) for `evaluation.metrics`. Fingerprints are the ones the study ran on (its recorded inputs, then
+    its merge records), falling back to the registered models for a study that has not started."""
     merges = store.merges_df(study_id=study["id"])
     rows = store.eval_rows_df(suite=study["suite"])
     if len(rows):
@@ -98,8 +98,9 @@ def study_frames(store, study: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFra
     done = (
         merges[(merges["status"] == "done") & merges["merged_fingerprint"].notna()] if len(merges) else merges
     )
-    fp_of: dict[str, str] = {}
-    base_fp = None
+    # The fingerprints this study ran on: its recorded inputs, else its merge records, else the registry.
+    fp_of: dict[str, str] = dict(study.get("inputs") or {})
+    base_fp = fp_of.get(study["base"])
     for m in done.itertuples(index=False) if len(done) else []:
         base_fp = base_fp or m.base_fingerprint
         for ref, fp in zip(_as_list(m.checkpoint_refs), _as_list(m.checkpoint_fingerprints), strict=False):
