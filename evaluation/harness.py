@@ -16,8 +16,8 @@ from importlib import metadata
 from typing import Any
 
 from evaluation.cache import ScoreCache
+from evaluation.devices import resolve_device
 from evaluation.errors import EvaluationCancelled, EvaluationError
-from evaluation.models import resolve_device
 from evaluation.prepared import prepared_suite, wrap_model
 from evaluation.rows import ScoreRow
 from evaluation.suites import Suite

@@ -13,7 +13,9 @@ from typing import Any
 
 import torch
 
+from evaluation.devices import resolve_device, resolve_dtype
 from evaluation.errors import EvaluationError
+from evaluation.harness import evaluate
 
 
 @dataclass
@@ -24,39 +26,6 @@ class LoadedModel:
     tokenizer: Any
     fingerprint: str
     ref: str
-
-
-def resolve_device(device: str | None = "auto") -> str:
-    """cuda when present, else cpu; an explicit device is checked so a typo fails before loading weights."""
-    if device in (None, "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        dev = torch.device(device)
-    except RuntimeError as err:
-        raise EvaluationError(f"unknown device {device!r}: {err}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise EvaluationError(f"device {device!r} requested but no CUDA GPU is available; use --device cpu")
-    return str(dev)
-
-
-def resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
-    """float32 on CPU (exact; CPU half precision is slow); bfloat16 on GPUs that support it, else float16."""
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype in (None, "auto"):
-        if device.startswith("cuda"):
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.float32
-    names = {
-        "float32": torch.float32,
-        "fp32": torch.float32,
-        "bfloat16": torch.bfloat16,
-        "bf16": torch.bfloat16,
-    }
-    names |= {"float16": torch.float16, "fp16": torch.float16}
-    if dtype not in names:
-        raise EvaluationError(f"unknown dtype {dtype!r}; use auto, float32, bfloat16 or float16")
-    return names[dtype]
 
 
 def checkpoint_fingerprint(ref: str | Path, *, allow_bin: bool = False) -> str:
@@ -201,8 +170,6 @@ class ResidentModel:
     def score(self, suite, *, fingerprint: str | None = None, model_name: str | None = None, **kwargs):
         """Evaluate whatever is resident now under `fingerprint` (the merge's; defaults to the fingerprint
         last set by `load_state_dict`/`restore_base`). kwargs are `evaluate`'s."""
-        from evaluation.harness import evaluate
-
         fp = fingerprint or self.fingerprint
         if not fp:
             raise EvaluationError("score() needs the fingerprint of the merge now resident in the model")

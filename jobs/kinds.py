@@ -273,6 +273,11 @@ def run_merge_evaluate_job(ctx: JobContext, params: dict[str, Any]) -> dict[str,
 
 
 def run_study_job(ctx: JobContext, params: dict[str, Any]) -> dict[str, Any]:
+    """A study (or sweep) on the chosen backend: here, locally, or on a Ray cluster."""
+    if params.get("backend", "local") == "ray":
+        from jobs.ray_backend import run_study_ray
+
+        return run_study_ray(ctx, params)
     from jobs.study_run import run_study
 
     return run_study(ctx, params)

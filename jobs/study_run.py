@@ -107,10 +107,7 @@ def finish_study(ctx: JobContext, plan, failures: list[str], ran: int, skipped: 
 
 
 def run_study(ctx: JobContext, params: dict[str, Any]) -> dict[str, Any]:
-    if params.get("backend", "local") == "ray":
-        from jobs.ray_backend import run_study_ray
-
-        return run_study_ray(ctx, params)
+    """The study here, unit by unit (jobs.kinds sends backend=ray studies to jobs.ray_backend instead)."""
     from evaluation import EvaluationCancelled, evaluate, load_model
     from merging import MergeCancelled, MergeError
 

@@ -24,8 +24,9 @@ from merging.geometry import MergeStats, Spectrum, TensorStats
 from merging.hub import download_checkpoint
 from merging.methods import MethodSpec, ParamSpec, TensorInputs, all_methods, get_method, resolve_params
 from merging.plan import MergePlan, PlannedTensor, TensorInput
+from merging.planner import validate_recipe
 from merging.progress import Progress
-from merging.recipe import DTYPES, ModelEntry, Recipe, validate_recipe
+from merging.recipe import DTYPES, ModelEntry, Recipe
 from merging.sinks import DirectorySink, ModelSink, Sink
 
 __all__ = [

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from merging.errors import CheckpointError
+from merging.fingerprint import combine, tensor_digests
 from merging.hub import resolve_ref
 
 INDEX_NAME = "model.safetensors.index.json"
@@ -206,18 +207,16 @@ class Checkpoint:
         return self._fingerprint
 
     def _compute_fingerprint(self) -> str:
-        from merging import fingerprint as fp
-
         spans: dict[Path, list[tuple[str, int, int]]] = {}
         for t in self.tensors.values():
             spans.setdefault(t.file, []).append((t.name, t.offset, t.nbytes))
         read_pickled = None if self._pickled is None else self._pickled.__getitem__
         try:
-            digests = fp.tensor_digests(spans, read_pickled=read_pickled)
+            digests = tensor_digests(spans, read_pickled=read_pickled)
         except OSError as exc:
             raise CheckpointError(f"cannot fingerprint {self.ref!r}: {exc}") from None
         shapes = {name: (t.shape, t.dtype) for name, t in self.tensors.items()}
-        return fp.combine(self.config, shapes, digests)
+        return combine(self.config, shapes, digests)
 
     # --- tensors --------------------------------------------------------------------------------
     def read(self, name: str) -> torch.Tensor:

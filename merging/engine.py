@@ -30,9 +30,9 @@ from merging.geometry import GeometryRecorder, MergeStats, wants_spectrum
 from merging.memory import Workspace
 from merging.methods.base import ModelsFromTaskVectors, TensorInputs
 from merging.plan import PlannedTensor
-from merging.planner import plan_recipe
+from merging.planner import plan_recipe, validate_recipe
 from merging.progress import Progress
-from merging.recipe import Recipe, validate_recipe
+from merging.recipe import Recipe
 from merging.sinks import Sink
 from merging.tokenizer import apply_vocab
 

@@ -284,6 +284,17 @@ def check_recipe(recipe: Recipe):
     return spec, first[0], first[1]
 
 
+def validate_recipe(recipe: Recipe):
+    """Check the method exists, the base and model counts fit it, and every parameter value a tensor could
+    receive (gradient knots, filter entries) is known and in range, via the method registry.
+
+    Returns (MethodSpec, global params, per-model params), all defaults filled in, as resolved for the
+    first layer's attention tensors (per-model params follow the models other than the base). Raises
+    RecipeError.
+    """
+    return check_recipe(recipe)
+
+
 # ---- the plan ------------------------------------------------------------------------------------
 
 

@@ -5,7 +5,7 @@ A recipe round-trips to the YAML mergekit reads: `merge_method`, `base_model`, e
 gradient list or a list of `filter:`/`value:` entries), `dtype`, `out_dtype`, `tokenizer_source` or a
 `tokenizer:` block, `chat_template`, `name`, plus MergeLab's top-level `seed`. Parsing checks only the
 shape of the document (and its size, through `safe_yaml`); gradients and filters are resolved per tensor by
-`merging.planner`, and `validate_recipe` checks the method and every value a tensor could receive.
+`merging.planner`, whose `validate_recipe` checks the method and every value a tensor could receive.
 """
 
 from __future__ import annotations
@@ -423,16 +423,3 @@ def _dtype_key(value: Any, key: str) -> str | None:
 def canonical_dtype(value: str | None) -> str | None:
     """mergekit accepts a few aliases (bf16, fp16); everything downstream sees the torch spelling."""
     return None if value is None else _DTYPE_ALIASES.get(value, value)
-
-
-def validate_recipe(recipe: Recipe):
-    """Check the method exists, the base and model counts fit it, and every parameter value a tensor could
-    receive (gradient knots, filter entries) is known and in range, via the method registry.
-
-    Returns (MethodSpec, global params, per-model params), all defaults filled in, as resolved for the
-    first layer's attention tensors (per-model params follow the models other than the base). Raises
-    RecipeError.
-    """
-    from merging.planner import check_recipe
-
-    return check_recipe(recipe)

@@ -17,7 +17,7 @@ from merging.errors import RecipeError
 from merging.methods import TensorInputs, all_methods, get_method, resolve_params
 from merging.methods.base import ModelsFromTaskVectors
 from merging.methods.spherical import slerp_vectors
-from merging.recipe import validate_recipe
+from merging.planner import validate_recipe
 from tests.merging.helpers import weights
 
 T = torch.tensor
