@@ -1,20 +1,22 @@
 """MergeLab: the Streamlit entry point. `make app` (or `streamlit run app.py`) starts it on 127.0.0.1.
 
-This file only sets the page config, draws the shared sidebar and routes between the seven pages with
+This file only sets the page config, draws the shared sidebar and routes between the pages with
 st.navigation; every page lives in pages/ and uses the public faces of merging, evaluation, store, jobs
 and zoo through ui/.
 """
 
 import streamlit as st
 
-from ui import session, sidebar
+from ui import session, sidebar, style
 
 st.set_page_config(page_title="MergeLab", page_icon=":material/merge:", layout="wide")
+style.apply()
 
 PAGES = [
     st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),
     st.Page("pages/models.py", title="Models", icon=":material/inventory_2:"),
     st.Page("pages/merge.py", title="Merge", icon=":material/merge:"),
+    st.Page("pages/compare.py", title="Compare", icon=":material/compare_arrows:"),
     st.Page("pages/jobs.py", title="Jobs", icon=":material/pending_actions:"),
     st.Page("pages/results.py", title="Results", icon=":material/leaderboard:"),
     st.Page("pages/geometry.py", title="Geometry", icon=":material/scatter_plot:"),

@@ -101,7 +101,7 @@ def validate_study(params: dict[str, Any]) -> dict[str, Any]:
     out = definition.to_params()
     if params.get("save_merges") and params.get("backend", "local") == "ray":
         raise JobError("save_merges needs the local backend (Ray workers return scores, not folders).")
-    for key in ("zoo_root", "backend", "ray_address", "ray_num_cpus", "save_merges"):
+    for key in ("zoo_root", "backend", "ray_address", "ray_num_cpus", "save_merges", "spectra"):
         if params.get(key) is not None:
             out[key] = params[key]
     out["study_id"] = definition.study_id

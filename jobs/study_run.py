@@ -173,6 +173,7 @@ def run_study(ctx: JobContext, params: dict[str, Any]) -> dict[str, Any]:
                         output=output,
                         on_temp=ctx.add_temp_path,
                         on_done=ctx.drop_temp_path,
+                        spectra=params.get("spectra"),
                     )
                     record_outcome(ctx.store, merge_id, outcome, base_ref=definition.base)
                 except (JobCancelled, MergeCancelled, EvaluationCancelled):

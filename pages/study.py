@@ -6,7 +6,7 @@ import streamlit as st
 
 import merging
 from evaluation import metrics, paper
-from ui import charts, data, jobs_view, launch
+from ui import charts, data, jobs_view, launch, report, report_view
 from ui.session import get_runner, get_store, guard, workspace_home
 
 P = "study"
@@ -101,6 +101,11 @@ with guard("Study"):
             for r in studies.itertuples()
         }
         study_id = st.selectbox("Study", list(label), format_func=label.get, key=f"{P}:which")
+        report_view.download_buttons(
+            lambda: report.study_report(get_store(), study_id),
+            report.file_stem("study", study_id),
+            key=f"{P}:export",
+        )
         study = db.get_study(study_id)
         pool = list(study["pool"])
         merges = db.merges_df(study_id=study_id)

@@ -195,3 +195,48 @@ def matrix_names(ref: str) -> list[str]:
         ]
     finally:
         ck.close()
+
+
+def comparison_methods() -> list[str]:
+    """The methods Compare offers first: the study's configurations (jobs.PAPER_CONFIGS), in its order."""
+    from jobs import PAPER_CONFIGS
+
+    return [c.name for c in PAPER_CONFIGS]
+
+
+def submit_comparison(
+    runner: Any,
+    *,
+    base: str,
+    checkpoints: list[str],
+    methods: list[str],
+    suite: str,
+    limit: int | None = None,
+    spectra: list[str] | None = None,
+    name: str | None = None,
+) -> str:
+    """Queue a comparison: every method merges all `checkpoints` into `base` and is scored on `suite`, with
+    the base and each checkpoint scored once, as one "study" job of a single subset (the whole pool), so it
+    resumes like a study and its merges share one id. `spectra` names the matrices whose singular values
+    each merge records (the effective rank of the merged update). Returns the job id."""
+    if len(checkpoints) < 2:
+        raise ValueError("Compare needs at least 2 checkpoints to merge.")
+    if len(set(checkpoints)) != len(checkpoints):
+        raise ValueError("A checkpoint is listed twice; choose each checkpoint once.")
+    if not methods:
+        raise ValueError("Choose at least one method to compare.")
+    params: dict[str, Any] = {
+        "name": name or f"compare {len(methods)} methods on {len(checkpoints)} checkpoints",
+        "base": base,
+        "pool": list(checkpoints),
+        "methods": list(methods),
+        "sizes": [len(checkpoints)],
+        "subsets": 1,
+        "seed": 0,
+        "suite": suite,
+    }
+    if limit:
+        params["limit"] = int(limit)
+    if spectra:
+        params["spectra"] = list(spectra)
+    return runner.submit("study", params)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 APP = str(Path(__file__).resolve().parents[2] / "app.py")
-PAGES = ("home", "models", "merge", "jobs", "results", "geometry", "study")
+PAGES = ("home", "models", "merge", "compare", "jobs", "results", "geometry", "study")
 SUITE = "unit"
 # Hand-set task scores: base 0.50 / 0.40, checkpoints around it, merge above both.
 TASKS = ("t_add", "t_copy")

@@ -1,0 +1,208 @@
+"""Plotly figures of a comparison (ui.compare frames): per-task gains of each method, the geometry that
+explains them, what each method kept of every checkpoint, and the layers where the methods disagree.
+
+Pure functions from tidy frames to figures, like ui.charts (whose layout and colours they share), so they are
+tested on hand-written frames and reused unchanged by the exported report.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from ui.charts import PALETTE, _layout, _require, empty_figure
+
+
+def _method_colors(methods: list[str]) -> dict[str, str]:
+    return {m: PALETTE[i % len(PALETTE)] for i, m in enumerate(methods)}
+
+
+def gain_heatmap(gains: pd.DataFrame, value: str = "vs_base", title: str | None = None) -> go.Figure:
+    """Gain of each merge per task (rows: methods, columns: tasks) in percentage points, green above the
+    reference and red below, centred on zero. `gains` columns: method, task and `value`."""
+    _require(gains, ["method", "task", value], "gain_heatmap")
+    rows = gains.dropna(subset=[value])
+    if rows.empty:
+        return empty_figure("No scored merges yet", title)
+    methods = list(dict.fromkeys(rows["method"]))
+    tasks = list(dict.fromkeys(rows["task"]))
+    grid = rows.pivot_table(index="method", columns="task", values=value, aggfunc="mean", sort=False)
+    grid = grid.reindex(index=methods, columns=tasks)
+    grid["average"] = grid.mean(axis=1)
+    z = grid.to_numpy()
+    bound = max(1.0, float(pd.Series(z.ravel()).abs().max()))
+    text = [["" if pd.isna(v) else f"{v:+.1f}" for v in row] for row in z]
+    fig = go.Figure(
+        go.Heatmap(
+            z=z,
+            x=list(grid.columns),
+            y=methods,
+            zmin=-bound,
+            zmax=bound,
+            colorscale="RdYlGn",
+            text=text,
+            texttemplate="%{text}",
+            colorbar=dict(title="pp"),
+            hovertemplate="%{y} · %{x}<br>%{z:+.2f} pp<extra></extra>",
+        )
+    )
+    fig.update_layout(yaxis_autorange="reversed", xaxis_title="task")
+    return _layout(fig, title, height=max(260, 46 * len(methods) + 150))
+
+
+def geometry_bars(summary: pd.DataFrame, title: str | None = None) -> go.Figure:
+    """The geometry beside the scores, one bar per method in four panels: distance from the base ‖Δ‖₂ (the
+    paper's Figure 4 argument), share of task-vector mass dropped, how sign conflicts were resolved (dropped,
+    with the sign of Σ τ, against it) and the effective rank of the merged update."""
+    _require(
+        summary,
+        ["method", "distance", "mass_dropped", "conflict_dropped", "conflict_summed", "effective_rank"],
+        "geometry_bars",
+    )
+    if summary.empty:
+        return empty_figure("No finished merges yet", title)
+    methods = list(summary["method"])
+    colors = _method_colors(methods)
+    fig = make_subplots(
+        rows=1,
+        cols=4,
+        subplot_titles=(
+            "distance from the base ‖Δ‖₂",
+            "task-vector mass dropped (%)",
+            "sign conflicts resolved (%)",
+            "effective rank of Δ",
+        ),
+        horizontal_spacing=0.07,
+    )
+    bar_colors = [colors[m] for m in methods]
+    fig.add_bar(
+        x=methods,
+        y=summary["distance"],
+        marker_color=bar_colors,
+        showlegend=False,
+        hovertemplate="%{x}<br>‖Δ‖₂ = %{y:.4g}<extra></extra>",
+        row=1,
+        col=1,
+    )
+    fig.add_bar(
+        x=methods,
+        y=summary["mass_dropped"],
+        marker_color=bar_colors,
+        showlegend=False,
+        hovertemplate="%{x}<br>%{y:.1f}% of Σ‖τ_i‖₁ left at the base<extra></extra>",
+        row=1,
+        col=2,
+    )
+    dropped = summary["conflict_dropped"]
+    summed = summary["conflict_summed"]
+    against = 100.0 - dropped.fillna(0) - summed.fillna(0)
+    for label, values, color in (
+        ("dropped (left at the base)", dropped, "#bbbbbb"),
+        ("with the sign of Σ τ", summed, "#2ca02c"),
+        ("against it", against.where(dropped.notna() | summed.notna()), "#d62728"),
+    ):
+        fig.add_bar(
+            x=methods,
+            y=values,
+            name=label,
+            marker_color=color,
+            legendgroup="conflicts",
+            hovertemplate="%{x}<br>" + label + ": %{y:.1f}%<extra></extra>",
+            row=1,
+            col=3,
+        )
+    fig.add_bar(
+        x=methods,
+        y=summary["effective_rank"],
+        marker_color=bar_colors,
+        showlegend=False,
+        hovertemplate="%{x}<br>effective rank %{y:.2f}<extra></extra>",
+        row=1,
+        col=4,
+    )
+    fig.update_layout(barmode="stack")
+    fig.update_yaxes(range=[0, 100], row=1, col=2)
+    fig.update_yaxes(range=[0, 100], row=1, col=3)
+    fig = _layout(fig, title, height=400)
+    fig.update_layout(legend=dict(orientation="h", yanchor="top", y=-0.25, xanchor="left", x=0.5))
+    return fig
+
+
+def kept_heatmap(kept: pd.DataFrame, title: str | None = None, order: list[str] | None = None) -> go.Figure:
+    """⟨Δ, τ_i⟩ / ‖τ_i‖² per method and checkpoint, percent: how much of each checkpoint's own direction the
+    merged update carries (100 = all of it, as a plain sum; 100/n = an average; 0 = dropped)."""
+    _require(kept, ["method", "checkpoint", "kept"], "kept_heatmap")
+    if kept.dropna(subset=["kept"]).empty:
+        return empty_figure("No kept shares recorded", title)
+    methods = list(dict.fromkeys(kept["method"]))
+    cks = [c for c in (order or []) if c in set(kept["checkpoint"])] or list(
+        dict.fromkeys(kept["checkpoint"])
+    )
+    grid = kept.pivot_table(index="method", columns="checkpoint", values="kept", aggfunc="mean", sort=False)
+    grid = grid.reindex(index=methods, columns=cks)
+    z = grid.to_numpy()
+    text = [["" if pd.isna(v) else f"{v:.0f}" for v in row] for row in z]
+    fig = go.Figure(
+        go.Heatmap(
+            z=z,
+            x=cks,
+            y=methods,
+            zmin=0,
+            zmax=max(100.0, float(pd.Series(z.ravel()).max())),
+            colorscale="Blues",
+            text=text,
+            texttemplate="%{text}",
+            colorbar=dict(title="% kept"),
+            hovertemplate="%{y} · %{x}<br>%{z:.1f}% of τ kept<extra></extra>",
+        )
+    )
+    fig.update_layout(yaxis_autorange="reversed", xaxis_title="checkpoint")
+    return _layout(fig, title, height=max(260, 46 * len(methods) + 150))
+
+
+def layer_heatmap(layers: pd.DataFrame, title: str | None = None) -> go.Figure:
+    """Relative size of the merged update per layer and method, ‖Δ‖ / ‖Σ τ_i‖ (1 = a plain sum's size)."""
+    _require(layers, ["method", "layer", "relative"], "layer_heatmap")
+    rows = layers.dropna(subset=["relative"])
+    if rows.empty:
+        return empty_figure("No per-layer geometry recorded", title)
+    methods = list(dict.fromkeys(rows["method"]))
+    order = list(dict.fromkeys(rows["layer"]))
+    grid = rows.pivot_table(index="layer", columns="method", values="relative", aggfunc="mean", sort=False)
+    grid = grid.reindex(index=order, columns=methods)
+    fig = go.Figure(
+        go.Heatmap(
+            z=grid.to_numpy(),
+            x=methods,
+            y=order,
+            colorscale="Viridis",
+            colorbar=dict(title="‖Δ‖/‖Στ‖"),
+            hovertemplate="%{x}<br>%{y}<br>‖Δ‖ / ‖Σ τ‖ = %{z:.3f}<extra></extra>",
+        )
+    )
+    fig.update_layout(xaxis_title="method", yaxis_title="layer", yaxis_autorange="reversed")
+    return _layout(fig, title, height=max(320, 24 * len(order) + 160))
+
+
+def disagreement_bars(dis: pd.DataFrame, top: int = 8, title: str | None = None) -> go.Figure:
+    """The `top` layers where the methods' relative update sizes are furthest apart, largest first; the hover
+    names the methods at either end."""
+    _require(dis, ["layer", "spread", "low", "high"], "disagreement_bars")
+    if dis.empty:
+        return empty_figure("Needs at least two finished methods", title)
+    rows = dis.head(top)
+    fig = go.Figure(
+        go.Bar(
+            x=rows["layer"],
+            y=rows["spread"],
+            marker_color="#9467bd",
+            customdata=rows[["low", "high"]].to_numpy(),
+            hovertemplate=(
+                "%{x}<br>spread %{y:.3f}<br>smallest: %{customdata[0]} · largest: %{customdata[1]}"
+                "<extra></extra>"
+            ),
+        )
+    )
+    fig.update_layout(xaxis_title="layer", yaxis_title="max − min of ‖Δ‖/‖Σ τ‖ across methods")
+    return _layout(fig, title, height=360)
