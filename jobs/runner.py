@@ -150,6 +150,32 @@ def _mp_context():
     return ctx
 
 
+_START_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _main_script_hidden():
+    """Start a worker without re-running the parent's __main__ script in it.
+
+    multiprocessing (spawn and forkserver alike) runs the parent's `__main__.__file__` in every new child
+    before its target. Under Streamlit (and AppTest) `__main__` is app.py, so each worker would run the whole
+    app, open the DuckDB file the app holds and die ("worker process died (exit status 1) while started").
+    Workers need nothing from __main__; its path is hidden while a worker starts (a lock keeps concurrent
+    starts from restoring it early).
+    """
+    with _START_LOCK:
+        main = sys.modules.get("__main__")
+        path = getattr(main, "__file__", None)
+        if main is None or path is None:
+            yield
+            return
+        del main.__file__
+        try:
+            yield
+        finally:
+            main.__file__ = path
+
+
 class _Worker:
     """One worker process and its pipe (owned by one supervisor thread)."""
 
@@ -166,7 +192,8 @@ class _Worker:
             daemon=True,
         )
         self.started = time.monotonic()
-        self.process.start()
+        with _main_script_hidden():
+            self.process.start()
         child.close()
 
     def alive(self) -> bool:
