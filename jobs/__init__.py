@@ -16,6 +16,7 @@ from jobs.errors import JobCancelled, JobError
 from jobs.registry import JobKind, get_kind, job_kinds, register_kind
 from jobs.runner import JobRunner, default_devices
 from jobs.study import PAPER_CONFIGS, StudyConfig, StudyDefinition, define_study, sample_subsets
+from jobs.sweep import sweep_axis
 
 __all__ = [
     "JobCancelled",
@@ -33,4 +34,5 @@ __all__ = [
     "get_kind",
     "job_kinds",
     "register_kind",
+    "sweep_axis",
 ]

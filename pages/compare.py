@@ -37,8 +37,7 @@ with guard("Compare"):
         if not bases:
             st.info("Register a base and at least two checkpoints first (or build the demo zoo on Home).")
         else:
-            methods = {m.name for m in merging.all_methods()}
-            offered = launch.comparison_methods() + sorted(methods - set(launch.comparison_methods()))
+            specs = {m.name: m for m in merging.all_methods()}
             c1, c2 = st.columns([1, 2])
             base = c1.selectbox("Base model", bases, format_func=lambda r: names.get(r, r), key=f"{P}:base")
             options = [
@@ -57,11 +56,20 @@ with guard("Compare"):
                 format_func=lambda r: names.get(r, r),
                 key=key,
             )
-            st.session_state.setdefault(f"{P}:methods", launch.comparison_methods())
+            # Every method merges all chosen checkpoints, so only methods that take that many are offered.
+            first = [m for m in launch.comparison_methods() if m in specs]
+            offered = [
+                m
+                for m in first + sorted(set(specs) - set(first))
+                if specs[m].accepts_models(max(2, len(chosen)))
+            ]
+            mkey = f"{P}:methods"
+            st.session_state[mkey] = [m for m in st.session_state.get(mkey, first) if m in offered]
             chosen_methods = st.multiselect(
                 "Methods (default: the study's configurations, with the paper's values)",
                 offered,
-                key=f"{P}:methods",
+                format_func=lambda m: f"{specs[m].title} ({m})",
+                key=mkey,
             )
             suites = launch.suite_choices(workspace_home())
             c3, c4 = st.columns(2)

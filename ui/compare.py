@@ -24,10 +24,15 @@ ROLES = ("base", "best checkpoint", "checkpoint", "merge")
 
 
 def is_comparison(study: Mapping[str, Any]) -> bool:
-    """A study whose only merge size is its whole pool: one subset, every method on the same checkpoints."""
+    """A study whose only merge size is its whole pool (one subset: every method on the same checkpoints),
+    and not a sweep (one method at several values of one hyperparameter, which the Study page draws)."""
+    from jobs import sweep_axis
+
     pool = study.get("pool") or []
     sizes = study.get("sizes") or []
-    return len(pool) >= 2 and [int(s) for s in sizes] == [len(pool)]
+    if len(pool) < 2 or [int(s) for s in sizes] != [len(pool)]:
+        return False
+    return sweep_axis(study.get("methods") or []) is None
 
 
 @dataclass

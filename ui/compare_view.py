@@ -63,6 +63,11 @@ def render(comp: Comparison, key: str = "cmp") -> None:
         st.info("No merge of this comparison has finished yet; its progress is shown above.")
         return
 
+    cols = st.columns(min(len(comp.summary), 7) or 1)
+    for i, row in enumerate(comp.summary.head(len(cols)).itertuples(index=False)):
+        delta = f"{row.vs_base:+.1f} pp vs base" if pd.notna(row.vs_base) else None
+        value = f"{row.average:.1f}" if pd.notna(row.average) else "–"
+        cols[i].metric(str(row.method), value, delta, help="Average accuracy (%) over the suite's tasks")
     st.dataframe(comp.summary, hide_index=True, column_config=SUMMARY_COLUMNS, key=f"{key}:summary")
     scores_col, geometry_col = st.columns(2)
     with scores_col:

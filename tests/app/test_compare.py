@@ -25,6 +25,10 @@ def test_a_comparison_is_a_study_of_its_whole_pool():
     assert compare.is_comparison({"pool": ["a", "b", "c"], "sizes": [3]})
     assert not compare.is_comparison({"pool": ["a", "b", "c"], "sizes": [2, 3]})
     assert not compare.is_comparison({"pool": ["a"], "sizes": [1]})
+    lambdas = [{"name": f"ta-{v}", "method": "task_arithmetic", "params": {"lambda": v}} for v in (0.5, 1.0)]
+    assert not compare.is_comparison({"pool": ["a", "b"], "sizes": [2], "methods": lambdas})  # a sweep
+    methods = [{"name": m, "method": m, "params": {}} for m in ("ties", "model_stock")]
+    assert compare.is_comparison({"pool": ["a", "b"], "sizes": [2], "methods": methods})
 
 
 def test_norm_of_the_sum_from_norms_and_cosines():
