@@ -28,7 +28,7 @@ deps: $(VENV)/.req-$(REQ_HASH)
 dev-deps: $(VENV)/.dev-$(DEV_HASH)
 
 app: deps
-	$(VENV)/bin/streamlit run app.py --server.address $(HOST) --server.port $(PORT)
+	$(PY) -m ui.serve --server.address $(HOST) --server.port $(PORT)
 
 test: dev-deps
 	$(PY) -m pytest $(PYTEST_ARGS)
