@@ -57,18 +57,19 @@ with guard("Compare"):
                 key=key,
             )
             # Every method merges all chosen checkpoints, so only methods that take that many are offered.
-            first = [m for m in launch.comparison_methods() if m in specs]
             offered = [
-                m
-                for m in first + sorted(set(specs) - set(first))
-                if specs[m].accepts_models(max(2, len(chosen)))
+                c
+                for c in launch.study_method_choices(list(specs))
+                if specs[launch.config_method(c)].accepts_models(max(2, len(chosen)))
             ]
             mkey = f"{P}:methods"
-            st.session_state[mkey] = [m for m in st.session_state.get(mkey, first) if m in offered]
+            st.session_state[mkey] = [
+                m for m in st.session_state.get(mkey, launch.comparison_methods()) if m in offered
+            ]
             chosen_methods = st.multiselect(
                 "Methods (default: the study's configurations, with the paper's values)",
                 offered,
-                format_func=lambda m: f"{specs[m].title} ({m})",
+                format_func=lambda c: f"{specs[c].title} ({c})" if c in specs else c,
                 key=mkey,
             )
             suites = launch.suite_choices(workspace_home())

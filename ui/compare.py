@@ -49,8 +49,9 @@ class Comparison:
     base_name: str
     checkpoints: list[str]
     checkpoint_names: list[str]
-    methods: list[str]
-    recipes: dict[str, str] = field(default_factory=dict)  # method -> mergekit YAML of its merge
+    methods: list[str]  # configuration labels, as the study names them ("TA (sum)", "TIES", …)
+    method_of: dict[str, str] = field(default_factory=dict)  # label -> registered merge method
+    recipes: dict[str, str] = field(default_factory=dict)  # label -> mergekit YAML of its merge
     merge_ids: dict[str, str] = field(default_factory=dict)  # method -> merge id (finished merges only)
     scores: pd.DataFrame = field(default_factory=pd.DataFrame)  # model, role, task, score
     summary: pd.DataFrame = field(default_factory=pd.DataFrame)  # one row per method
@@ -266,6 +267,11 @@ def load_comparison(db: Any, study_id: str) -> Comparison:
 
     pool = [str(r) for r in study["pool"]]
     methods = [str(c.get("name") if isinstance(c, Mapping) else c) for c in study["methods"]]
+    method_of = {
+        str(c.get("name")): str(c.get("method") or c.get("name")) if isinstance(c, Mapping) else str(c)
+        for c in study["methods"]
+        if isinstance(c, Mapping)
+    }
     comp = Comparison(
         study_id=study_id,
         name=study["name"],
@@ -278,6 +284,7 @@ def load_comparison(db: Any, study_id: str) -> Comparison:
         checkpoints=pool,
         checkpoint_names=[name(r) for r in pool],
         methods=methods,
+        method_of={m: method_of.get(m, m) for m in methods},
     )
     merges = db.merges_df(study_id=study_id)
     done = merges[merges["status"] == "done"] if len(merges) else merges

@@ -198,10 +198,15 @@ def matrix_names(ref: str) -> list[str]:
 
 
 def comparison_methods() -> list[str]:
-    """The methods Compare offers first: the study's configurations (jobs.PAPER_CONFIGS), in its order."""
+    """What Compare selects by default: the study's configurations (labels from jobs.study), in its order."""
+    return list(DEFAULT_CONFIG_NAMES)
+
+
+def config_method(choice: str) -> str:
+    """The registered method behind a study or compare choice: a configuration's method, else the name."""
     from jobs import PAPER_CONFIGS
 
-    return [c.name for c in PAPER_CONFIGS]
+    return next((c.method for c in PAPER_CONFIGS if c.name == choice), choice)
 
 
 def submit_comparison(

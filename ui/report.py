@@ -203,7 +203,7 @@ def write(report: Report, folder: Any) -> tuple[Any, Any]:
 
 # --- the paper's numbers, labelled ------------------------------------------------------------------------
 def paper_section(methods: Sequence[str], model: str = "Average") -> Section:
-    """The paper's Tables 1 and 2 for the given MergeLab methods (those the paper ran), on one of its base
+    """The paper's Tables 1 to 3 for the given registered methods (those the paper ran), on one of its base
     models ("Average" over its four by default), in a section marked as the paper's."""
     from evaluation import paper
     from ui import charts
@@ -326,7 +326,7 @@ def comparison_report(comp: Any) -> Report:
             ],
             tables=[Table("Layers of most disagreement", comp.disagreement.head(10), decimals=3)],
         ),
-        paper_section(comp.methods),
+        paper_section(list(dict.fromkeys(comp.method_of.get(m, m) for m in comp.methods))),
     ]
     return Report(
         title=f"MergeLab comparison: {comp.name}",
@@ -450,7 +450,8 @@ def study_report(db: Any, study_id: str, paper_model: str = "Average", n_boot: i
                 tables=[*tables, Table("Mean gain over the base per task (pp)", grid, index=True)],
             )
         )
-    sections.append(paper_section([c for c in configs], paper_model))
+    methods = [c.get("method", c.get("name")) if isinstance(c, Mapping) else str(c) for c in study["methods"]]
+    sections.append(paper_section(list(dict.fromkeys(methods)), paper_model))
     return Report(
         title=f"MergeLab study: {study['name']}",
         kind="study",

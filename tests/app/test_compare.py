@@ -17,7 +17,7 @@ import pytest
 from tests.app.conftest import app_test, errors_of
 from ui import compare, report
 
-METHODS = ["task_arithmetic", "ties", "model_stock"]
+METHODS = ["TA (sum)", "TIES", "Model Stock"]  # the study's configuration labels
 
 
 # --- pure frames ------------------------------------------------------------------------------------------
@@ -178,20 +178,21 @@ def comparison(compared_home):
 def test_comparison_scores_and_geometry(comparison):
     comp = comparison
     assert comp.methods == METHODS and set(comp.merge_ids) == set(METHODS)
+    assert comp.method_of == {"TA (sum)": "task_arithmetic", "TIES": "ties", "Model Stock": "model_stock"}
     assert all("merge_method:" in comp.recipes[m] for m in METHODS)
     roles = set(comp.scores["role"])
     assert {"base", "best checkpoint", "merge"} <= roles
     s = comp.summary.set_index("method")
     # the view's numbers are the stored scores: vs base = merge average − base average, in pp
     base_avg = comp.scores[comp.scores["role"] == "base"]["score"].mean()
-    ta_avg = comp.scores[comp.scores["model"] == "task_arithmetic"]["score"].mean()
-    assert s.loc["task_arithmetic", "vs_base"] == pytest.approx(ta_avg - base_avg)
+    ta_avg = comp.scores[comp.scores["model"] == "TA (sum)"]["score"].mean()
+    assert s.loc["TA (sum)", "vs_base"] == pytest.approx(ta_avg - base_avg)
     # Task Arithmetic with λ = 1 and weights 1 is the plain sum: ‖Δ‖ = ‖Σ τ‖, nothing dropped
-    assert s.loc["task_arithmetic", "relative_distance"] == pytest.approx(1.0, rel=1e-4)
-    assert s.loc["task_arithmetic", "mass_dropped"] == pytest.approx(0.0, abs=1e-4)
-    assert s.loc["task_arithmetic", "conflict_summed"] == pytest.approx(100.0)
+    assert s.loc["TA (sum)", "relative_distance"] == pytest.approx(1.0, rel=1e-4)
+    assert s.loc["TA (sum)", "mass_dropped"] == pytest.approx(0.0, abs=1e-4)
+    assert s.loc["TA (sum)", "conflict_summed"] == pytest.approx(100.0)
     # TIES at the paper's density 0.1 leaves most of the mass at the base
-    assert s.loc["ties", "mass_dropped"] > 50.0
+    assert s.loc["TIES", "mass_dropped"] > 50.0
     assert s["effective_rank"].notna().all() and (s["spectra"] > 0).all()
     assert not comp.layers.empty and not comp.disagreement.empty
     assert set(comp.kept["checkpoint"]) == set(comp.checkpoint_names)
