@@ -155,8 +155,10 @@ def run_study(ctx: JobContext, params: dict[str, Any]) -> dict[str, Any]:
                 label = f"{config.name} {subset['subset_id']}"
                 recipe = build_recipe(config, definition.base, subset["checkpoints"], definition.seed)
                 merge_id = merge_record(ctx, definition, plan, subset, config, cks, recipe)
-                output = saved_merge_dir(plan.study_id, config.name, subset["subset_id"]) if save else None
-                try:
+                output = None
+                try:  # from here on, whatever happens closes the merge record
+                    if save:
+                        output = saved_merge_dir(plan.study_id, config.name, subset["subset_id"])
                     outcome = merge_and_score_resident(
                         recipe,
                         rm,

@@ -170,3 +170,20 @@ def test_a_failure_while_recording_the_outcome_closes_the_record(
         merges = store.merges_df()
         assert list(merges.status) == ["failed"]
         assert "disk full" in merges.error.iloc[0]
+
+
+@pytest.mark.slow
+def test_a_failure_preparing_the_saved_folder_closes_the_record(
+    tmp_path, home, tiny_llama_family, zoo_tasks, monkeypatch
+):
+    base, cks = tiny_llama_family
+
+    def unwritable(*_a, **_k):
+        raise PermissionError("merges/ is read-only")
+
+    monkeypatch.setattr(study_run_module, "saved_merge_dir", unwritable)
+    with Store(tmp_path / "db.duckdb") as store:
+        ctx = _context(store, {**_params(base, cks, zoo_tasks), "save_merges": True})
+        with pytest.raises(PermissionError):
+            study_run_module.run_study(ctx, ctx.params)
+        assert list(store.merges_df().status) == ["failed"]
