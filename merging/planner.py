@@ -17,6 +17,7 @@ The engine, the methods, the geometry and the fingerprint only ever see the reso
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import re
@@ -36,6 +37,16 @@ from merging.tokenizer import TokenizerPlan, build_tokenizer
 BASE_IS_ORDINARY_INPUT = frozenset({"linear", "passthrough", "karcher"})
 # Parameters mergekit accepts that change no value in MergeLab (documented in README).
 NO_EFFECT_PARAMS = frozenset({"int8_mask"})
+# Every parameter name some mergekit 0.1.5 method reads. mergekit ignores a name its method does not read
+# (configs copied between methods carry `density` into task_arithmetic or `weight` into model_stock), so
+# MergeLab accepts these with no effect too; any other unknown name is a typo and is refused.
+MERGEKIT_PARAMS = frozenset(
+    {
+        "weight", "density", "gamma", "epsilon", "lambda", "normalize", "rescale", "int8_mask", "t",
+        "filter_wise", "select_topk", "scale", "nuslerp_flatten", "nuslerp_row_wise", "normalize_weights",
+        "eps", "max_iter", "tol",
+    }
+)  # fmt: skip
 
 _LAYER_RE = re.compile(r"^(.*?)\.(\d+)\.(.+)$")
 _LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
@@ -197,12 +208,32 @@ class ParamResolver:
         self._per_model = {p.name for p in spec.params if p.per_model}
         self._cache: dict[str, tuple[dict, list[dict]]] = {}
 
+    def _ignored(self, group: Group) -> set[str]:
+        """Names mergekit would ignore for this method; refuses a name no mergekit method reads."""
+        known = {p.name for p in self.spec.params}
+        ignored = set(NO_EFFECT_PARAMS)
+        for scope in [*group.global_scopes, *(s for m in group.members for s in m.scopes)]:
+            for key in scope:
+                if key in known or key in ignored:
+                    continue
+                if key not in MERGEKIT_PARAMS:
+                    close = difflib.get_close_matches(key, sorted(known), n=1)
+                    hint = f"did you mean {close[0]!r}? " if close else ""
+                    raise RecipeError(
+                        f"{self.spec.name} has no parameter {key!r}; {hint}valid parameters: "
+                        f"{', '.join(sorted(known)) or 'none'}"
+                    )
+                ignored.add(key)
+        return ignored
+
     def __call__(self, group: Group, out_name: str, in_names: Sequence[str], t: float):
+        ignored = self._ignored(group)
         gscopes = group.global_scopes
-        graw = _resolve_chain(gscopes, [k for k in _keys(gscopes) if k not in self._per_model], out_name, t)
+        gkeys = [k for k in _keys(gscopes) if k not in self._per_model and k not in ignored]
+        graw = self._typed(_resolve_chain(gscopes, gkeys, out_name, t))
         # a per-model parameter given only globally still resolves per model, through each model's chain
         mraws = [
-            _resolve_chain(m.scopes, _keys(m.scopes), name, t)
+            self._typed(_resolve_chain(m.scopes, [k for k in _keys(m.scopes) if k not in ignored], name, t))
             for m, name in zip(group.members, in_names, strict=True)
         ]
         mraws = [
@@ -220,6 +251,18 @@ class ParamResolver:
                 raise
             self._cache[key] = hit
         return hit
+
+    def _typed(self, values: dict[str, Any]) -> dict[str, Any]:
+        """mergekit's lax typing: 0/1 for a boolean, an integral float (a gradient's knot) for an int."""
+        for key, v in values.items():
+            p = self.spec.param(key)
+            if p is None or isinstance(v, bool):
+                continue
+            if p.kind == "bool" and isinstance(v, int | float) and v in (0, 1):
+                values[key] = bool(v)
+            elif p.kind == "int" and isinstance(v, float) and v.is_integer():
+                values[key] = int(v)
+        return values
 
 
 def recipe_scopes_vary(group: Group) -> bool:

@@ -47,6 +47,7 @@ _TOP_KEYS = (
 _REFUSED_KEYS = {
     "modules": "multi-module configs (modules:) are not supported; use models: or slices:",
 }
+_BOOL_WORDS = {"true": True, "false": False, "yes": True, "no": False, "on": True, "off": False}
 MAX_MODELS = 256  # model entries plus slice sources: far above any real recipe, far below a Gram blow-up
 TOKENIZER_SOURCES = ("base", "union")
 
@@ -75,6 +76,7 @@ class OutputSlice:
 
     sources: list[SliceSource]
     parameters: dict[str, Any] = field(default_factory=dict)
+    residual_weight: float | None = None  # read by mergekit 0.1.5's schema, used by none of its methods
 
     @property
     def num_layers(self) -> int:
@@ -185,6 +187,8 @@ class Recipe:
                 entry: dict[str, Any] = {"sources": srcs}
                 if s.parameters:
                     entry["parameters"] = _copy(s.parameters)
+                if s.residual_weight is not None:
+                    entry["residual_weight"] = s.residual_weight
                 out["slices"].append(entry)
         else:
             out["models"] = []
@@ -302,10 +306,13 @@ def _slice(i: int, entry: Any) -> OutputSlice:
     where = f"slices[{i}]"
     if not isinstance(entry, dict) or not isinstance(entry.get("sources"), list) or not entry["sources"]:
         raise RecipeError(f"{where} must be a mapping with sources: a non-empty list of model + layer_range")
-    extra = [k for k in entry if k not in ("sources", "parameters")]
+    extra = [k for k in entry if k not in ("sources", "parameters", "residual_weight")]
     if extra:
         what = "a per-slice base_model" if extra[0] == "base_model" else repr(extra[0])
-        raise RecipeError(f"{where}: {what} is not supported (only sources and parameters)")
+        raise RecipeError(f"{where}: {what} is not supported (only sources, parameters, residual_weight)")
+    residual = entry.get("residual_weight")
+    if residual is not None and (isinstance(residual, bool) or not isinstance(residual, int | float)):
+        raise RecipeError(f"{where}.residual_weight must be a number, got {residual!r}"[:200])
     sources = []
     for j, src in enumerate(entry["sources"]):
         w = f"{where}.sources[{j}]"
@@ -330,15 +337,17 @@ def _slice(i: int, entry: Any) -> OutputSlice:
     lengths = {s.layer_range[1] - s.layer_range[0] for s in sources}
     if len(lengths) > 1:
         raise RecipeError(f"{where}: every source must span the same number of layers, got {sorted(lengths)}")
-    return OutputSlice(sources, _params(entry.get("parameters"), f"{where}.parameters"))
+    return OutputSlice(sources, _params(entry.get("parameters"), f"{where}.parameters"), residual)
 
 
 def _scalar(v: Any, where: str) -> bool | int | float:
     if isinstance(v, bool | int | float):
         return v
     if isinstance(v, str):
+        if v.strip().lower() in _BOOL_WORDS:  # what mergekit's (pydantic's) validation accepts
+            return _BOOL_WORDS[v.strip().lower()]
         try:
-            return float(v)  # what mergekit's validation does with a quoted number
+            return float(v)  # a quoted number, as mergekit's validation reads it
         except ValueError:
             pass
     raise RecipeError(f"{where} must be a number or boolean, got {v!r}"[:200])

@@ -266,3 +266,43 @@ def test_slice_refusals(tmp_path, family3, change, message):
     with pytest.raises(RecipeError, match=message):
         run_merge(Recipe.from_dict(doc), DirectorySink(tmp_path / "x"), device="cpu")
     assert not (tmp_path / "x").exists()
+
+
+def test_parameters_mergekit_ignores_are_accepted_typos_are_refused(tmp_path, tiny_llama_family):
+    """mergekit ignores a parameter its method does not read (configs copied between methods); a name no
+    mergekit method reads is a typo and is refused with a did-you-mean."""
+    base, cks = tiny_llama_family
+    doc = {
+        "merge_method": "task_arithmetic",
+        "base_model": str(base),
+        "models": [{"model": str(c), "parameters": {"weight": 0.5, "density": 0.5}} for c in cks[:2]],
+        "parameters": {"normalize": 1, "rescale": "false"},
+    }
+    a = run_merge(Recipe.from_dict(doc), DirectorySink(tmp_path / "a"), device="cpu")
+    doc2 = {
+        **doc,
+        "models": [{"model": str(c), "parameters": {"weight": 0.5}} for c in cks[:2]],
+        "parameters": {"normalize": True, "rescale": False},
+    }
+    b = run_merge(Recipe.from_dict(doc2), DirectorySink(tmp_path / "b"), device="cpu")
+    wa, wb = weights(a.output_path), weights(b.output_path)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    stock = {
+        "merge_method": "model_stock",
+        "base_model": "b",
+        "models": [{"model": m, "parameters": {"weight": 1}} for m in ("x", "y")],
+    }
+    validate_recipe(Recipe.from_dict(stock))
+    doc["models"][0]["parameters"]["desnity"] = 0.5
+    with pytest.raises(RecipeError, match="no parameter 'desnity'; did you mean 'density'"):
+        validate_recipe(Recipe.from_dict({**doc, "merge_method": "ties"}))
+
+
+def test_slice_residual_weight_round_trips():
+    text = (
+        "slices:\n  - sources:\n      - model: a\n        layer_range: [0, 2]\n    residual_weight: 0.5\n"
+        "merge_method: passthrough\n"
+    )
+    r = Recipe.from_yaml(text)
+    assert r.slices[0].residual_weight == 0.5
+    assert r.to_yaml() == text
