@@ -16,7 +16,16 @@ from jobs.errors import JobCancelled, JobError
 from jobs.registry import JobKind, get_kind, job_kinds, register_kind
 from jobs.runner import JobRunner, default_devices
 from jobs.study import PAPER_CONFIGS, StudyConfig, StudyDefinition, define_study, sample_subsets
-from jobs.sweep import sweep_axis
+from jobs.sweep import (
+    SWEEP_DEFAULT_SUBSETS,
+    SWEEP_DEFAULT_VALUES,
+    SweepAxis,
+    define_sweep,
+    sweep_axis,
+    sweep_curve,
+    sweep_points,
+    sweepable_params,
+)
 
 __all__ = [
     "JobCancelled",
@@ -28,11 +37,18 @@ __all__ = [
     "StudyConfig",
     "StudyDefinition",
     "StoreScoreCache",
+    "SWEEP_DEFAULT_SUBSETS",
+    "SWEEP_DEFAULT_VALUES",
+    "SweepAxis",
     "default_devices",
     "define_study",
+    "define_sweep",
     "sample_subsets",
+    "sweep_axis",
+    "sweep_curve",
+    "sweep_points",
+    "sweepable_params",
     "get_kind",
     "job_kinds",
     "register_kind",
-    "sweep_axis",
 ]

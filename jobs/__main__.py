@@ -1,6 +1,8 @@
-"""`python -m jobs study …` runs a study headless with a progress bar, `python -m jobs sweep …` varies one
-hyperparameter on fixed subsets (a study over values); `python -m jobs list` prints the jobs;
-`python -m jobs report [STUDY_ID|--latest] [--json]` prints a study's tables.
+"""`python -m jobs study|sweep|report|list|show`: run studies and sweeps headless, report, list jobs.
+
+`study` runs the paper's protocol with a progress bar; `sweep` varies one hyperparameter of one method on
+fixed subsets (a study over values) and prints score against the value; `report [STUDY_ID|--latest]
+[--json]` prints a study's tables; `list` and `show` print jobs.
 
 Both use the workspace database ($MERGELAB_HOME/mergelab.duckdb). A study run again with the same arguments
 resumes: what is stored is skipped. User mistakes print one line and exit with status 2.
@@ -14,6 +16,7 @@ import time
 
 from jobs.errors import JobError
 from jobs.study import DEFAULT_CONFIG_NAMES, DEFAULT_SIZES, DEFAULT_SUBSETS
+from jobs.sweep import SWEEP_DEFAULT_SUBSETS
 from store import Store, StoreError
 
 
@@ -68,7 +71,12 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("--param", required=True, help="the hyperparameter: lambda, density, svd_thresh, t…")
     w.add_argument("--values", required=True, help="comma-separated values, e.g. 0.2,0.5,1,1.5,2")
     w.add_argument("--n", required=True, help="checkpoints per merge ('all' is the pool size)")
-    w.add_argument("--subsets", type=int, default=2, help="subsets of size n, the same for every value")
+    w.add_argument(
+        "--subsets",
+        type=int,
+        default=SWEEP_DEFAULT_SUBSETS,
+        help="subsets of size n, the same for every value",
+    )
     w.add_argument("--base", help="base model (default: the demo zoo's first family)")
     w.add_argument("--pool", help="comma-separated checkpoints (default: that family's checkpoints)")
     w.add_argument("--suite", default="zoo", help="zoo, quick, paper16, task names or a task folder")

@@ -110,7 +110,7 @@ def validate_study(params: dict[str, Any]) -> dict[str, Any]:
 
 def validate_sweep(params: dict[str, Any]) -> dict[str, Any]:
     """A sweep request (method, param, values, n, subsets on a base and pool) becomes study parameters."""
-    from jobs.sweep import DEFAULT_SUBSETS, define_sweep, sweep_params
+    from jobs.sweep import SWEEP_DEFAULT_SUBSETS, define_sweep, sweep_params
 
     if params.get("backend", "local") not in ("local", "ray"):
         raise JobError(f"Unknown sweep backend {params.get('backend')!r}; use local or ray.")
@@ -124,7 +124,7 @@ def validate_sweep(params: dict[str, Any]) -> dict[str, Any]:
         param=params["param"],
         values=params["values"],
         n=params["n"],
-        subsets=params.get("subsets", DEFAULT_SUBSETS),
+        subsets=params.get("subsets", SWEEP_DEFAULT_SUBSETS),
         seed=params.get("seed", 0),
         suite=params.get("suite", "zoo"),
         limit=params.get("limit"),

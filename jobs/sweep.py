@@ -21,13 +21,13 @@ if TYPE_CHECKING:
     import pandas as pd
 
 # The parameters the paper ablates, and values that span each one's range (used as UI/CLI defaults).
-DEFAULT_VALUES: dict[str, tuple[float, ...]] = {
+SWEEP_DEFAULT_VALUES: dict[str, tuple[float, ...]] = {
     "lambda": (0.2, 0.5, 1.0, 1.5, 2.0),
     "density": (0.1, 0.3, 0.5, 0.7, 1.0),
     "svd_thresh": (0.0, 0.05, 0.1, 0.2, 0.5),
     "t": (0.0, 0.25, 0.5, 0.75, 1.0),
 }
-DEFAULT_SUBSETS = 2
+SWEEP_DEFAULT_SUBSETS = 2
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,7 @@ def sweepable_params(method: str) -> list[str]:
 
     spec = get_method(method)
     names = [p.name for p in spec.params if p.kind in ("float", "int") and p.name != "weight"]
-    return sorted(names, key=lambda n: (n not in DEFAULT_VALUES, names.index(n)))
+    return sorted(names, key=lambda n: (n not in SWEEP_DEFAULT_VALUES, names.index(n)))
 
 
 def parse_values(values: str | Sequence[float | int | str]) -> list[float]:
@@ -118,7 +118,7 @@ def define_sweep(
     param: str,
     values: str | Sequence[float | int | str],
     n: int | str,
-    subsets: int = DEFAULT_SUBSETS,
+    subsets: int = SWEEP_DEFAULT_SUBSETS,
     seed: int = 0,
     suite: str = "zoo",
     limit: int | None = None,
@@ -150,9 +150,11 @@ def define_sweep(
     return definition
 
 
-def sweep_axis(configs: Sequence[StudyConfig | Mapping[str, Any]]) -> SweepAxis | None:
+def sweep_axis(configs: Sequence[StudyConfig | Mapping[str, Any] | str]) -> SweepAxis | None:
     """The axis of a sweep, read back from a study's configurations: two or more configurations of one
     method whose parameters differ in exactly one numeric parameter. None for any other study."""
+    if any(not isinstance(c, StudyConfig | Mapping) for c in configs):
+        return None  # configurations given by name only (e.g. ["ties"]) carry no swept values
     items = [asdict(c) if isinstance(c, StudyConfig) else dict(c) for c in configs]
     if len(items) < 2 or len({c.get("method") for c in items}) != 1:
         return None

@@ -1,12 +1,13 @@
 """Study: run the paper's protocol (merge random subsets of a checkpoint pool with several methods at
-several sizes n, score every merge) and read its report beside the paper's published numbers."""
+several sizes n, score every merge) and read its report beside the paper's published numbers; or sweep one
+hyperparameter on fixed subsets (ui.sweep_view) and read score against the value."""
 
 import pandas as pd
 import streamlit as st
 
 import merging
 from evaluation import metrics, paper
-from ui import charts, data, jobs_view, launch, report, report_view
+from ui import charts, data, jobs_view, launch, report, report_view, sweep_view
 from ui.session import get_runner, get_store, guard, workspace_home
 
 P = "study"
@@ -88,8 +89,19 @@ with guard("Study"):
                 )
                 st.success(f"Launched study job `{job_id}`; its progress is below.")
 
+    with st.expander(
+        "Sweep a hyperparameter (the paper's ablations)", expanded=False, icon=":material/tune:"
+    ):
+        sweep_view.launcher(
+            db,
+            get_runner(),
+            list(registered.loc[registered["kind"] == "base", "ref"]) if len(registered) else [],
+            list(registered.loc[registered["kind"] == "checkpoint", "ref"]) if len(registered) else [],
+            names,
+        )
+
     st.subheader("Progress")
-    jobs_view.live_jobs(limit=3, key="study", kinds=["study"])
+    jobs_view.live_jobs(limit=3, key="study", kinds=["study", "sweep"])
 
     studies = db.studies_df()
     st.subheader("Report")
@@ -115,6 +127,11 @@ with guard("Study"):
         if merged.empty or base_rows.empty:
             st.info("No scored merges in this study yet; the report fills in as its merges finish.")
         else:
+            base_acc = float(base_rows["value"].mean() * 100.0)
+            best_acc = (
+                float(singles.groupby("checkpoint")["value"].mean().max() * 100.0) if len(singles) else None
+            )
+            sweep_view.curve(db, study_id, base_acc, best_acc)
             ref_name = {
                 "base": "vs the base (Tables 1 and 3)",
                 "best_pool": "vs the best single checkpoint (Table 2)",
@@ -130,10 +147,6 @@ with guard("Study"):
 
             per_merge = merged.groupby(["method", "n", "subset_id"], as_index=False)["value"].mean()
             per_merge["accuracy"] = per_merge["value"] * 100.0
-            base_acc = float(base_rows["value"].mean() * 100.0)
-            best_acc = (
-                float(singles.groupby("checkpoint")["value"].mean().max() * 100.0) if len(singles) else None
-            )
             st.plotly_chart(
                 charts.accuracy_vs_n(
                     per_merge[["method", "n", "accuracy"]],

@@ -332,6 +332,68 @@ def distance_vs_n(
     return _layout(fig, title)
 
 
+def sweep_curve(
+    points: pd.DataFrame,
+    param: str,
+    y: str = "accuracy",
+    y_title: str = "average accuracy (%)",
+    base_score: float | None = None,
+    best_score: float | None = None,
+    title: str | None = None,
+) -> go.Figure:
+    """A hyperparameter sweep (the paper's ablations): `y` against the swept value. One thin line per
+    subset (the same checkpoints at every value), the mean over subsets bold with its min-max band, and
+    base and best checkpoint as horizontal references. `points` columns: value, subset_id, <y>."""
+    _require(points, ["value", "subset_id", y], "sweep_curve")
+    if points.empty:
+        return empty_figure("No scored merges in this sweep yet", title)
+    stats = points.groupby("value", sort=True)[y].agg(["mean", "min", "max", "count"]).reset_index()
+    fig = go.Figure()
+    fig.add_scatter(
+        x=list(stats["value"]) + list(stats["value"])[::-1],
+        y=list(stats["max"]) + list(stats["min"])[::-1],
+        fill="toself",
+        fillcolor=MERGE_COLOR,
+        opacity=0.15,
+        line=dict(width=0),
+        hoverinfo="skip",
+        name="min-max over subsets",
+    )
+    for subset, rows in points.sort_values("value").groupby("subset_id", sort=True):
+        fig.add_scatter(
+            x=rows["value"],
+            y=rows[y],
+            mode="lines+markers",
+            name=f"subset {subset}",
+            line=dict(width=1, color="#9ecae1"),
+            marker=dict(size=5),
+            hovertemplate=f"subset {subset}<br>{param} = %{{x:g}}<br>%{{y:.4g}}<extra></extra>",
+        )
+    fig.add_scatter(
+        x=stats["value"],
+        y=stats["mean"],
+        mode="lines+markers",
+        name="mean over subsets",
+        line=dict(width=3, color=MERGE_COLOR),
+        marker=dict(size=9),
+        customdata=np.stack([stats["min"], stats["max"], stats["count"]], axis=-1),
+        hovertemplate=(
+            f"{param} = %{{x:g}}<br>mean %{{y:.4g}}<br>min %{{customdata[0]:.4g}} · "
+            "max %{customdata[1]:.4g} · %{customdata[2]} merges<extra></extra>"
+        ),
+    )
+    if base_score is not None:
+        fig.add_hline(y=base_score, line=dict(color=BASE_COLOR, dash="dot"), annotation_text="base")
+    if best_score is not None:
+        fig.add_hline(
+            y=best_score, line=dict(color=BEST_COLOR, dash="dot"), annotation_text="best checkpoint"
+        )
+    values = list(stats["value"])
+    fig.update_xaxes(tickmode="array", tickvals=values, ticktext=[f"{v:g}" for v in values])
+    fig.update_layout(xaxis_title=param, yaxis_title=y_title)
+    return _layout(fig, title)
+
+
 def spectra_chart(spectra: pd.DataFrame, title: str | None = None) -> go.Figure:
     """Singular values (descending) of each task vector and of the merged update, log y-axis.
 

@@ -181,6 +181,43 @@ def submit_analysis(runner: Any, *, base: str, checkpoints: list[str], spectra: 
     return runner.submit("analyse", {"base": base, "checkpoints": list(checkpoints), "spectra": spectra})
 
 
+def submit_sweep(
+    runner: Any,
+    *,
+    base: str,
+    pool: list[str],
+    method: str,
+    param: str,
+    values: str | list[float],
+    n: int,
+    subsets: int,
+    suite: str,
+    limit: int | None = None,
+    seed: int = 0,
+    backend: str = "local",
+) -> str:
+    """Queue a hyperparameter sweep (kind "sweep": a study over the values); returns the job id."""
+    if len(pool) < 2:
+        raise ValueError("A sweep needs a pool of at least 2 checkpoints.")
+    if n > len(pool):
+        raise ValueError(f"n = {n} exceeds the pool of {len(pool)} checkpoints.")
+    params: dict[str, Any] = {
+        "base": base,
+        "pool": list(pool),
+        "method": method,
+        "param": param,
+        "values": values,
+        "n": int(n),
+        "subsets": int(subsets),
+        "seed": int(seed),
+        "suite": suite,
+        "backend": backend,
+    }
+    if limit:
+        params["limit"] = int(limit)
+    return runner.submit("sweep", params)
+
+
 def matrix_names(ref: str) -> list[str]:
     """The 2-D tensors of a checkpoint (from its headers), the candidates for recorded spectra."""
     import merging

@@ -32,6 +32,20 @@ def app_test(home: Path, page: str | None = None):
     return at
 
 
+def plot_values(v):
+    """A Plotly JSON array as a list: plain lists as they are, typed arrays {dtype, bdata, shape} decoded."""
+    import base64
+
+    import numpy as np
+
+    if isinstance(v, dict) and "bdata" in v:
+        arr = np.frombuffer(base64.b64decode(v["bdata"]), dtype=v["dtype"])
+        if v.get("shape"):
+            arr = arr.reshape([int(x) for x in str(v["shape"]).split(",")])
+        return arr.tolist()
+    return v
+
+
 def errors_of(at) -> list[str]:
     """Every exception and error box on the page, as text (empty when the page rendered cleanly)."""
     return [str(e.value) for e in at.exception] + [str(e.value) for e in at.error]

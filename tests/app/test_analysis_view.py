@@ -1,28 +1,15 @@
 """Geometry → Analyse before merging, in AppTest: empty workspace, registered models (launch through the
 real job runner), and a workspace holding an analysis (the charts carry the stored numbers)."""
 
-import base64
 import json
 import shutil
 import time
 
-import numpy as np
 import pytest
 
-from tests.app.conftest import app_test, errors_of
+from tests.app.conftest import app_test, errors_of, plot_values
 
 pytestmark = pytest.mark.slow
-
-
-def _values(v):
-    """A Plotly JSON array: plain lists as they are, typed arrays ({dtype, bdata, shape}) decoded."""
-    if isinstance(v, dict) and "bdata" in v:
-        arr = np.frombuffer(base64.b64decode(v["bdata"]), dtype=v["dtype"])
-        shape = v.get("shape")
-        if shape:
-            arr = arr.reshape([int(x) for x in str(shape).split(",")])
-        return arr.tolist()
-    return v
 
 
 def _charts(at) -> dict[str, dict]:
@@ -64,7 +51,7 @@ def test_analyse_from_the_page_runs_a_job_and_shows_the_cosine_matrix(registered
         at.run()
     assert errors_of(at) == []
     cos = _charts(at)["Pairwise cosine of task vectors (before merging)"]["data"][0]
-    assert cos["x"] == ["llama-ft0", "llama-ft1", "llama-ft2"] and _values(cos["z"])[0][0] == 1.0
+    assert cos["x"] == ["llama-ft0", "llama-ft1", "llama-ft2"] and plot_values(cos["z"])[0][0] == 1.0
 
 
 @pytest.fixture(scope="module")
@@ -93,11 +80,11 @@ def test_stored_analysis_draws_its_numbers(analysed_home):
     charts = _charts(at)
     s = result.stats.summary()
     cos = charts["Pairwise cosine of task vectors (before merging)"]["data"][0]
-    assert _values(cos["z"])[0][1] == pytest.approx(s["model_cosines"][0][1])
+    assert plot_values(cos["z"])[0][1] == pytest.approx(s["model_cosines"][0][1])
     norms = charts["Task-vector norm per layer"]["data"][0]
     assert norms["y"] == ["embed", "layer 00", "layer 01", "norm", "head"]
     layer0 = next(lay for lay in result.layers if lay.layer == "layer 00")
-    assert _values(norms["z"])[1] == pytest.approx(layer0.task_norms)
+    assert plot_values(norms["z"])[1] == pytest.approx(layer0.task_norms)
     bars = charts["Sign-conflict rate per layer"]["data"][0]
     worst = result.most_conflicting(3)
     dark = [x for x, c in zip(bars["x"], bars["marker"]["color"], strict=True) if c == "#8b0000"]

@@ -164,3 +164,24 @@ def test_sign_conflict_bars_highlight_the_named_layers():
     fig = charts.sign_conflict_bars(df, highlight=["layer 00", "head"])
     assert list(fig.data[0].marker.color) == ["#8b0000", "#f4a3a3", "#8b0000"]
     assert charts.sign_conflict_bars(df).data[0].marker.color == "#d62728"
+
+
+def test_sweep_curve_draws_mean_band_subsets_and_references():
+    points = pd.DataFrame(
+        {
+            "value": [0.5, 1.0, 0.5, 1.0, 2.0],
+            "subset_id": ["n4-00", "n4-00", "n4-01", "n4-01", "n4-00"],
+            "accuracy": [40.0, 50.0, 44.0, 46.0, 30.0],
+        }
+    )
+    fig = charts.sweep_curve(points, "lambda", base_score=45.0, best_score=48.0, title="t")
+    by_name = {t.name: t for t in fig.data}
+    mean = by_name["mean over subsets"]
+    assert list(mean.x) == [0.5, 1.0, 2.0] and list(mean.y) == [42.0, 48.0, 30.0]
+    assert list(by_name["subset n4-01"].y) == [44.0, 46.0]
+    band = by_name["min-max over subsets"]
+    assert list(band.y) == [44.0, 50.0, 30.0, 30.0, 46.0, 40.0]
+    assert list(fig.layout.xaxis.ticktext) == ["0.5", "1", "2"] and fig.layout.xaxis.title.text == "lambda"
+    assert sorted(s.y0 for s in fig.layout.shapes) == [45.0, 48.0]
+    empty = charts.sweep_curve(points.iloc[0:0], "lambda")
+    assert "No scored merges" in empty.layout.annotations[0].text

@@ -83,6 +83,7 @@ def test_axis_is_read_back_from_stored_configurations_in_value_order():
     # an ordinary study is not a sweep
     assert sweep_axis(PAPER_CONFIGS) is None
     assert sweep_axis(configs[:1]) is None
+    assert sweep_axis(["task_arithmetic", "ties"]) is None  # stored by name only
     two_params = [
         {"name": "a", "method": "ties", "params": {"density": 0.1, "lambda": 1.0}},
         {"name": "b", "method": "ties", "params": {"density": 0.2, "lambda": 2.0}},
