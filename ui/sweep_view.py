@@ -64,8 +64,8 @@ def launcher(db: Any, runner: Any, bases: list[str], pool_all: list[str], names:
     )
     n = c5.number_input(
         "Checkpoints per merge (n)",
-        min_value=2,
-        max_value=max(2, len(pool)),
+        min_value=1,
+        max_value=max(1, len(pool)),
         value=min(4, max(2, len(pool))),
         key=f"{P}:n",
     )

@@ -202,3 +202,18 @@ def test_cli_sweep_prints_the_curve(tmp_path, home, tiny_llama_family, zoo_tasks
     assert zero[0] == "0" and one[0] == "1" and base_line[0] == "base"
     assert zero[1] == base_line[1]  # lambda = 0 is the base itself
     assert zero[4] == one[4] == "1"
+
+
+def test_slerp_t_sweeps_single_checkpoints():
+    d = define_sweep(
+        base="/m/base", pool=POOL[:3], method="slerp", param="t", values="0,0.5,1", n=1, subsets=2
+    )
+    assert d.sizes == [1] and [c.params for c in d.configs] == [{"t": 0.0}, {"t": 0.5}, {"t": 1.0}]
+    from jobs.study import sample_subsets
+
+    subsets = sample_subsets(d.pool, d.sizes, d.subsets_per_size, d.seed)
+    assert [len(cks) for _, _, cks in subsets] == [1, 1]
+    recipe = build_recipe(d.configs[1], d.base, subsets[0][2], d.seed)
+    assert recipe.parameters == {"t": 0.5} and len(recipe.models) == 1
+    with pytest.raises(JobError, match="slerp t=0: slerp takes exactly 1 checkpoint"):
+        define_sweep(base="/m/base", pool=POOL[:3], method="slerp", param="t", values="0,1", n=2)
