@@ -150,6 +150,21 @@ def test_scoring_failure_after_a_merge_leaves_no_running_row(store, home, tmp_pa
     _no_running_rows(store)
 
 
+def test_results_that_cannot_be_recorded_fail_the_job_and_the_runner_goes_on(store, home):
+    runner = JobRunner(store)
+    try:
+        keys, unpicklable = runner.wait(
+            [runner.submit("test-tuple-keys", {}), runner.submit("test-unpicklable", {})], timeout=120
+        )
+        after = runner.wait([runner.submit("test-hello", {})], timeout=60)[0]
+    finally:
+        runner.shutdown()
+    assert keys.status == "failed" and keys.error.startswith("could not record the job as done: TypeError")
+    assert unpicklable.status == "failed" and "cannot be sent back to the app" in unpicklable.error
+    assert after.status == "done"
+    _no_running_rows(store)
+
+
 def test_a_run_function_must_be_module_level():
     from jobs import JobError, register_kind
 

@@ -58,6 +58,18 @@ def run_hello(ctx, params):
     return {"pid": os.getpid(), "home": os.environ.get("MERGELAB_HOME")}
 
 
+def run_tuple_keys(ctx, params):
+    """A result that pickles but that the store cannot write as JSON (tuple keys)."""
+    return {(1, 2): "pair"}
+
+
+def run_unpicklable(ctx, params):
+    """A result that cannot even travel back to the app."""
+    return {"callback": lambda: None}
+
+
+register_kind("test-tuple-keys", run_tuple_keys)
+register_kind("test-unpicklable", run_unpicklable)
 register_kind("test-slow-merge", run_slow_merge)
 register_kind("test-stubborn", run_stubborn)
 register_kind("test-hello", run_hello)
