@@ -6,6 +6,8 @@ Two checks, both float32:
    (in the mergekit python) and through MergeLab's method function; prints the worst relative difference
    max|ours − theirs| / max|theirs| and the time ratio ours / mergekit (median of repeats, same inputs,
    same process type, one run).
+   It also runs mergekit's algorithm in float64 on the same inputs as the exact reference, to show which
+   float32 result is nearer the exact value where the two differ.
 2. end to end: a tiny Llama family merged from the same YAML by `python -m merging` and by mergekit's
    run_yaml; prints the worst relative difference over all tensors and the two wall times (process start-up
    included, which dominates at this size).
@@ -162,24 +164,45 @@ def kernels(mk_python: str, work: Path) -> None:
     torch.save(jobs, src)
     subprocess.run([mk_python, "-c", MERGEKIT_KERNEL, str(src), str(dst)], check=True)
     theirs = torch.load(dst)
+    # The exact reference: mergekit's own algorithm on the same inputs in float64.
+    jobs64 = [
+        {
+            **j,
+            "base": None if j["base"] is None else j["base"].double(),
+            "models": [m.double() for m in j["models"]],
+            "repeat": 1,
+        }
+        for j in jobs
+    ]
+    torch.save(jobs64, src)
+    subprocess.run([mk_python, "-c", MERGEKIT_KERNEL, str(src), str(dst)], check=True)
+    exact = torch.load(dst)
     per_case: dict[str, list[tuple[float, float, float]]] = {}
-    for key, job, mk in zip(keys, jobs, theirs, strict=True):
+    for key, job, mk, ex in zip(keys, jobs, theirs, exact, strict=True):
         out, secs = ours(
             job["method"], job["base"], job["models"], job["params"], job["model_params"], REPEATS
         )
         theirs_out = mk["out"]
         differing = int(((out - theirs_out).abs() > 1e-5 * theirs_out.abs().max()).sum())
         per_case.setdefault(key, []).append(
-            (rel(out, mk["out"]), secs, mk["seconds"], differing, out.numel())
+            (
+                rel(out, mk["out"]),
+                secs,
+                mk["seconds"],
+                differing,
+                out.numel(),
+                rel(out, ex["out"]),
+                rel(theirs_out, ex["out"]),
+            )
         )
         if os.environ.get("PARITY_VERBOSE"):
             print(job["name"], f"{rel(out, mk['out']):.2e}", int((out != mk["out"]).sum()), out.numel())
     print("## per-tensor kernels (shapes " + ", ".join(str(s) for s in SHAPES) + ")\n")
     print(
         "| case | worst relative difference | entries off by > 1e-5 relative "
-        "| time ours / mergekit (largest shape) |"
+        "| ours vs float64 | mergekit vs float64 | time ours / mergekit (largest shape) |"
     )
-    print("|---|---|---|---|")
+    print("|---|---|---|---|---|---|")
     worst_all = 0.0
     for case, rows in per_case.items():
         worst = max(r[0] for r in rows)
@@ -188,9 +211,14 @@ def kernels(mk_python: str, work: Path) -> None:
         flips = f"{differing} of {total}"
         if not method_is_threshold(CASES[case][0]):
             worst_all = max(worst_all, worst)
-        _, t_ours, t_mk, _, _ = rows[0]
+        ours_exact = max(r[5] for r in rows)
+        mk_exact = max(r[6] for r in rows)
+        _, t_ours, t_mk = rows[0][:3]
         ratio = f"{t_ours / t_mk:.2f}" if t_mk > 1e-4 else "n/a (mergekit returns its input)"
-        print(f"| {case} | {worst:.2e} | {flips} | {ratio} ({t_ours * 1e3:.1f} ms / {t_mk * 1e3:.1f} ms) |")
+        print(
+            f"| {case} | {worst:.2e} | {flips} | {ours_exact:.1e} | {mk_exact:.1e} "
+            f"| {ratio} ({t_ours * 1e3:.1f} ms / {t_mk * 1e3:.1f} ms) |"
+        )
     verdict = "OK" if worst_all <= 1e-5 else "ABOVE 1e-5"
     print(f"\nworst kernel difference (methods without a threshold): {worst_all:.2e} ({verdict})\n")
 

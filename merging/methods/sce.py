@@ -12,6 +12,7 @@ import torch
 
 from merging.errors import RecipeError
 from merging.methods.base import ParamSpec, TensorInputs, task_vector_stack
+from merging.methods.numerics import mean_square
 from merging.methods.order_stats import largest_mask
 
 WEIGHT_SUM_EPS = 1e-6  # below this total, every model weighs the same (mergekit's rule)
@@ -53,7 +54,7 @@ def variance_mask(tv: torch.Tensor, fraction: float) -> torch.Tensor:
 def model_weights(tv: torch.Tensor) -> torch.Tensor:
     """(T,) weights: each task vector's mean square over the sum of them; equal when they nearly vanish."""
     n_models = tv.shape[0]
-    ms = tv.reshape(n_models, -1).square().mean(dim=1)
+    ms = mean_square(tv.reshape(n_models, -1), dim=1)
     total = float(ms.sum())
     if abs(total) < WEIGHT_SUM_EPS:
         return torch.full_like(ms, 1.0 / n_models)

@@ -15,6 +15,7 @@ import torch
 
 from merging.errors import RecipeError
 from merging.methods.base import ParamSpec, TensorInputs
+from merging.methods.numerics import norm
 
 # slerp: |cos| above this counts as (anti)parallel and falls back to linear interpolation (mergekit's value).
 SLERP_DOT_THRESHOLD = 0.9995
@@ -58,8 +59,8 @@ def slerp_vectors(t: float, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     fa, fb = a.reshape(-1), b.reshape(-1)
     if fa.numel() == 0:
         return torch.lerp(a, b, t)
-    na = float(torch.linalg.vector_norm(fa))
-    nb = float(torch.linalg.vector_norm(fb))
+    na = float(norm(fa))
+    nb = float(norm(fb))
     na = na if na > SLERP_NORM_EPS else 1.0
     nb = nb if nb > SLERP_NORM_EPS else 1.0
     dot = min(1.0, max(-1.0, float(torch.dot(fa, fb)) / (na * nb)))
@@ -122,9 +123,9 @@ def nuslerp_vectors(
         a, b = v0.transpose(0, -1), v1.transpose(0, -1)
     else:
         a, b = v0, v1
-    na = torch.linalg.vector_norm(a, dim=-1, keepdim=True).clamp_(min=NUSLERP_NORM_EPS)
-    nb = torch.linalg.vector_norm(b, dim=-1, keepdim=True).clamp_(min=NUSLERP_NORM_EPS)
-    cos = ((a / na) * (b / nb)).sum(-1, keepdim=True).clamp_(-1.0, 1.0)
+    na = norm(a, dim=-1, keepdim=True).clamp_(min=NUSLERP_NORM_EPS)
+    nb = norm(b, dim=-1, keepdim=True).clamp_(min=NUSLERP_NORM_EPS)
+    cos = torch.linalg.vecdot(a, b, dim=-1).unsqueeze(-1).div_(na * nb).clamp_(-1.0, 1.0)
     colinear = (1 - cos.square()) <= NUSLERP_EPS**2
     theta = torch.acos(torch.where(colinear, 0.0, cos).double())
     sin_theta = torch.sin(theta)
@@ -219,9 +220,9 @@ def merge_multislerp(inputs: TensorInputs) -> torch.Tensor:
     )
     if inputs.params["normalize_weights"]:
         w = w / w.sum()
-    norms = torch.linalg.vector_norm(flat, dim=1)
+    norms = norm(flat, dim=1)
     mean = torch.mv(flat.T, w / (norms + eps))  # Σ w_i x_i / (‖x_i‖ + eps)
-    mean_norm = float(torch.linalg.vector_norm(mean))
+    mean_norm = float(norm(mean))
     if mean_norm < eps:
         if n == 2:  # antipodal pair: mergekit falls back to the weighted sum
             out = torch.mv(flat.T, w).reshape(x.shape[1:])
@@ -260,7 +261,7 @@ def karcher_mean(vectors: torch.Tensor, max_iter: int, tol: float) -> torch.Tens
     """Equal-weight Karcher (Fréchet) mean on the unit sphere of the rows of `vectors` (N, n), scaled by
     their mean norm. Rows with norm ≤ tol take no part in the direction but do count in the mean norm."""
     n_vec = vectors.shape[0]
-    norms = torch.linalg.vector_norm(vectors, dim=1)
+    norms = norm(vectors, dim=1)
     valid = [i for i in range(n_vec) if float(norms[i]) > tol]
     scale = float(norms.sum()) / n_vec
     if not valid:
@@ -268,7 +269,7 @@ def karcher_mean(vectors: torch.Tensor, max_iter: int, tol: float) -> torch.Tens
     units = vectors[valid] / norms[valid].unsqueeze(1)
     alpha = 1.0 / len(valid)
     mean = units.sum(0).mul_(alpha)
-    mean_norm = float(torch.linalg.vector_norm(mean))
+    mean_norm = float(norm(mean))
     mean = units[0].clone() if mean_norm < tol else mean.div_(mean_norm)
     for _ in range(max_iter):
         dots = torch.mv(units, mean).clamp_(-1.0, 1.0)
@@ -276,11 +277,11 @@ def karcher_mean(vectors: torch.Tensor, max_iter: int, tol: float) -> torch.Tens
         # tangent = Σ α θ_i/sin θ_i (u_i − dot_i·mean) over the inputs not already at the mean
         coef = torch.where(theta < tol, 0.0, alpha * theta / torch.sin(theta).clamp_min(1e-30))
         tangent = torch.mv(units.T, coef).sub_(mean, alpha=float((coef * dots).sum()))
-        step = float(torch.linalg.vector_norm(tangent))
+        step = float(norm(tangent))
         if step < tol:
             break
         mean = mean.mul_(math.cos(step)).add_(tangent, alpha=math.sin(step) / step)
-        unit_norm = float(torch.linalg.vector_norm(mean))
+        unit_norm = float(norm(mean))
         if unit_norm > tol:
             mean.div_(unit_norm)
     return mean.mul_(scale)
