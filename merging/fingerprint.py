@@ -9,7 +9,8 @@ depends neither on the path nor on how the tensors are sharded into files.
 Hashing a multi-GB model on every open would be slow, so the per-tensor digests of each weight file are cached
 in `$MERGELAB_HOME/cache/fingerprints/`, keyed by the file's (resolved path, size, mtime, ctime, inode): any
 write to the file changes its mtime and ctime (ctime cannot be set back by the writer), a replaced file has a
-new inode, so a stale entry is never served. A cache that cannot be written is skipped, never an error.
+new inode, so a stale entry is never served; storing a new version of a file drops the old one, so the cache
+holds one entry per weight file. A cache that cannot be written is skipped, never an error.
 """
 
 from __future__ import annotations
@@ -49,8 +50,13 @@ def _cache_root() -> Path | None:
         return None
 
 
+def _digest(text: str) -> str:
+    return xxhash.xxh3_64_hexdigest(f"{FINGERPRINT_VERSION}|{text}".encode())
+
+
 def _cache_file(root: Path, key: str) -> Path:
-    return root / f"{xxhash.xxh3_128_hexdigest(f'{FINGERPRINT_VERSION}|{key}'.encode())}.json"
+    """`<hash of the path>-<hash of the whole key>.json`: one file version per entry, findable by path."""
+    return root / f"{_digest(key.split('|', 1)[0])}-{_digest(key)}.json"
 
 
 def _load_cached(key: str) -> dict[str, str] | None:
@@ -86,7 +92,12 @@ def _store_cached(key: str, digests: dict[str, str]) -> None:
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=root)
         with os.fdopen(fd, "w") as fh:
             json.dump({"key": key, "tensors": digests}, fh)
-        os.replace(tmp, _cache_file(root, key))
+        target = _cache_file(root, key)
+        os.replace(tmp, target)
+        # the cache holds one entry per weight file: older versions of this path can never match again
+        for old in root.glob(f"{target.name.split('-', 1)[0]}-*.json"):
+            if old != target:
+                old.unlink(missing_ok=True)
     except OSError:
         pass
 

@@ -97,3 +97,17 @@ def test_pickled_checkpoint_hashes_all_bytes(tmp_path, tiny_llama_family):
     b = open_checkpoint(tmp_path / "b", allow_bin=True).fingerprint
     assert a != b
     assert a == open_checkpoint(cks[0]).fingerprint  # same tensors, same model, whatever the file format
+
+
+def test_the_cache_keeps_one_entry_per_weight_file(tmp_path, tiny_llama_family):
+    _, cks = tiny_llama_family
+    copy = shutil.copytree(cks[0], tmp_path / "copy")
+    cache = tmp_path / "home" / "cache" / "fingerprints"
+    seen = {open_checkpoint(copy).fingerprint}
+    assert len(list(cache.glob("*.json"))) == 1
+    for tensor in ("model.norm.weight", "model.layers.0.mlp.up_proj.weight"):
+        flip_byte_three_quarters_in(copy, tensor)
+        fpmod.clear_memo()
+        seen.add(open_checkpoint(copy).fingerprint)
+    assert len(seen) == 3  # three versions of the file, three models
+    assert len(list(cache.glob("*.json"))) == 1  # but the older versions' entries were dropped
