@@ -394,6 +394,33 @@ def study_report(db: Any, study_id: str, paper_model: str = "Average", n_boot: i
     }
     sections: list[Section] = []
     tables_data: dict[str, pd.DataFrame] = {"merges": merged, "base": base_rows, "singles": singles}
+    from ui import sweep_report  # a sweep is a study over one hyperparameter's values
+
+    sweep = sweep_report.build(
+        db,
+        study_id,
+        float(base_rows["value"].mean() * 100.0) if len(base_rows) else None,
+        float(singles.groupby("checkpoint")["value"].mean().max() * 100.0) if len(singles) else None,
+    )
+    if sweep is not None:
+        facts["merged"] = (
+            f"{sweep.axis.method} at {sweep.axis.param} = {', '.join(f'{v:g}' for v in sweep.axis.values)} "
+            f"on {study['subsets_per_size']} subsets of n = {study['sizes'][0]} from a pool of {len(pool)} "
+            f"checkpoints, merged into {data.short_name(study['base'])}"
+        )
+        sections.append(
+            Section(
+                f"Sweep of {sweep.axis.param}",
+                text=sweep.heading + ". Thin lines: one subset each; bold: the mean; band: min-max.",
+                figures=sweep.figures,
+                tables=[Table(f"Average accuracy (%) per {sweep.axis.param}", sweep.table, index=True)],
+            )
+        )
+        if sweep.paper:
+            sections.append(
+                Section(f"{PAPER_LABEL}: the ablation of {sweep.axis.param}", text=sweep.paper, paper=True)
+            )
+        tables_data.update(sweep.data)
     if merged.empty or base_rows.empty:
         sections.append(Section("Results", text="No scored merges in this study yet."))
     else:
@@ -453,8 +480,8 @@ def study_report(db: Any, study_id: str, paper_model: str = "Average", n_boot: i
     methods = [c.get("method", c.get("name")) if isinstance(c, Mapping) else str(c) for c in study["methods"]]
     sections.append(paper_section(list(dict.fromkeys(methods)), paper_model))
     return Report(
-        title=f"MergeLab study: {study['name']}",
-        kind="study",
+        title=f"MergeLab {'sweep' if sweep is not None else 'study'}: {study['name']}",
+        kind="sweep" if sweep is not None else "study",
         facts=facts,
         recipes=recipes,
         suite=study["suite"],

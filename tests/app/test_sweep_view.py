@@ -1,11 +1,16 @@
-"""Study → sweeps, in AppTest: empty workspace, a populated workspace whose study is not a sweep, and a
-sweep launched from the page on tiny models and tiny tasks, run by the real job runner, drawn as score
-against the value."""
+"""Study → sweeps, in AppTest: empty workspace, a populated workspace whose study is not a sweep, a sweep
+launched from the page on tiny models and tiny tasks (run by the real job runner) drawn as score against
+the value, and a stored sweep in the page and in the exported report (HTML and Parquet)."""
 
+import html
+import io
 import json
+import re
 import shutil
 import time
+import zipfile
 
+import pandas as pd
 import pytest
 
 from tests.app.conftest import app_test, errors_of, plot_values
@@ -76,3 +81,68 @@ def test_sweep_launched_from_the_page_draws_its_curve(registered_home, tmp_path)
     assert any(t.startswith("Distance from the base against lambda") for t in charts)
     table = next(d.value for d in at.dataframe if "mean (%)" in d.value.columns)
     assert list(table.index) == ["lambda=0", "lambda=1"] and list(table["merges"]) == [1, 1]
+
+
+@pytest.fixture(scope="module")
+def swept_home(tiny_llama_family, tmp_path_factory):
+    """Registered tiny models plus a finished lambda sweep (0, 1, 2 on two subsets of n = 2), run by the
+    real "sweep" job on a one-task zoo suite."""
+    from jobs import JobRunner
+    from store import Store
+    from ui import catalog
+
+    home = tmp_path_factory.mktemp("swept")
+    write_zoo_tasks(home / "zoo", names=("add",))
+    base, cks = str(tiny_llama_family[0]), [str(c) for c in tiny_llama_family[1]]
+    with Store(home / "mergelab.duckdb") as db:
+        catalog.register(db, base, "base")
+        pool = [catalog.register(db, c, "checkpoint")["ref"] for c in cks]
+        runner = JobRunner(db, devices=["cpu"])
+        try:
+            params = {"base": base, "pool": pool, "method": "task_arithmetic", "param": "lambda"}
+            params |= {"values": "0,1,2", "n": 2, "subsets": 2, "suite": "zoo", "zoo_root": str(home / "zoo")}
+            (job,) = runner.wait([runner.submit("sweep", params)], timeout=600)
+        finally:
+            runner.shutdown()
+        assert job.status == "done", job.error
+        return home, job.params["study_id"]
+
+
+def test_stored_sweep_on_the_study_page(swept_home):
+    home, study_id = swept_home
+    at = app_test(home, "study")
+    assert errors_of(at) == []
+    assert at.selectbox(key="study:which").value == study_id
+    specs = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+    curve = next(s for s in specs if (s["layout"].get("title") or {}).get("text", "").startswith(CURVE))
+    subsets = [d for d in curve["data"] if str(d.get("name", "")).startswith("subset ")]
+    assert len(subsets) == 2 and all(plot_values(d["x"]) == [0.0, 1.0, 2.0] for d in subsets)
+    table = next(d.value for d in at.dataframe if "mean (%)" in d.value.columns)
+    assert list(table.index) == ["lambda=0", "lambda=1", "lambda=2"] and list(table["merges"]) == [2, 2, 2]
+    assert any("The paper's ablation" in c.value and "saturates" in c.value for c in at.caption)
+    assert [b.label for b in at.get("download_button")][:2] == [
+        "Download report (HTML)",
+        "Download data (Parquet, zip)",
+    ]
+
+
+def test_exported_report_holds_the_sweep_curve(swept_home):
+    from store import Store
+    from ui import report
+
+    home, study_id = swept_home
+    with Store(home / "mergelab.duckdb") as db:
+        rep = report.study_report(db, study_id)
+        points = db.study_results_df(study_id)
+    assert rep.kind == "sweep" and rep.title.startswith("MergeLab sweep: sweep of lambda for task_arithmetic")
+    assert "lambda = 0, 1, 2 on 2 subsets of n = 2" in rep.facts["merged"]
+    page = report.to_html(rep)
+    assert not re.search(r"<script[^>]+src=", page)  # offline: nothing loaded from elsewhere
+    assert html.escape(CURVE) in page and "Distance from the base against lambda" in page
+    assert html.escape("saturates around λ ≈ 1.0") in page  # the paper's statement, in its own section
+    with zipfile.ZipFile(io.BytesIO(report.to_parquet_zip(rep))) as zf:
+        sweep = pd.read_parquet(io.BytesIO(zf.read("sweep_points.parquet")))
+    assert sorted(sweep["value"].unique()) == [0.0, 1.0, 2.0] and len(sweep) == 6
+    # the exported points are the stored scores: per merge, the mean over the suite's tasks in percent
+    expected = points.groupby(["config", "subset_id"])["value"].mean().mul(100).sort_values().tolist()
+    assert sorted(sweep["accuracy"]) == pytest.approx(expected)
