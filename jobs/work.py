@@ -57,6 +57,9 @@ class TrackedDirectorySink:
     def write(self, name, tensor) -> None:
         self._sink.write(name, tensor)
 
+    def write_rows(self, name, start, rows) -> None:
+        self._sink.write_rows(name, start, rows)
+
     def commit(self, result):
         tmp = self._sink.tmp_dir
         self._on_temp(str(self.out_dir))  # until recorded; DirectorySink refuses a non-empty out_dir

@@ -44,6 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--spectra", default=None, help="'all' or comma-separated tensor names/patterns for SVD spectra"
     )
     p.add_argument("--max-shard-bytes", type=int, default=2_000_000_000, help="largest output shard (bytes)")
+    p.add_argument(
+        "--max-memory",
+        default=None,
+        help="memory budget, e.g. 6GiB (default: a safe share of free RAM, or of free VRAM on a GPU); "
+        "tensors that do not fit are merged in row blocks, with the same result",
+    )
     p.add_argument("--list-methods", action="store_true", help="list every merge method and its parameters")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
@@ -156,11 +162,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _merge(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from merging.budget import parse_memory
     from merging.engine import run_merge
     from merging.errors import RecipeError
     from merging.recipe import Recipe
     from merging.sinks import DirectorySink
 
+    max_memory = parse_memory(args.max_memory) if args.max_memory is not None else None
     recipe = Recipe.from_yaml(Path(args.config))
     overrides = {}
     if args.seed is not None:
@@ -207,6 +215,7 @@ def _merge(args: argparse.Namespace) -> int:
             spectra=spectra,
             on_progress=on_progress,
             should_cancel=lambda: cancelled,
+            max_memory=max_memory,
         )
     finally:
         if bar is not None:

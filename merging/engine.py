@@ -23,15 +23,17 @@ from typing import Any
 
 import torch
 
+from merging.budget import default_budget, parse_memory, plan_blocks
 from merging.checkpoint import Checkpoint, open_checkpoint
-from merging.compat import CompatReport, TensorSource, fit_source
+from merging.compat import CompatReport
 from merging.errors import DeviceError, MergeCancelled, NonFiniteError, RecipeError
-from merging.geometry import GeometryRecorder, MergeStats, wants_spectrum
-from merging.memory import Workspace
-from merging.methods.base import ModelsFromTaskVectors, TensorInputs
-from merging.plan import PlannedTensor
+from merging.geometry import BlockGeometry, GeometryRecorder, MergeStats, wants_spectrum
+from merging.methods.base import MethodSpec, ModelsFromTaskVectors, TensorInputs
+from merging.methods.blocks import Block, RowwiseMerger, TensorContext, merger_for
+from merging.plan import MergePlan, PlannedTensor
 from merging.planner import plan_recipe, validate_recipe
 from merging.progress import Progress
+from merging.reader import ReadUnit, iterate_units
 from merging.recipe import Recipe
 from merging.sinks import Sink
 from merging.tokenizer import apply_vocab
@@ -121,14 +123,20 @@ def run_merge(
     on_progress: Callable[[Progress], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
     checkpoints: Mapping[str, Checkpoint] | None = None,
+    max_memory: int | str | None = None,
 ) -> MergeResult:
     """Merge `recipe` into `sink`. MergeError subclasses for anything the user can fix; MergeCancelled when
-    `should_cancel()` turns true (the sink is aborted first, so no output is left)."""
+    `should_cancel()` turns true (the sink is aborted first, so no output is left).
+
+    `max_memory` is the memory budget (bytes or "5GiB"; None: a safe share of what is free, budget.py).
+    Stages: plan (recipe, compatibility, budget, row blocks) → read (prefetching reader) → compute (the
+    method on a block) → write (the sink) → observe (geometry, progress, cancel)."""
     started = time.perf_counter()
     spec, _, _ = validate_recipe(recipe)
     dev = resolve_device(device)
     if isinstance(spectra, str) and spectra != "all":
         raise RecipeError(f"spectra must be 'all', a list of tensor names, or None; got {spectra!r}")
+    budget = parse_memory(max_memory) if max_memory is not None else default_budget(dev)
 
     given = dict(checkpoints or {})
     opened: list[Checkpoint] = []
@@ -142,114 +150,49 @@ def run_merge(
     planned_recipe = None
     try:
         planned_recipe = plan_recipe(recipe, spec, get)  # slices, gradients, filters resolved here
-        plan, base, reference = planned_recipe.plan, planned_recipe.base, planned_recipe.reference
-        report = planned_recipe.report
+        plan = plan_blocks(planned_recipe.plan, spec, budget)  # the budget: row blocks per tensor
+        inputs = _Inputs(planned_recipe.base, planned_recipe.checkpoints, tuple(planned_recipe.geometry_refs))
+        reference, report = planned_recipe.reference, planned_recipe.report
         _check_spectra(spectra, {t.name: len(t.shape) for t in plan.tensors})
-
         seed = recipe.seed
         if seed is None and spec.randomized:
             seed = secrets.randbits(31)  # recorded in the result's recipe, so the output is reproducible
         used = dataclasses.replace(recipe, seed=seed)
-        model_refs = planned_recipe.geometry_refs
-        models = [planned_recipe.checkpoints[r] for r in model_refs]
-        input_fps = {ref: ck.fingerprint for ref, ck in planned_recipe.checkpoints.items()}
+        models = [inputs.by_ref[r] for r in inputs.model_refs]
         fingerprint = merge_fingerprint(
             spec.name,
             planned_recipe.global_params,
             planned_recipe.model_params,
-            base.fingerprint if base else None,
+            inputs.base.fingerprint if inputs.base else None,
             [m.fingerprint for m in models],
             plan.out_dtype,
             seed if spec.randomized else None,
-            dev.type if spec.randomized else None,
+            "any" if spec.randomized else None,  # masks hash seed and position: the same on any device
             plan_digest=planned_recipe.digest,
         )
-        by_ref = planned_recipe.checkpoints
-        bytes_total = sum(_input_bytes(planned, base, by_ref) for planned in plan.tensors)
-
+        observer = _Observer(
+            GeometryRecorder(len(models), spectra, labels=[m.ref for m in models], base_label=reference.ref),
+            plan,
+            {t.name: _input_bytes(t, inputs.base, inputs.by_ref) for t in plan.tensors},
+            on_progress,
+            should_cancel,
+        )
         sink.begin(reference, used, plan)
         try:
-            recorder = GeometryRecorder(
-                len(models), spectra, labels=[m.ref for m in models], base_label=reference.ref
-            )
-            bytes_read = bytes_written = 0
-            workspace = Workspace(dev)
-            workspace.reserve(
-                max((len(t.inputs) + 1) * math.prod(t.shape) for t in plan.tensors) if plan.tensors else 0
-            )
-            for done, planned in enumerate(plan.tensors, start=1):
-                if should_cancel is not None and should_cancel():
-                    raise MergeCancelled(f"merge cancelled before tensor {planned.name!r}")
-                name = planned.name
-                slots = workspace.slots(len(planned.inputs) + 1, planned.shape)
-                stacked, base_t = slots[:-1], slots[-1]
-                for row, item in zip(stacked, planned.inputs, strict=True):
-                    _load_into(row, by_ref[item.checkpoint], item.source)
-                if base is not None and planned.base is not None:
-                    _load_into(base_t, base, planned.base)
-                else:
-                    base_t.copy_(stacked[0])
-                if planned.vocab is not None:  # a merged tokenizer: complete the rows an input lacks
-                    apply_vocab(
-                        planned, base_t if base is not None and planned.base is not None else None, stacked
-                    )
-                bytes_read += _input_bytes(planned, base, by_ref)
-                gparams_t, mparams_t = planned.params, planned.model_params
-                gen = torch.Generator(device=dev).manual_seed(tensor_seed(seed or 0, name))
-                has_base = base is not None and planned.base is not None
-                if has_base:  # task vectors formed once, in place; methods and geometry share them
-                    stacked.sub_(base_t)
-                    inputs = TensorInputs(
-                        name,
-                        base_t,
-                        ModelsFromTaskVectors(base_t, stacked),
-                        mparams_t,
-                        gparams_t,
-                        gen,
-                        stacked,
-                    )
-                else:  # linear without a base averages the weights themselves
-                    inputs = TensorInputs(name, None, list(stacked.unbind(0)), mparams_t, gparams_t, gen)
-                try:
-                    merged = spec.merge(inputs)
-                except (RuntimeError, ValueError):
-                    recorder.refuse_nonfinite_inputs(name, base_t, stacked)  # names a NaN input
-                    raise
-                merged = _check_shape(merged, planned, spec.name)
-                if merged.untyped_storage().data_ptr() == slots.untyped_storage().data_ptr():
-                    merged = merged.clone()  # the stats below reuse the inputs' memory in place
-                if not output_is_finite(merged):  # checked before the sink sees it (issue 11)
-                    recorder.refuse_nonfinite_inputs(name, base_t, stacked)  # names a NaN input
-                    raise NonFiniteError(
-                        f"the method produced NaN/Inf in tensor {name!r}; check its parameters "
-                        "(e.g. weights summing to 0)"
-                    )
-                out = merged.to(planned.dtype)
-                sink.write(name, out)
-                bytes_written += out.numel() * out.element_size()
-                del out
-                if (
-                    tuple(i.checkpoint for i in planned.inputs) == model_refs
-                ):  # geometry compares the recipe's models
-                    recorder.record(name, base_t, stacked, merged, task_vectors=has_base)
-                del base_t, stacked, slots, merged, inputs
-                if on_progress is not None:
-                    on_progress(Progress(done, len(plan.tensors), bytes_read, bytes_total, name))
-            if should_cancel is not None and should_cancel():
-                raise MergeCancelled("merge cancelled before the output was committed")
+            bytes_written = _stream(plan, spec, inputs, sink, dev, seed or 0, observer)
+            observer.check_cancel("before the output was committed")
             result = MergeResult(
                 recipe=used,
-                stats=recorder.finish(),
-                seconds=0.0,
-                bytes_read=bytes_read,
+                stats=observer.recorder.finish(),
+                seconds=time.perf_counter() - started,
+                bytes_read=observer.bytes_read,
                 bytes_written=bytes_written,
                 device=str(dev),
                 output_path=None,
                 fingerprint=fingerprint,
-                input_fingerprints=input_fps,
+                input_fingerprints={ref: ck.fingerprint for ref, ck in inputs.by_ref.items()},
                 compat=report,
             )
-            result.seconds = time.perf_counter() - started
             result.output_path = sink.commit(result)
         except BaseException:
             sink.abort()
@@ -261,6 +204,220 @@ def run_merge(
             planned_recipe.cleanup()
         for ck in opened:
             ck.close()
+
+
+@dataclass(frozen=True)
+class _Inputs:
+    """The opened checkpoints a plan reads: the base (None without one), every checkpoint by its ref, and
+    the refs whose task vectors geometry compares (the recipe's models)."""
+
+    base: Checkpoint | None
+    by_ref: Mapping[str, Checkpoint]
+    model_refs: tuple[str, ...]
+
+
+@dataclass
+class _Work:
+    """One output tensor in flight: its merger (None: merged by spec.merge) and what was read so far."""
+
+    planned: PlannedTensor
+    merger: Any
+    passes: int
+    blocks: list[tuple[int, int]]
+    geometry: BlockGeometry | None = None
+    assembled: torch.Tensor | None = None
+
+
+def read_units(plan: MergePlan, spec: MethodSpec, opened: _Inputs, seed: int) -> tuple[list, list]:
+    """Read stage input: the units in the order the engine consumes them, each tensor's statistic passes
+    (re-reads of its blocks) before its merge pass. Returns (units, work per unit)."""
+    units: list[ReadUnit] = []
+    works: list[tuple[_Work, int]] = []  # (work, pass_no; -1 is the merge pass)
+    for index, planned in enumerate(plan.tensors):
+        blocks = planned.row_blocks
+        merger = _merger_for(spec, planned, seed, len(blocks))
+        passes = merger.passes if merger is not None and hasattr(merger, "passes") else 0
+        work = _Work(planned, merger, passes, blocks)
+        base = (opened.base, planned.base) if opened.base is not None and planned.base is not None else None
+        inputs = tuple((opened.by_ref[i.checkpoint], i.source) for i in planned.inputs)
+        reread = passes if len(blocks) > 1 else 0  # one block: its passes reuse the stack already read
+        for pass_no in [*range(reread), -1]:
+            for start, stop in blocks:
+                shape = (stop - start, *planned.shape[1:]) if len(planned.shape) >= 2 else planned.shape
+                units.append(
+                    ReadUnit(index, planned.name, start, stop, shape, base, inputs, planned.prefetch)
+                )
+                works.append((work, pass_no))
+    return units, works
+
+
+def _merger_for(spec: MethodSpec, planned: PlannedTensor, seed: int, n_blocks: int):
+    """The block merger of a tensor (blocks.merger_for), or None: merged whole by spec.merge. A row-wise
+    method's single block is merged by spec.merge directly (the same thing, one call less)."""
+    ctx = TensorContext(
+        planned.name,
+        planned.shape,
+        planned.params,
+        planned.model_params,
+        len(planned.inputs),
+        tensor_seed(seed, planned.name),
+        n_blocks,
+    )
+    merger = merger_for(spec, ctx)
+    if isinstance(merger, RowwiseMerger) and n_blocks == 1:
+        return None
+    return merger
+
+
+def _stream(
+    plan: MergePlan,
+    spec: MethodSpec,
+    opened: _Inputs,
+    sink: Sink,
+    dev: torch.device,
+    seed: int,
+    observer: _Observer,
+) -> int:
+    """Read → compute → write → observe, unit by unit; returns the bytes written."""
+    units, works = read_units(plan, spec, opened, seed)
+    has_base = opened.base is not None
+    bytes_written = 0
+    write_rows = getattr(sink, "write_rows", None)
+    for (unit, stack), (work, pass_no) in zip(iterate_units(units, dev), works, strict=True):
+        planned = work.planned
+        observer.check_cancel(f"before tensor {planned.name!r}")
+        if planned.vocab is not None:  # a merged tokenizer: complete the rows an input lacks (never cut)
+            apply_vocab(planned, stack[-1] if has_base and planned.base is not None else None, stack[:-1])
+        inputs = _block_inputs(planned, stack, has_base and planned.base is not None, seed, dev)
+        block = Block(unit.start, unit.stop, inputs, _row_numel(planned.shape))
+        if pass_no >= 0:
+            work.merger.observe(pass_no, block)
+            continue
+        if len(work.blocks) == 1 and work.merger is not None:
+            for p in range(work.passes):
+                work.merger.observe(p, block)
+        merged = _compute(spec, work, block, stack, observer, planned)
+        out = merged.to(planned.dtype)
+        whole = len(work.blocks) == 1
+        if whole:
+            sink.write(planned.name, out)
+        elif write_rows is not None:
+            write_rows(planned.name, unit.start, out)
+        else:  # a sink without row writes gets the tensor once it is complete
+            if work.assembled is None:
+                work.assembled = torch.empty(planned.shape, dtype=planned.dtype, device=out.device)
+            work.assembled[unit.start : unit.stop] = out
+            if unit.stop == planned.rows:
+                sink.write(planned.name, work.assembled)
+                work.assembled = None
+        bytes_written += out.numel() * out.element_size()
+        del out
+        observer.observe(work, block, stack, merged, has_base and planned.base is not None, opened.model_refs)
+        del merged, inputs, block, stack
+    return bytes_written
+
+
+def _block_inputs(
+    planned: PlannedTensor, stack: torch.Tensor, has_base: bool, seed: int, dev: torch.device
+) -> TensorInputs:
+    """The method's view of a read unit: task vectors formed once, in place (methods and geometry share
+    them); without a base (linear) the checkpoints' weights."""
+    stacked, base_t = stack[:-1], stack[-1]
+    gen = torch.Generator(device=dev).manual_seed(tensor_seed(seed, planned.name))
+    params, mparams = planned.params, planned.model_params
+    if has_base:
+        stacked.sub_(base_t)
+        models = ModelsFromTaskVectors(base_t, stacked)
+        return TensorInputs(planned.name, base_t, models, mparams, params, gen, stacked)
+    return TensorInputs(planned.name, None, list(stacked.unbind(0)), mparams, params, gen)
+
+
+def _compute(
+    spec: MethodSpec,
+    work: _Work,
+    block: Block,
+    stack: torch.Tensor,
+    observer: _Observer,
+    planned: PlannedTensor,
+) -> torch.Tensor:
+    """Compute stage: the method on one block; NaN/Inf refused before anything reaches the sink."""
+    inputs = block.inputs
+    base_t = stack[-1]
+    try:
+        merged = work.merger.merge(block) if work.merger is not None else spec.merge(inputs)
+    except (RuntimeError, ValueError):
+        observer.recorder.refuse_nonfinite_inputs(planned.name, base_t, stack[:-1])  # names a NaN input
+        raise
+    merged = _check_shape(
+        merged,
+        planned,
+        spec.name,
+        tuple(block.inputs.base.shape) if block.inputs.base is not None else tuple(stack.shape[1:]),
+    )
+    if merged.untyped_storage().data_ptr() == stack.untyped_storage().data_ptr():
+        merged = merged.clone()  # the stats reuse the inputs' memory in place
+    if not output_is_finite(merged):  # checked before the sink sees it (issue 11)
+        observer.recorder.refuse_nonfinite_inputs(planned.name, base_t, stack[:-1])
+        raise NonFiniteError(
+            f"the method produced NaN/Inf in tensor {planned.name!r}; check its parameters "
+            "(e.g. weights summing to 0)"
+        )
+    return merged
+
+
+class _Observer:
+    """Observe stage: geometry (whole tensors, or accumulated over blocks), progress and cancellation."""
+
+    def __init__(
+        self,
+        recorder: GeometryRecorder,
+        plan: MergePlan,
+        tensor_bytes: Mapping[str, int],
+        on_progress: Callable[[Progress], None] | None,
+        should_cancel: Callable[[], bool] | None,
+    ):
+        self.recorder, self.plan, self.tensor_bytes = recorder, plan, tensor_bytes
+        self.bytes_total, self.bytes_read, self.done = sum(tensor_bytes.values()), 0, 0
+        self.on_progress, self.should_cancel = on_progress, should_cancel
+
+    def check_cancel(self, where: str) -> None:
+        if self.should_cancel is not None and self.should_cancel():
+            raise MergeCancelled(f"merge cancelled {where}")
+
+    def observe(
+        self,
+        work: _Work,
+        block: Block,
+        stack: torch.Tensor,
+        merged: torch.Tensor,
+        has_base: bool,
+        model_refs: tuple[str, ...],
+    ) -> None:
+        """Record geometry (consuming the unit's stack and `merged` in place), then report progress."""
+        planned = work.planned
+        stacked, base_t = stack[:-1], stack[-1]  # task vectors (or weights without a base), and the base
+        geometry = tuple(i.checkpoint for i in planned.inputs) == model_refs  # the recipe's models only
+        last = block.stop >= planned.rows
+        if len(work.blocks) == 1:
+            if geometry:
+                self.recorder.record(planned.name, base_t, stacked, merged, task_vectors=has_base)
+        elif geometry:
+            if work.geometry is None:
+                work.geometry = BlockGeometry(self.recorder.n)
+            work.geometry.add(base_t, stacked, merged, task_vectors=has_base)
+            if last:
+                self.recorder.stats.tensors.append(
+                    work.geometry.finish(self.recorder, planned.name, planned.shape)
+                )
+                work.geometry = None
+        nbytes = self.tensor_bytes[planned.name]
+        self.bytes_read += nbytes * block.stop // planned.rows - nbytes * block.start // planned.rows
+        if last:
+            self.done += 1
+        if self.on_progress is not None:
+            self.on_progress(
+                Progress(self.done, len(self.plan.tensors), self.bytes_read, self.bytes_total, planned.name)
+            )
 
 
 def output_is_finite(merged: torch.Tensor) -> bool:
@@ -275,17 +432,16 @@ def _input_bytes(planned: PlannedTensor, base: Checkpoint | None, by_ref: Mappin
     return n + sum(by_ref[i.checkpoint].tensors[i.source.name].nbytes for i in planned.inputs)
 
 
-def _load_into(dest: torch.Tensor, ck: Checkpoint, src: TensorSource) -> None:
-    """Read one input tensor into `dest` (float32 on the device): the dtype cast and the copy are one pass,
-    vocabulary rows fitted on the way."""
-    dest.copy_(fit_source(ck.read(src.name), src))
+def _row_numel(shape: tuple[int, ...]) -> int:
+    return math.prod(shape[1:]) if len(shape) >= 2 else math.prod(shape)
 
 
-def _check_shape(merged: torch.Tensor, planned: PlannedTensor, method: str) -> torch.Tensor:
-    if tuple(merged.shape) != planned.shape:
+def _check_shape(
+    merged: torch.Tensor, planned: PlannedTensor, method: str, expected: tuple[int, ...]
+) -> torch.Tensor:
+    if tuple(merged.shape) != expected:
         raise RuntimeError(
-            f"method {method} returned shape {tuple(merged.shape)} for {planned.name!r}, "
-            f"expected {planned.shape}"
+            f"method {method} returned shape {tuple(merged.shape)} for {planned.name!r}, expected {expected}"
         )
     return merged.float()
 

@@ -35,3 +35,7 @@ class OutputError(MergeError):
 
 class DeviceError(MergeError):
     """The requested compute device is not available on this machine."""
+
+
+class MemoryBudgetError(MergeError):
+    """The memory budget cannot hold the smallest unit of work (one row, or a tensor a method needs whole)."""

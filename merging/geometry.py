@@ -283,6 +283,65 @@ class GeometryRecorder:
         return self.stats
 
 
+class BlockGeometry:
+    """The per-tensor stats of `GeometryRecorder.record` for a tensor merged in row blocks: every quantity is
+    a sum over entries, so blocks add up (norms, cosines, ⟨Δ, τ_i⟩, L1 masses, conflict counts). Singular
+    spectra need the whole matrix and are not recorded for a blocked tensor."""
+
+    def __init__(self, n_models: int):
+        self.n = n_models
+        self.gram = torch.zeros(n_models, n_models, dtype=torch.float64)
+        self.delta_sq = 0.0
+        self.dots = [0.0] * n_models
+        self.task_l1 = self.dropped_l1 = 0.0
+        self.numel = self.conflicts = self.conflict_dropped = self.conflict_summed = 0
+
+    def add(
+        self, base: torch.Tensor, stacked: torch.Tensor, merged: torch.Tensor, *, task_vectors: bool
+    ) -> None:
+        """One block: base rows, (T, rows, ...) stack (weights, or task vectors with task_vectors=True) and
+        the merged rows; consumes them in place like `record`."""
+        taus = stacked.reshape(self.n, -1)
+        if not task_vectors:
+            taus.sub_(base.reshape(1, -1))
+        delta = merged.sub_(base).reshape(-1)
+        self.gram += (taus @ taus.T).double().cpu()
+        self.delta_sq += float(torch.dot(delta, delta))
+        self.dots = [a + b for a, b in zip(self.dots, (taus @ delta).double().cpu().tolist(), strict=True)]
+        numel = delta.numel()
+        kept = _kept(taus, delta, numel)
+        self.numel += numel
+        self.task_l1 += kept["task_l1"]
+        self.dropped_l1 += kept["dropped_l1"]
+        n_conflict = round(kept["sign_conflict"] * numel)
+        self.conflicts += n_conflict
+        self.conflict_dropped += round(kept["conflict_dropped"] * n_conflict)
+        self.conflict_summed += round(kept["conflict_summed"] * n_conflict)
+
+    def finish(self, recorder: GeometryRecorder, name: str, shape: tuple[int, ...]) -> TensorStats:
+        """The tensor's stats; also folds them into the recorder's whole-model sums."""
+        recorder._gram += self.gram
+        recorder._delta_sq += self.delta_sq
+        recorder._dots = [a + b for a, b in zip(recorder._dots, self.dots, strict=True)]
+        recorder._merged = True
+        gram = self.gram.tolist()
+        n_conf = self.conflicts
+        return TensorStats(
+            name=name,
+            shape=tuple(shape),
+            numel=self.numel,
+            task_norms=[math.sqrt(max(gram[i][i], 0.0)) for i in range(self.n)],
+            delta_norm=math.sqrt(max(self.delta_sq, 0.0)),
+            cosines=_cosines(gram),
+            sign_conflict=n_conf / self.numel if self.numel else 0.0,
+            task_dots=list(self.dots),
+            task_l1=self.task_l1,
+            dropped_l1=self.dropped_l1,
+            conflict_dropped=self.conflict_dropped / n_conf if n_conf else 0.0,
+            conflict_summed=self.conflict_summed / n_conf if n_conf else 0.0,
+        )
+
+
 def _refuse_nonfinite_inputs(
     name: str, base: torch.Tensor, taus: torch.Tensor, base_label: str, labels: Sequence[str]
 ) -> None:

@@ -45,6 +45,21 @@ class PlannedTensor:
     inputs: tuple[TensorInput, ...] = ()
     params: Mapping[str, Any] = field(default_factory=dict)
     vocab: VocabMap | None = None  # rows to complete after loading (a merged tokenizer); see tokenizer.py
+    # Set by the memory budget (merging/budget.py): rows merged at a time (None: the whole tensor at once),
+    # and whether the reader may read the next unit while this one is merged (two input stacks at once).
+    block_rows: int | None = None
+    prefetch: bool = True
+
+    @property
+    def rows(self) -> int:
+        """Rows the tensor can be cut into: its first axis (a vector or scalar is one row)."""
+        return int(self.shape[0]) if len(self.shape) >= 2 else 1
+
+    @property
+    def row_blocks(self) -> list[tuple[int, int]]:
+        """[start, stop) row ranges the engine merges one after the other."""
+        step = self.block_rows or self.rows
+        return [(a, min(self.rows, a + step)) for a in range(0, self.rows, step)]
 
     @property
     def nbytes(self) -> int:
@@ -73,6 +88,7 @@ class MergePlan:
     vocab_size: int | None = None
     tokenizer_dir: Path | None = None
     chat_template: str | None = None
+    budget: int | None = None  # the memory budget the row blocks were planned for (bytes), if any
 
     @property
     def nbytes(self) -> int:

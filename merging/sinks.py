@@ -47,6 +47,9 @@ COPIED_PATTERNS = (
 
 
 class Sink(Protocol):
+    """A sink may also offer `write_rows(name, start, rows)` (both sinks here do): the engine then hands it
+    a tensor merged in row blocks block by block, in order; otherwise it assembles the tensor first."""
+
     def begin(self, base: Checkpoint, recipe: Recipe, plan: MergePlan) -> None: ...
     def write(self, name: str, tensor: torch.Tensor) -> None: ...
     def commit(self, result: MergeResult) -> Path | None: ...
@@ -120,10 +123,10 @@ class _ShardWriter:
         self.fh: BinaryIO | None = open(path, "wb")  # noqa: SIM115 - closed in finish()/close()
         self.fh.write(struct.pack("<Q", len(raw)) + raw)
 
-    def write(self, t: torch.Tensor) -> int:
+    def write_bytes(self, t: torch.Tensor) -> int:
+        """Append a tensor's (or a row block's) bytes; the caller advances `next` when a tensor is done."""
         data = t.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy()
         self.fh.write(memoryview(data))
-        self.next += 1
         return data.nbytes
 
     @property
@@ -154,6 +157,7 @@ class DirectorySink:
         self._writer: _ShardWriter | None = None
         self._shard_idx = -1
         self._pos = 0
+        self._row = 0
         self._created_dirs: list[Path] = []
 
     def shard_names(self) -> list[str]:
@@ -165,6 +169,7 @@ class DirectorySink:
     def begin(self, base: Checkpoint, recipe: Recipe, plan: MergePlan) -> None:
         _check_target(self.out_dir)
         self._base, self._plan, self._pos, self.bytes_written = base, plan, 0, 0
+        self._row = 0
         self._shards, self._writer, self._shard_idx = [], None, -1
         size = 0
         for t in plan.tensors:
@@ -192,6 +197,11 @@ class DirectorySink:
                 ) from None
 
     def write(self, name: str, tensor: torch.Tensor) -> None:
+        self.write_rows(name, 0, tensor)
+
+    def write_rows(self, name: str, start: int, rows: torch.Tensor) -> None:
+        """Write rows [start, start + len) of tensor `name`; a tensor's blocks come in order, from row 0, and
+        the tensor is complete with its last row (a whole tensor is one block)."""
         plan = self._plan
         if plan is None or self.tmp_dir is None:
             raise OutputError("DirectorySink.write called before begin")
@@ -199,26 +209,38 @@ class DirectorySink:
             expected = plan.tensors[self._pos].name if self._pos < len(plan.tensors) else "nothing"
             raise OutputError(f"tensor {name!r} written out of plan order (expected {expected!r})")
         want = plan.tensors[self._pos]
-        if tuple(tensor.shape) != want.shape or tensor.dtype != want.dtype:
+        whole = want.shape if len(want.shape) >= 2 or start else want.shape
+        shape_ok = (
+            tuple(rows.shape) == want.shape
+            if len(want.shape) < 2
+            else tuple(rows.shape[1:]) == want.shape[1:] and start + rows.shape[0] <= want.shape[0]
+        )
+        if start != self._row or not shape_ok or rows.dtype != want.dtype:
             raise OutputError(
-                f"tensor {name!r} is {tuple(tensor.shape)} {dtype_name(tensor.dtype)}, "
-                f"the plan says {want.shape} {dtype_name(want.dtype)}"
+                f"tensor {name!r} rows from {start}: {tuple(rows.shape)} {dtype_name(rows.dtype)}, "
+                f"the plan says {whole} {dtype_name(want.dtype)} from row {self._row}"
             )
         try:
-            if self._writer is None or self._writer.done:
+            if start == 0 and (self._writer is None or self._writer.done):
                 if self._writer is not None:
                     self._writer.close()
                 self._shard_idx += 1
                 shard = self._shards[self._shard_idx]
                 self._writer = _ShardWriter(self.tmp_dir / self.shard_names()[self._shard_idx], shard)
-            self.bytes_written += self._writer.write(tensor)
-            if self._writer.done:
-                self._writer.close()  # a finished shard is complete on disk right away
+            self.bytes_written += self._writer.write_bytes(rows)
         except OSError as exc:
             raise OutputError(
                 f"cannot write {name!r} under {str(self.tmp_dir)!r}: {exc.strerror or exc}"
             ) from None
-        self._pos += 1
+        done_rows = start + (rows.shape[0] if len(want.shape) >= 2 else 1)
+        if done_rows >= (want.shape[0] if len(want.shape) >= 2 else 1):
+            self._row = 0
+            self._pos += 1
+            self._writer.next += 1
+            if self._writer.done:
+                self._writer.close()  # a finished shard is complete on disk right away
+        else:
+            self._row = done_rows
 
     def commit(self, result: MergeResult) -> Path:
         plan, base, tmp = self._plan, self._base, self.tmp_dir
@@ -421,16 +443,26 @@ class ModelSink:
 
     @torch.no_grad()
     def write(self, name: str, tensor: torch.Tensor) -> None:
+        self.write_rows(name, 0, tensor)
+
+    @torch.no_grad()
+    def write_rows(self, name: str, start: int, rows: torch.Tensor) -> None:
+        """Copy rows [start, start + len) of `name` into the model (a whole tensor is rows from 0)."""
         target = self._targets.get(name)
         if target is None:
             raise OutputError(f"ModelSink.write: unexpected tensor {name!r}")
         self.stale = True  # until commit: the model now mixes old and new weights
-        target.copy_(tensor.to(device=target.device, dtype=target.dtype))
-        self._written.add(target.data_ptr())
+        whole = rows.shape == target.shape and start == 0
+        part = target if whole else target[start : start + rows.shape[0]]
+        part.copy_(rows.to(device=target.device, dtype=target.dtype))
+        if whole or start + rows.shape[0] >= target.shape[0]:
+            self._written.add(target.data_ptr())
         if self._tie_copy is not None and self._tie_copy[0] == name:
             head = self._tie_copy[1]
-            head.copy_(tensor.to(device=head.device, dtype=head.dtype))
-            self._written.add(head.data_ptr())
+            hpart = head if whole else head[start : start + rows.shape[0]]
+            hpart.copy_(rows.to(device=head.device, dtype=head.dtype))
+            if whole or start + rows.shape[0] >= head.shape[0]:
+                self._written.add(head.data_ptr())
 
     def commit(self, result: MergeResult) -> None:
         for name, p in self.model.named_parameters(remove_duplicate=False):

@@ -96,6 +96,8 @@ class MethodSpec:
     methods qualify; anything with a whole-tensor norm, rank, quantile or random stream does not), so the
     engine may process large tensors in row blocks. `blockwise_when`, when set, decides it from the
     resolved global parameters instead (e.g. model_stock with filter_wise); see `is_blockwise`.
+    `block_merger` (methods/blocks.py) lets a method that is not row-separable still be merged in row
+    blocks, its whole-tensor statistics coming from exact passes over the blocks.
     """
 
     name: str
@@ -112,6 +114,10 @@ class MethodSpec:
     max_models: int | None = None
     blockwise: bool = False
     blockwise_when: Callable[[Mapping[str, Any]], bool] | None = None
+    # For methods that need whole-tensor statistics (top-k thresholds, L1 norms, cosines) or keep some
+    # tensors whole (SVDs): a BlockFactory (methods/blocks.py) giving per tensor a merger that gets them from
+    # exact passes over the row blocks, or None where the tensor must be merged whole (issue 10).
+    block_merger: Callable[[Any], Any] | None = None
 
     def param(self, name: str) -> ParamSpec | None:
         return next((p for p in self.params if p.name == name), None)

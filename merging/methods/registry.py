@@ -5,7 +5,7 @@ from __future__ import annotations
 from merging.errors import RecipeError
 from merging.methods import boosting, linear, model_stock, passthrough, sce, selective, spherical, subspace
 from merging.methods.base import MethodSpec
-from merging.methods.task_vectors import Preset, della_check, merge_with, preset_params
+from merging.methods.task_vectors import Preset, block_factory, della_check, merge_with, preset_params
 
 TA = Preset("none", consensus=False, normalize=False, rescale=False)
 TIES = Preset("magnitude", consensus=True, normalize=True, rescale=False)
@@ -46,6 +46,7 @@ def _task_vector_method(
         merge=merge_with(preset),
         randomized=preset.sparsifier in ("random", "della_magprune"),
         check=della_check(name) if preset.sparsifier == "della_magprune" else None,
+        block_merger=block_factory(preset),
         **kw,
     )
 
@@ -60,6 +61,7 @@ def _boosted(
         reference=f"{REF_SB}; {base_ref}",
         params=preset_params(preset, **paper) + boosting.PARAMS,
         merge=boosting.boosted_merge(preset),
+        block_merger=boosting.boosted_block_factory(preset),
     )
 
 
@@ -145,6 +147,7 @@ _METHODS: tuple[MethodSpec, ...] = (
         merge=model_stock.merge,
         min_models=2,
         blockwise_when=model_stock.rows_independent,
+        block_merger=model_stock.block_factory,
     ),
     MethodSpec(
         name="tsvm",
@@ -156,6 +159,7 @@ _METHODS: tuple[MethodSpec, ...] = (
         ),
         params=(subspace.LAMBDA,),
         merge=subspace.merge_tsvm,
+        block_merger=subspace.block_factory,
     ),
     MethodSpec(
         name="iso_c",
@@ -164,6 +168,7 @@ _METHODS: tuple[MethodSpec, ...] = (
         reference=REF_ISO,
         params=(subspace.LAMBDA,),
         merge=subspace.merge_iso_c,
+        block_merger=subspace.block_factory,
     ),
     MethodSpec(
         name="iso_cts",
@@ -172,6 +177,7 @@ _METHODS: tuple[MethodSpec, ...] = (
         reference=REF_ISO,
         params=(subspace.LAMBDA, subspace.COMMON_SPACE_FRACTION),
         merge=subspace.merge_iso_cts,
+        block_merger=subspace.block_factory,
     ),
     _boosted(
         "task_arithmetic_sb",

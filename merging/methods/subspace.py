@@ -108,17 +108,23 @@ def tsvm_delta(tv: torch.Tensor) -> torch.Tensor:
     """TSV-M: each task's k = floor(r/T) leading singular triplets, blocks orthogonalised by polar factors.
 
     The zero-padded tail of Ucat/scat/Vcat (when T does not divide r) carries zero singular values and
-    does not change the polar factor of the used columns, so only the T·k used columns are formed.
+    does not change the polar factor of the used columns, so only the T·k used columns are formed. One
+    task's SVD at a time (same LAPACK call per matrix as a batched SVD), so only its k columns are kept:
+    at 8B shapes a batched SVD of 12 MLP matrices would hold 12 full U factors at once.
     """
     n_tasks, m, n = tv.shape
     k = min(m, n) // n_tasks
     if k == 0:
         return torch.zeros((m, n), dtype=tv.dtype, device=tv.device)
-    u, s, vh = svd(tv)
-    ucat = u[:, :, :k].permute(1, 0, 2).reshape(m, n_tasks * k)
-    scat = s[:, :k].reshape(-1)
-    vcat = vh[:, :k, :].permute(2, 0, 1).reshape(n, n_tasks * k)
-    del u, s, vh
+    ucat = torch.empty((m, n_tasks * k), dtype=tv.dtype, device=tv.device)
+    vcat = torch.empty((n, n_tasks * k), dtype=tv.dtype, device=tv.device)
+    scat = torch.empty(n_tasks * k, dtype=tv.dtype, device=tv.device)
+    for i in range(n_tasks):
+        u, s, vh = svd(tv[i])
+        ucat[:, i * k : (i + 1) * k] = u[:, :k]
+        scat[i * k : (i + 1) * k] = s[:k]
+        vcat[:, i * k : (i + 1) * k] = vh[:k].T
+        del u, s, vh
     return (polar(ucat) * scat) @ polar(vcat).T
 
 
@@ -149,13 +155,15 @@ def iso_cts_delta(tv: torch.Tensor, fraction: float) -> torch.Tensor:
     u_c, s_c, vh_c = u[:, :c], s[:c], vh[:c]
     del u, s, vh
     us, ss, vhs = [u_c], [s_c], [vh_c]
-    if d > 0:
-        resid = tv - u_c @ (u_c.T @ tv)
-        ut, st, vht = svd(resid)
-        del resid
-        us.append(ut[:, :, :d].permute(1, 0, 2).reshape(m, n_tasks * d))
-        ss.append(st[:, :d].reshape(-1))
-        vhs.append(vht[:, :d, :].reshape(n_tasks * d, n))
+    if d > 0:  # one task's residual at a time: a (T, m, n) residual stack would double the memory
+        for i in range(n_tasks):
+            resid = tv[i] - u_c @ (u_c.T @ tv[i])
+            ut, st, vht = svd(resid)
+            del resid
+            us.append(ut[:, :d])
+            ss.append(st[:d])
+            vhs.append(vht[:d])
+            del ut, st, vht
     u_all = torch.cat(us, dim=1)
     s_all = torch.cat(ss)
     vh_all = torch.cat(vhs, dim=0)
@@ -179,6 +187,26 @@ def _subspace_merge(delta_fn):
         return delta.add_(base)
 
     return merge
+
+
+def block_factory(ctx):
+    """`MethodSpec.block_merger`: matrices that take the SVD path are merged whole; the embeddings, LM
+    head and vectors get the mean of the task vectors, which treats rows independently."""
+    from merging.methods.blocks import RowwiseMerger
+
+    if len(ctx.shape) == 2 and not any(s in ctx.name for s in SKIP_NAMES):
+        return None
+    return RowwiseMerger(_mean_merge)
+
+
+def _mean_merge(inputs: TensorInputs) -> torch.Tensor:
+    if inputs.base is None:
+        raise RecipeError(f"tensor {inputs.name}: this method needs a base model")
+    delta = _mean_delta(inputs)
+    lam = float(inputs.params["lambda"])
+    if lam != 1.0:
+        delta.mul_(lam)
+    return delta.add_(inputs.base)
 
 
 merge_tsvm = _subspace_merge(lambda tv, params: tsvm_delta(tv))

@@ -3,11 +3,13 @@
 One implementation: sparsify → weight → (sign consensus) → normalize → λ. Presets only choose the
 sparsifier, whether signs are elected, and defaults. Without consensus the task vectors are streamed
 one at a time through a scratch buffer (memory: 3 tensors, whatever T is); with consensus they are
-stacked once, because the election needs all of them at the same time.
+stacked once, because the election needs all of them at the same time. The same code merges a whole tensor
+or one row block of it (`TaskVectorMerger`, issue 10).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal
@@ -16,7 +18,18 @@ import torch
 
 from merging.errors import RecipeError
 from merging.methods import sparsify
-from merging.methods.base import ParamSpec, TensorInputs
+from merging.methods.base import ParamSpec, TensorInputs, task_vector_stack
+from merging.methods.blocks import (
+    Block,
+    RankCut,
+    TensorContext,
+    context_of,
+    exact_sum,
+    magnitude_bits,
+    row_sums_abs,
+    stream_key,
+    uniform_at,
+)
 
 Sparsifier = Literal["none", "magnitude", "random", "magnitude_outliers", "della_magprune"]
 
@@ -33,76 +46,195 @@ class Preset:
     rescale: bool
 
 
-def _sparsify_(t: torch.Tensor, preset: Preset, mp: Mapping[str, Any], rescale: bool, g) -> torch.Tensor:
-    kind = preset.sparsifier
-    if kind == "none":
+class TaskVectorMerger:
+    """The pipeline on one tensor, block by block (methods.md §1; blocks.py for the protocol).
+
+    Whole-tensor statistics come from exact passes over the blocks before the merge: the magnitude ranks
+    of TIES and Breadcrumbs (`RankCut`, two counting passes) and the L1 norms `rescale` needs (one pass,
+    summed per row, then exactly). DARE's and DELLA's random keeps are a hash of the seed, the checkpoint and
+    the entry's position, so the result does not depend on the cut. A whole tensor is one block.
+    """
+
+    def __init__(self, preset: Preset, ctx: TensorContext):
+        self.preset, self.ctx = preset, ctx
+        params = ctx.params
+        self.normalize = bool(params["normalize"])
+        self.rescale = bool(params["rescale"])
+        self.lam = float(params["lambda"])
+        self.weights = [float(mp["weight"]) for mp in ctx.model_params]
+        n = math.prod(ctx.shape)
+        self.cuts: list[list[RankCut]] = [self._cuts(mp, n) for mp in ctx.model_params]
+        self.sparsifying = [self._sparsifies(mp) for mp in ctx.model_params]
+        ranked = any(self.cuts)
+        self._rescale_pass = 2 if ranked else 0
+        self.passes = self._rescale_pass + (1 if self.rescale and any(self.sparsifying) else 0)
+        self.keys = [stream_key(ctx.seed, i) for i in range(ctx.n_models)]
+        self._before: list[list[torch.Tensor]] = [[] for _ in range(ctx.n_models)]
+        self._after: list[list[torch.Tensor]] = [[] for _ in range(ctx.n_models)]
+        self._factors: list[float] | None = None
+
+    def _sparsifies(self, mp: Mapping[str, Any]) -> bool:
+        return self.preset.sparsifier != "none" and float(mp["density"]) < 1
+
+    def _cuts(self, mp: Mapping[str, Any], n: int) -> list[RankCut]:
+        kind = self.preset.sparsifier
+        density = float(mp.get("density", 1.0))
+        if kind == "magnitude" and 0 < density < 1:
+            return [RankCut(n - max(1, int(density * n)), n)]  # the dropped: the n − k smallest
+        if kind == "magnitude_outliers" and density < 1:
+            target, n_top = int(density * n), int(float(mp["gamma"]) * n)
+            n_bot = max(0, n - target - n_top)
+            return [RankCut(n_bot, n), RankCut(n_bot + target, n)]  # kept: ranks in [n_bot, n_bot+target)
+        return []
+
+    # --- passes -----------------------------------------------------------------------------------
+    def observe(self, pass_no: int, block: Block) -> None:
+        tv = task_vector_stack(block.inputs)
+        if pass_no < self._rescale_pass:
+            for i, cuts in enumerate(self.cuts):
+                if cuts:
+                    bits = magnitude_bits(tv[i])
+                    for cut in cuts:
+                        cut.observe(pass_no, bits)
+            return
+        if block.start == 0:
+            self._restart()
+        for i in range(len(self.weights)):
+            if self.sparsifying[i]:
+                scratch = tv[i].clone()
+                self._before[i].append(row_sums_abs(scratch))
+                self._keep_(i, scratch, block)
+                self._after[i].append(row_sums_abs(scratch))
+
+    def _restart(self) -> None:
+        for cuts in self.cuts:
+            for cut in cuts:
+                cut.restart()
+
+    def _factors_of(self) -> list[float]:
+        """L1 rescale factor of each sparsified task vector (1 where a norm is below RESCALE_EPS)."""
+        if self._factors is None:
+            self._factors = []
+            for i in range(len(self.weights)):
+                f = 1.0
+                if self.rescale and self.sparsifying[i]:
+                    before, after = exact_sum(self._before[i]), exact_sum(self._after[i])
+                    if before >= sparsify.RESCALE_EPS and after >= sparsify.RESCALE_EPS:
+                        f = before / after
+                self._factors.append(f)
+        return self._factors
+
+    def _keep_(self, i: int, t: torch.Tensor, block: Block) -> torch.Tensor:
+        """Zero the entries checkpoint i's sparsifier drops in this block (in place, no rescale)."""
+        if not self.sparsifying[i]:
+            return t
+        mp = self.ctx.model_params[i]
+        density = float(mp["density"])
+        kind = self.preset.sparsifier
+        flat = t.view(-1)
+        if kind == "magnitude":
+            if density <= 0:
+                return t.zero_()
+            return flat.masked_fill_(self.cuts[i][0].mask(magnitude_bits(t)), 0).view(t.shape)
+        if kind == "magnitude_outliers":
+            bits = magnitude_bits(t)
+            low, high = self.cuts[i]
+            keep = high.mask(bits)
+            keep &= ~low.mask(bits)
+            return flat.masked_fill_(~keep, 0).view(t.shape)
+        if kind == "random":
+            u = uniform_at(self.keys[i], block.offset, t.shape, t.device)
+            return t.masked_fill_(u >= density, 0)
+        if density <= 0:  # della_magprune
+            return t.zero_()
+        rows = t.view(1, -1) if t.dim() < 2 or len(self.ctx.shape) < 2 else t.view(-1, t.shape[-1])
+        probs = sparsify.della_keep_probabilities(rows, density, float(mp["epsilon"]))
+        u = uniform_at(self.keys[i], block.offset, rows.shape, t.device)
+        rows.masked_fill_(u >= probs, 0)
         return t
-    density = mp["density"]
-    if kind == "magnitude":
-        return sparsify.magnitude_(t, density, rescale)
-    if kind == "random":
-        return sparsify.random_(t, density, g, rescale)
-    if kind == "magnitude_outliers":
-        return sparsify.magnitude_outliers_(t, density, mp["gamma"], rescale)
-    return sparsify.della_magprune_(t, density, mp["epsilon"], g, rescale)
+
+    # --- merge ------------------------------------------------------------------------------------
+    def delta(self, block: Block) -> torch.Tensor:
+        """Merged update Δ of the block's rows (a fresh tensor; the block's inputs are untouched)."""
+        inputs = block.inputs
+        base = inputs.base
+        if base is None:
+            raise RecipeError(f"tensor {inputs.name}: this method needs a base model")
+        if block.start == 0:
+            self._restart()
+        weights = self.weights
+        factors = self._factors_of()
+        tv = inputs.task_vectors
+        preset = self.preset
+        if not preset.consensus and preset.sparsifier == "none" and tv is not None:
+            # Σ w_i τ_i as one matrix-vector product over the engine's stack: a single pass over memory.
+            w = torch.tensor(weights, dtype=tv.dtype, device=tv.device)
+            mixed = torch.mv(tv.reshape(len(weights), -1).T, w).reshape(base.shape)
+            divisor = sum(weights)
+            if self.normalize:
+                mixed.div_(divisor if abs(divisor) >= DIVISOR_EPS else 1.0)
+        elif not preset.consensus:
+            mixed = torch.zeros_like(base)
+            scratch = torch.empty_like(base)
+            for i, w in enumerate(weights):
+                if tv is not None:
+                    scratch.copy_(tv[i])
+                else:
+                    torch.sub(inputs.models[i], base, out=scratch)
+                self._keep_(i, scratch, block)
+                mixed.add_(scratch, alpha=w * factors[i])
+            del scratch
+            divisor = sum(weights)
+            if self.normalize:
+                mixed.div_(divisor if abs(divisor) >= DIVISOR_EPS else 1.0)
+        else:
+            stacked = tv.clone() if tv is not None else torch.stack(list(inputs.models)).sub_(base)
+            for i in range(len(weights)):
+                self._keep_(i, stacked[i], block)
+            scale = [w * f for w, f in zip(weights, factors, strict=True)]
+            if any(x != 1.0 for x in scale):
+                sw = torch.tensor(scale, dtype=stacked.dtype, device=stacked.device)
+                stacked.mul_(sw.view(-1, *([1] * base.dim())))
+            # Sign election without a (T, n) mask: with s = ±1 the elected sign (0 counts as +), the agreeing
+            # entries are those where s·x_i > 0, so Σ_agreeing x_i = s·Σ relu(s·x_i) and the divisor is
+            # Σ w_i·sign(relu(s·x_i)): a handful of passes over the stack instead of several boolean ones.
+            sign = torch.where(stacked.sum(0) >= 0, 1.0, -1.0).to(stacked.dtype)
+            stacked.mul_(sign).clamp_(min=0)
+            mixed = stacked.sum(0).mul_(sign)
+            if self.normalize:
+                w = torch.tensor(weights, dtype=stacked.dtype, device=stacked.device)
+                agree = stacked.sign_().view(len(weights), -1)
+                divisor = torch.mv(agree.T, w).view(mixed.shape)
+                divisor[divisor == 0] = 1
+                mixed.div_(divisor)
+            del stacked
+        if self.lam != 1.0:
+            mixed.mul_(self.lam)
+        return mixed
+
+    def merge(self, block: Block) -> torch.Tensor:
+        return self.delta(block).add_(block.inputs.base)
+
+
+def block_factory(preset: Preset):
+    """`MethodSpec.block_merger` of a preset: every tensor can be cut into row blocks."""
+
+    def factory(ctx: TensorContext) -> TaskVectorMerger:
+        return TaskVectorMerger(preset, ctx)
+
+    return factory
 
 
 def task_vector_delta(preset: Preset, inputs: TensorInputs) -> torch.Tensor:
-    """Merged update Δ (not θ) for one tensor; a fresh tensor, inputs untouched."""
-    base = inputs.base
-    if base is None:
+    """Merged update Δ (not θ) for one whole tensor; a fresh tensor, inputs untouched."""
+    if inputs.base is None:
         raise RecipeError(f"tensor {inputs.name}: this method needs a base model")
-    params = inputs.params
-    normalize = bool(params["normalize"])
-    rescale = bool(params["rescale"])
-    lam = float(params["lambda"])
-    weights = [float(mp["weight"]) for mp in inputs.model_params]
-    g = inputs.generator
-
-    tv = inputs.task_vectors
-    if not preset.consensus and preset.sparsifier == "none" and tv is not None:
-        # Σ w_i τ_i as one matrix-vector product over the engine's stack: a single pass over memory.
-        w = torch.tensor(weights, dtype=tv.dtype, device=tv.device)
-        mixed = torch.mv(tv.reshape(len(weights), -1).T, w).reshape(base.shape)
-        divisor = sum(weights)
-        if normalize:
-            mixed.div_(divisor if abs(divisor) >= DIVISOR_EPS else 1.0)
-    elif not preset.consensus:
-        mixed = torch.zeros_like(base)
-        scratch = torch.empty_like(base)
-        for i, (mp, w) in enumerate(zip(inputs.model_params, weights, strict=True)):
-            if tv is not None:
-                scratch.copy_(tv[i])
-            else:
-                torch.sub(inputs.models[i], base, out=scratch)
-            _sparsify_(scratch, preset, mp, rescale, g)
-            mixed.add_(scratch, alpha=w)
-        del scratch
-        divisor = sum(weights)
-        if normalize:
-            mixed.div_(divisor if abs(divisor) >= DIVISOR_EPS else 1.0)
-    else:
-        stacked = tv.clone() if tv is not None else torch.stack(list(inputs.models)).sub_(base)
-        for i, mp in enumerate(inputs.model_params):
-            _sparsify_(stacked[i], preset, mp, rescale, g)
-        w = torch.tensor(weights, dtype=stacked.dtype, device=stacked.device)
-        if any(wi != 1.0 for wi in weights):
-            stacked.mul_(w.view(-1, *([1] * base.dim())))
-        # Sign election without a (T, n) mask: with s = ±1 the elected sign (0 counts as +), the agreeing
-        # entries are those where s·x_i > 0, so Σ_agreeing x_i = s·Σ relu(s·x_i) and the divisor is
-        # Σ w_i·sign(relu(s·x_i)): a handful of passes over the stack instead of several boolean ones.
-        sign = torch.where(stacked.sum(0) >= 0, 1.0, -1.0).to(stacked.dtype)
-        stacked.mul_(sign).clamp_(min=0)
-        mixed = stacked.sum(0).mul_(sign)
-        if normalize:
-            agree = stacked.sign_().view(len(weights), -1)
-            divisor = torch.mv(agree.T, w).view(mixed.shape)
-            divisor[divisor == 0] = 1
-            mixed.div_(divisor)
-        del stacked
-    if lam != 1.0:
-        mixed.mul_(lam)
-    return mixed
+    ctx = context_of(inputs)
+    merger = TaskVectorMerger(preset, ctx)
+    block = Block(0, ctx.rows, inputs, ctx.row_numel)
+    for p in range(merger.passes):
+        merger.observe(p, block)
+    return merger.delta(block)
 
 
 def merge_with(preset: Preset):

@@ -1,0 +1,174 @@
+"""The engine's memory budget (issue 10): how much memory a merge may use, and how each tensor is cut into
+row blocks to stay within it.
+
+The budget is a property of the plan: `plan_blocks` gives every planned tensor the rows per block that fit
+(`PlannedTensor.block_rows`; None: the whole tensor at once). A tensor's cost per row counts the engine's
+own buffers (the float32 stack of T task vectors and the base, twice: the block being merged and the one
+the reader prefetches), the method's temporaries and the geometry pass, and the output block. Methods that
+cannot cut a tensor (an SVD needs the whole matrix) get one block; when even one row, or a tensor that must
+stay whole, does not fit, the merge is refused before anything is read (MemoryBudgetError).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass, replace
+
+import torch
+
+from merging.errors import MemoryBudgetError
+from merging.methods.base import MethodSpec
+from merging.methods.blocks import TensorContext, merger_for, tensor_rows
+from merging.plan import MergePlan, PlannedTensor
+
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1 << 10,
+    "kb": 1000,
+    "kib": 1 << 10,
+    "m": 1 << 20,
+    "mb": 1000**2,
+    "mib": 1 << 20,
+    "g": 1 << 30,
+    "gb": 1000**3,
+    "gib": 1 << 30,
+    "t": 1 << 40,
+    "tb": 1000**4,
+    "tib": 1 << 40,
+}
+_MEMORY = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*$")
+
+# Share of the memory that is free when the merge starts that a default budget takes: the rest stays for
+# the interpreter, the page cache and whatever else runs on the machine.
+DEFAULT_SHARE_CPU = 0.6
+DEFAULT_SHARE_GPU = 0.8
+# Fixed overhead outside the tensors (interpreter, torch, allocator slack), subtracted from every budget.
+BASE_OVERHEAD = 400 << 20
+
+
+def parse_memory(text: str | int | float) -> int:
+    """Bytes from "5GiB", "5 GB", "512MiB", "1.5G" (K/M/G/T alone are binary) or a plain number of bytes."""
+    if isinstance(text, int | float) and not isinstance(text, bool):
+        value, unit = float(text), ""
+    else:
+        m = _MEMORY.match(str(text))
+        if m is None or m.group(2).lower() not in _UNITS:
+            raise MemoryBudgetError(
+                f"cannot read memory size {text!r}; write it like 5GiB, 6GB, 512MiB or a number of bytes"
+            )
+        value, unit = float(m.group(1)), m.group(2).lower()
+    n = int(value * _UNITS[unit])
+    if n <= 0:
+        raise MemoryBudgetError(f"memory budget must be positive, got {text!r}")
+    return n
+
+
+def format_bytes(n: float) -> str:
+    for unit, size in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if abs(n) >= size:
+            return f"{n / size:.2f} {unit}"
+    return f"{int(n)} B"
+
+
+def available_ram() -> int:
+    """MemAvailable from /proc/meminfo (what can be allocated without swapping), else physical RAM."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def default_budget(device: torch.device) -> int:
+    """A safe share of what is free now: of the GPU's free memory on CUDA, else of available RAM."""
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free * DEFAULT_SHARE_GPU)
+    return int(available_ram() * DEFAULT_SHARE_CPU)
+
+
+@dataclass(frozen=True)
+class TensorCost:
+    """Bytes one row of a tensor costs at once, and whether the tensor may be cut (else: bytes whole)."""
+
+    per_row: int
+    rows: int
+    cuttable: bool
+
+    @property
+    def whole(self) -> int:
+        return self.per_row * self.rows
+
+
+# float32 copies of a block's (T, rows) stack and of one block row, beyond the engine's own buffers, that a
+# method holds at once (measured from the code paths: TIES clones the stack; subspace SVDs need ~6 matrices).
+STACK_COPIES_BLOCKED = 1.0
+BLOCK_COPIES_BLOCKED = 6.0
+WHOLE_EXTRA_COPIES = 10.0
+GEOMETRY_COPIES = 4.0
+
+
+def tensor_cost(planned: PlannedTensor, spec: MethodSpec, n_models: int, seed: int = 0) -> TensorCost:
+    """Cost of merging `planned` with `spec`: per row when the method can cut it, else for the whole."""
+    row_elems = math.prod(planned.shape[1:]) if len(planned.shape) >= 2 else math.prod(planned.shape)
+    rows = tensor_rows(planned.shape)
+    permuted = planned.vocab is not None or any(
+        getattr(src, "row_map", None) is not None
+        for src in [planned.base, *(i.source for i in planned.inputs)]
+        if src is not None
+    )  # a merged tokenizer's rows are completed from whole-tensor means: merged whole
+    cuttable = rows > 1 and not permuted and _can_cut(planned, spec, n_models, seed)
+    f32 = 4 * row_elems
+    out = planned.dtype.itemsize * row_elems if hasattr(planned.dtype, "itemsize") else f32
+    if cuttable:
+        # two (T + 1) stacks (merging + prefetching), the method's copies, geometry, the output cast
+        copies = 2 * (n_models + 1) + STACK_COPIES_BLOCKED * n_models + BLOCK_COPIES_BLOCKED + GEOMETRY_COPIES
+    else:
+        copies = 2 * (n_models + 1) + WHOLE_EXTRA_COPIES + GEOMETRY_COPIES
+    return TensorCost(int(copies * f32 + out), rows, cuttable)
+
+
+def _can_cut(planned: PlannedTensor, spec: MethodSpec, n_models: int, seed: int) -> bool:
+    ctx = TensorContext(planned.name, planned.shape, planned.params, planned.model_params, n_models, seed)
+    return merger_for(spec, ctx) is not None
+
+
+def plan_blocks(plan: MergePlan, spec: MethodSpec, budget: int) -> MergePlan:
+    """The plan with each tensor's rows per block under `budget` bytes (None where it fits whole).
+
+    MemoryBudgetError, before anything is read, naming the first tensor whose smallest unit (one row, or the
+    whole tensor where the method cannot cut it) does not fit, and how much it needs."""
+    usable = budget - BASE_OVERHEAD
+    tensors = []
+    for planned in plan.tensors:
+        n_models = len(planned.inputs)
+        cost = tensor_cost(planned, spec, n_models)
+        if cost.whole <= usable:
+            tensors.append(replace(planned, block_rows=None))
+            continue
+        unit = cost.per_row if cost.cuttable else cost.whole
+        if unit > usable:
+            what = "one row of" if cost.cuttable else f"{spec.name} merges whole"
+            need = format_bytes(unit + BASE_OVERHEAD)
+            raise MemoryBudgetError(
+                f"memory budget {format_bytes(budget)} is too small: {what} {planned.name!r} "
+                f"{tuple(planned.shape)} with {n_models} checkpoints needs {need}; raise --max-memory"
+            )
+        tensors.append(replace(planned, block_rows=max(1, usable // cost.per_row)))
+    return replace(plan, tensors=tuple(tensors), budget=budget)
+
+
+def peak_estimate(plan: MergePlan, spec: MethodSpec) -> int:
+    """Bytes the merge needs at its peak under the plan's blocks (what the budget was checked against)."""
+    peak = 0
+    for planned in plan.tensors:
+        cost = tensor_cost(planned, spec, len(planned.inputs))
+        rows = planned.block_rows if planned.block_rows is not None else cost.rows
+        peak = max(peak, cost.per_row * min(rows, cost.rows))
+    return peak + BASE_OVERHEAD

@@ -1,0 +1,251 @@
+"""Reading the merge's inputs (issue 10): row ranges of stored tensors, with `preadv`, ahead of the merge.
+
+Why not memory-map: the pages of a mapped file count in the merging process's RSS for as long as they stay
+mapped, so a merge of twelve 16 GB checkpoints "uses" their whole size however little it holds. `preadv`
+reads the rows a block needs into one reused staging buffer and converts them to float32 in the block's
+slot; the page cache still helps a rerun, but nothing counts against the process.
+
+`Prefetcher` runs the reads on a thread, one unit ahead: while the engine merges block k, the thread fills
+block k + 1's stack (T checkpoints and the base, float32) in the other of two reused buffers. A unit the
+plan marks `prefetch=False` (a large tensor merged whole) waits until the engine is done with the previous
+one and gets a buffer of its own, so two of them never coexist.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import queue
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from merging.checkpoint import ST_DTYPES, Checkpoint, parse_dtype
+from merging.compat import TensorSource, fit_source
+from merging.errors import CheckpointError
+
+STAGING_BYTES = 64 << 20  # largest single preadv; bigger reads are split
+
+
+class RowReader:
+    """Reads rows [start, stop) of a checkpoint's stored tensor into a float32 destination."""
+
+    def __init__(self) -> None:
+        self._fds: dict[Path, int] = {}
+        self._staging = torch.empty(0, dtype=torch.uint8)
+        self.bytes_read = 0
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+    def _fd(self, path: Path) -> int:
+        fd = self._fds.get(path)
+        if fd is None:
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except OSError as exc:
+                raise CheckpointError(f"cannot open {path}: {exc.strerror or exc}") from None
+            self._fds[path] = fd
+        return fd
+
+    def read_rows(self, ck: Checkpoint, src: TensorSource, start: int, stop: int, dest: torch.Tensor) -> None:
+        """Fill `dest` (float32, shape (stop − start, ...) or the tensor's shape for a vector) with rows
+        [start, stop) of `src`, vocabulary rows fitted (rows past the stored ones are zero)."""
+        info = ck.tensors.get(src.name)
+        if info is None:
+            raise CheckpointError(f"checkpoint {ck.ref!r} has no tensor {src.name!r}")
+        matrix = len(info.shape) >= 2
+        pickled = info.offset < 0 or getattr(ck, "_pickled", None) is not None  # not ours to seek in
+        if pickled or src.row_map is not None:  # a permuted vocabulary is read whole (never cut)
+            t = fit_source(ck.read(src.name), src)
+            dest.copy_(t[start:stop] if matrix else t)
+            self.bytes_read += info.nbytes if not matrix or start == 0 else 0
+            return
+        dtype = parse_dtype(info.dtype)
+        width = ST_DTYPES[_st_code(dtype)][1]
+        row_shape = tuple(info.shape[1:]) if matrix else tuple(info.shape)
+        stored_rows = info.shape[0] if matrix else 1
+        rows_dest = dest if matrix else dest.view(1, *row_shape)
+        row_bytes = math.prod(row_shape) * width
+        have = max(0, min(stop, stored_rows) - start)
+        if have < stop - start:
+            rows_dest[have:].zero_()
+        rows_per_read = max(1, STAGING_BYTES // max(1, row_bytes))
+        fd = self._fd(info.file)
+        for a in range(0, have, rows_per_read):
+            b = min(have, a + rows_per_read)
+            nbytes = (b - a) * row_bytes
+            if self._staging.numel() < nbytes:
+                self._staging = torch.empty(0, dtype=torch.uint8)
+                self._staging = torch.empty(max(nbytes, 1 << 20), dtype=torch.uint8)
+            buf = self._staging[:nbytes]
+            if nbytes:
+                _pread_exact(fd, buf, info.offset + (start + a) * row_bytes, info.file)
+            rows_dest[a:b].copy_(buf.view(dtype).view(b - a, *row_shape))
+            self.bytes_read += nbytes
+
+
+def _st_code(dtype: torch.dtype) -> str:
+    return next(code for code, (dt, _) in ST_DTYPES.items() if dt == dtype)
+
+
+def _pread_exact(fd: int, buf: torch.Tensor, offset: int, path: Path) -> None:
+    view = memoryview(buf.numpy()).cast("B")
+    done = 0
+    while done < len(view):
+        try:
+            n = os.preadv(fd, [view[done:]], offset + done)
+        except OSError as exc:
+            raise CheckpointError(f"cannot read {path}: {exc.strerror or exc}") from None
+        if n == 0:
+            raise CheckpointError(f"truncated file {path}: ended at byte {offset + done}")
+        done += n
+
+
+@dataclass(frozen=True)
+class ReadUnit:
+    """One unit of input the engine merges at a time: rows [start, stop) of one output tensor, from the
+    base (None without one) and from each input checkpoint (with its stored source)."""
+
+    index: int  # position of the tensor in the plan
+    name: str
+    start: int
+    stop: int
+    shape: tuple[int, ...]  # the unit's shape (rows of the block, or the tensor's shape)
+    base: tuple[Checkpoint, TensorSource] | None
+    inputs: tuple[tuple[Checkpoint, TensorSource], ...]
+    prefetch: bool = True
+
+    @property
+    def slots(self) -> int:
+        return len(self.inputs) + 1
+
+    @property
+    def numel(self) -> int:
+        return self.slots * math.prod(self.shape)
+
+
+class Prefetcher:
+    """Reads units on a background thread, one ahead, into two reused float32 buffers on `device`.
+
+    Iterate to get (unit, stack): stack is (T + 1, *unit.shape) with the checkpoints first and the base (or
+    a copy of the first checkpoint when there is none) last; valid until the next iteration."""
+
+    def __init__(self, units: Sequence[ReadUnit], device: torch.device, reader: RowReader | None = None):
+        self.units = list(units)
+        self.device = device
+        self.reader = reader or RowReader()
+        size = max((u.numel for u in self.units if u.prefetch), default=0)
+        self._pool = [torch.empty(0, dtype=torch.float32, device=device) for _ in range(2)]
+        self._pool_size = size
+        self._free: queue.Queue[int] = queue.Queue()
+        for i in range(2):
+            self._free.put(i)
+        self._ready: queue.Queue = queue.Queue(maxsize=1)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="mergelab-reader", daemon=True)
+        self._started = False
+
+    def _buffer(self, slot: int, unit: ReadUnit) -> torch.Tensor:
+        if not unit.prefetch:  # its own buffer, freed when the engine moves on
+            return torch.empty((unit.slots, *unit.shape), dtype=torch.float32, device=self.device)
+        if self._pool[slot].numel() < self._pool_size:
+            self._pool[slot] = torch.empty(self._pool_size, dtype=torch.float32, device=self.device)
+        return self._pool[slot][: unit.numel].view(unit.slots, *unit.shape)
+
+    def _fill(self, unit: ReadUnit, stack: torch.Tensor) -> None:
+        staged = stack if self.device.type == "cpu" else None
+        for row, (ck, src) in zip(stack, unit.inputs, strict=False):
+            self._read_into(row, ck, src, unit, staged is None)
+        if unit.base is not None:
+            self._read_into(stack[-1], unit.base[0], unit.base[1], unit, staged is None)
+        else:
+            stack[-1].copy_(stack[0])
+
+    def _read_into(self, dest: torch.Tensor, ck: Checkpoint, src: TensorSource, unit: ReadUnit, gpu: bool):
+        if not gpu:
+            self.reader.read_rows(ck, src, unit.start, unit.stop, dest)
+            return
+        host = torch.empty(dest.shape, dtype=torch.float32)
+        self.reader.read_rows(ck, src, unit.start, unit.stop, host)
+        dest.copy_(host)
+
+    def _run(self) -> None:
+        try:
+            for unit in self.units:
+                if not unit.prefetch:  # wait until the engine has released both buffers
+                    slots = [self._take_free() for _ in range(2)]
+                    if self._stop.is_set():
+                        return
+                    stack = self._buffer(0, unit)
+                    self._fill(unit, stack)
+                    self._put(("unit", unit, stack, slots))
+                    continue
+                slot = self._take_free()
+                if self._stop.is_set():
+                    return
+                stack = self._buffer(slot, unit)
+                self._fill(unit, stack)
+                self._put(("unit", unit, stack, [slot]))
+            self._put(("end", None, None, []))
+        except BaseException as exc:  # handed to the engine's thread, raised there
+            self._put(("error", exc, None, []))
+
+    def _take_free(self) -> int:
+        while not self._stop.is_set():
+            try:
+                return self._free.get(timeout=0.1)
+            except queue.Empty:
+                continue
+        return -1
+
+    def _put(self, item) -> None:
+        while not self._stop.is_set():
+            try:
+                self._ready.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def __iter__(self) -> Iterator[tuple[ReadUnit, torch.Tensor]]:
+        if not self._started:
+            self._thread.start()
+            self._started = True
+        while True:
+            kind, unit, stack, slots = self._ready.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise unit
+            try:
+                yield unit, stack
+            finally:
+                del stack
+                for s in slots:
+                    self._free.put(s)
+
+    def close(self) -> None:
+        """Stop the thread (it finishes the read in flight), release buffers and file descriptors."""
+        self._stop.set()
+        if self._started:
+            self._thread.join()
+        self.reader.close()
+        self._pool = []
+
+
+def iterate_units(
+    units: Sequence[ReadUnit], device: torch.device, on_close: Callable[[], None] | None = None
+) -> Iterator[tuple[ReadUnit, torch.Tensor]]:
+    """Prefetched (unit, stack) pairs; the thread and files are released however the loop ends."""
+    pre = Prefetcher(units, device)
+    try:
+        yield from pre
+    finally:
+        pre.close()
+        if on_close is not None:
+            on_close()
