@@ -314,6 +314,21 @@ def register_zoo_family(store, manifest, family: str) -> int:
     return added
 
 
+def zoo_progress_message(name: str, models: list[str], done: int, total: int, started: float) -> str:
+    """ "zoo-llama-max-specialist · model 5 of 26 · about 3 min left": which model is training, where it is
+    in the build, and the time left extrapolated from the training steps done so far."""
+    parts = [name]
+    if name in models:
+        parts.append(f"model {models.index(name) + 1} of {len(models)}")
+    elapsed = time.perf_counter() - started
+    if 0 < done < total and elapsed > 1.0:
+        left = elapsed / done * (total - done)
+        parts.append(
+            f"about {round(left / 60)} min left" if left >= 90 else f"about {max(1, round(left))} s left"
+        )
+    return " · ".join(parts)
+
+
 def run_build_zoo_job(ctx: JobContext, params: dict[str, Any]) -> dict[str, Any]:
     """Train the demo zoo (base models, 12 checkpoints, task data) under root (default $MERGELAB_HOME/zoo).
     Each family is registered as soon as it is built, so the first can be merged while the next trains."""
@@ -324,8 +339,10 @@ def run_build_zoo_job(ctx: JobContext, params: dict[str, Any]) -> dict[str, Any]
     ready: dict[str, float] = {}
     current = [""]
 
+    models = zoo.planned_models()
+
     def progress(done: int, total: int, message: str) -> None:
-        ctx.progress(done / max(1, total), message)
+        ctx.progress(done / max(1, total), zoo_progress_message(message, models, done, total, started))
         if message != current[0]:  # one log line per model, not per training step
             current[0] = message
             ctx.log(message)

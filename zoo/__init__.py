@@ -7,10 +7,11 @@ Public face (imports no other project package):
     load_manifest(root=None) -> Manifest | None     is_complete(root=None) -> bool
     ready_manifest(root=None) -> Manifest | None    (a family usable while the next one builds)
     default_root() -> Path                           tasks_dir(root=None) -> Path
+    planned_models(families) -> list[str]            (the models a build makes, in order)
     TASKS                                            Manifest, ModelEntry, ZooError, BuildCancelled
 """
 
-from zoo.build import build_zoo
+from zoo.build import build_zoo, planned_models
 from zoo.manifest import (
     Manifest,
     ModelEntry,
@@ -35,6 +36,7 @@ __all__ = [
     "default_root",
     "is_complete",
     "load_manifest",
+    "planned_models",
     "ready_manifest",
     "tasks_dir",
 ]

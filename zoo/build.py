@@ -211,6 +211,12 @@ def _family_plan(family: str, seed: int, scale: str) -> list[tuple[Recipe, dict]
     return [(base, base_stamp)] + [(r, _stamp(family, r, seed, scale, base_stamp)) for r in CHECKPOINTS]
 
 
+def planned_models(families: Iterable[str] = FAMILIES) -> list[str]:
+    """Every model a build of these families makes, in build order (base first, then its checkpoints):
+    what a progress display counts ("model 3 of 26")."""
+    return [model_name(f, r) for f in dict.fromkeys(families) for r in (base_recipe(f), *CHECKPOINTS)]
+
+
 def build_zoo(
     root: Path | None = None,
     *,
