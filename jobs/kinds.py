@@ -194,12 +194,12 @@ def run_merge_job(ctx: JobContext, params: dict[str, Any]) -> dict[str, Any]:
             on_progress=lambda f, m: ctx.progress(f, m),
             spectra=params.get("spectra"),
         )
-    except BaseException as exc:
+        outcome = merge_outcome(result, peak)
+        _fill_fingerprints(ctx, merge_id, recipe, outcome)
+        record_outcome(ctx.store, merge_id, outcome, base_ref=recipe.base_model)
+    except BaseException as exc:  # merging, recording or a bug: the record is closed either way
         _fail_merge(ctx, merge_id, exc)
         raise
-    outcome = merge_outcome(result, peak)
-    _fill_fingerprints(ctx, merge_id, recipe, outcome)
-    record_outcome(ctx.store, merge_id, outcome, base_ref=recipe.base_model)
     ctx.drop_temp_path(out)  # recorded: from now on the folder is a result, not a leftover
     ctx.log(f"wrote {out} in {outcome['seconds']:.1f} s")
     return {"merge_id": merge_id, "output_path": str(out), "fingerprint": outcome["fingerprint"]}
@@ -263,11 +263,11 @@ def run_merge_evaluate_job(ctx: JobContext, params: dict[str, Any]) -> dict[str,
                 spectra=params.get("spectra"),
                 model_name=params.get("model_name") or f"merge {merge_id}",
             )
-    except BaseException as exc:
+        _fill_fingerprints(ctx, merge_id, recipe, outcome)
+        record_outcome(ctx.store, merge_id, outcome, base_ref=recipe.base_model)
+    except BaseException as exc:  # merging, scoring, recording or a bug: the record is closed either way
         _fail_merge(ctx, merge_id, exc)
         raise
-    _fill_fingerprints(ctx, merge_id, recipe, outcome)
-    record_outcome(ctx.store, merge_id, outcome, base_ref=recipe.base_model)
     mean = sum(r["value"] for r in outcome["scores"]) / max(1, len(outcome["scores"]))
     return {"merge_id": merge_id, "fingerprint": outcome["fingerprint"], "mean": mean}
 
