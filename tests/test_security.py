@@ -24,7 +24,8 @@ def test_server_binds_loopback_unless_told_otherwise():
     config = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())
     assert config["server"]["address"] == "127.0.0.1"
     dry = subprocess.run(["make", "-n", "app"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
-    assert re.search(r"streamlit run app\.py --server\.address 127\.0\.0\.1 ", dry)
+    serve = [line for line in dry.splitlines() if "--server.address" in line]
+    assert len(serve) == 1 and re.search(r"--server\.address 127\.0\.0\.1(\s|$)", serve[0])
     told = subprocess.run(
         ["make", "-n", "app", "HOST=0.0.0.0"], cwd=ROOT, capture_output=True, text=True, check=True
     ).stdout
