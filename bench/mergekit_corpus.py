@@ -90,6 +90,40 @@ def worst_difference(a_dir: Path, b_dir: Path) -> tuple[float, float] | str:
     return worst, off / max(total, 1)
 
 
+def _rendered(tok) -> str | None:
+    """A sample conversation through the tokenizer's chat template (None without one)."""
+    if not tok.chat_template:
+        return None
+    chat = [
+        {"role": "system", "content": "s"},
+        {"role": "user", "content": " u "},
+        {"role": "assistant", "content": "a"},
+    ]
+    return tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+
+
+def same_output_files(a_dir: Path, b_dir: Path) -> str:
+    """What the two outputs disagree on besides tensor values: layer count, vocabulary size, tokenizer
+    vocabulary, chat template, tensor dtypes ("same" when nothing)."""
+    from transformers import AutoTokenizer
+
+    out = []
+    ca, cb = (json.loads((d / "config.json").read_text()) for d in (a_dir, b_dir))
+    for key in ("num_hidden_layers", "vocab_size"):
+        if ca.get(key) != cb.get(key):
+            out.append(f"{key} {ca.get(key)} vs {cb.get(key)}")
+    ta, tb = (AutoTokenizer.from_pretrained(str(d)) for d in (a_dir, b_dir))
+    if ta.get_vocab() != tb.get_vocab():
+        out.append("tokenizer vocabulary")
+    if _rendered(ta) != _rendered(tb):
+        out.append("chat template")
+    da = {k: v.dtype for k, v in load_dir(a_dir).items()}
+    db = {k: v.dtype for k, v in load_dir(b_dir).items()}
+    if da != db:
+        out.append(f"dtypes {sorted(set(map(str, da.values())))} vs {sorted(set(map(str, db.values())))}")
+    return "; ".join(out) or "same"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument(
@@ -122,9 +156,11 @@ def main() -> None:
                 mk[row["cfg"]] = row
         if not mk:
             sys.exit(f"error: mergekit driver produced nothing: {proc.stderr.strip().splitlines()[-1:]}")
-        print("| config | method | mergekit | MergeLab | worst rel. diff (float32) | entries > 1e-5 |")
-        print("|---|---|---|---|---|---|")
-        n_mk = n_ours = n_both = 0
+        print(
+            "| config | method | mergekit | MergeLab | worst rel. diff (float32) | entries > 1e-5 | files |"
+        )
+        print("|---|---|---|---|---|---|---|")
+        n_mk = n_ours = n_both = n_same_files = 0
         worst_all = 0.0
         for f in files:
             method = yaml.safe_load(f.read_text())["merge_method"]
@@ -133,9 +169,11 @@ def main() -> None:
             our_err = ours(cfg, work / f"ours-{f.stem}-asis")
             n_mk += mk_row["ok"]
             n_ours += our_err is None
-            diff, frac = "—", "—"
+            diff, frac, meta = "—", "—", "—"
             if mk_row["ok"] and our_err is None:
                 n_both += 1
+                meta = same_output_files(work / f"ours-{f.stem}-asis", work / f"mk-{f.stem}-asis")
+                n_same_files += meta == "same"
                 if method in RANDOMIZED:
                     diff = "random"
                 elif ours(cfg32, work / f"ours-{f.stem}-f32") is None and mk.get(str(cfg32), {}).get("ok"):
@@ -147,10 +185,11 @@ def main() -> None:
                         diff, frac = f"{got[0]:.2e}", f"{got[1]:.1e}"
             mk_cell = "ok" if mk_row["ok"] else f"refused: {mk_row.get('error', '')[:70]}"
             our_cell = "ok" if our_err is None else f"refused: {our_err[:70]}"
-            print(f"| {f.stem} | {method} | {mk_cell} | {our_cell} | {diff} | {frac} |")
+            print(f"| {f.stem} | {method} | {mk_cell} | {our_cell} | {diff} | {frac} | {meta} |")
         print(
             f"\n{len(files)} configs: mergekit ran {n_mk}, MergeLab ran {n_ours}, both {n_both}; "
-            f"worst relative difference over deterministic configs both ran: {worst_all:.2e}"
+            f"worst relative difference over deterministic configs both ran: {worst_all:.2e}; "
+            f"same layer count, vocabulary, tokenizer, chat template and dtypes: {n_same_files} of {n_both}"
         )
 
 

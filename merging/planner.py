@@ -35,6 +35,9 @@ from merging.tokenizer import TokenizerPlan, build_tokenizer
 
 # Methods for which mergekit treats the base as one more ordinary input (its BasePolicy.IGNORED).
 BASE_IS_ORDINARY_INPUT = frozenset({"linear", "passthrough", "karcher"})
+# Methods whose result mergekit 0.1.5 returns in float32 (arcee_fusion multiplies by a float32 mask), so
+# without out_dtype its output is float32 even from 16-bit inputs.
+FLOAT32_RESULT = frozenset({"arcee_fusion"})
 # Parameters mergekit accepts that change no value in MergeLab (documented in README).
 NO_EFFECT_PARAMS = frozenset({"int8_mask"})
 # Every parameter name some mergekit 0.1.5 method reads. mergekit ignores a name its method does not read
@@ -414,8 +417,13 @@ class RecipePlan:
 
 
 def out_dtype_name(recipe: Recipe) -> str | None:
-    """mergekit writes `out_dtype`, else the compute `dtype`, else what the inputs store."""
-    return canonical_dtype(recipe.out_dtype) or canonical_dtype(recipe.dtype)
+    """mergekit writes `out_dtype`, else what its method returns: the compute `dtype` (else the stored
+    dtype), except for methods whose result mergekit keeps in float32 whatever the inputs."""
+    if recipe.out_dtype is not None:
+        return canonical_dtype(recipe.out_dtype)
+    if recipe.merge_method in FLOAT32_RESULT:
+        return "float32"
+    return canonical_dtype(recipe.dtype)
 
 
 def plan_recipe(recipe: Recipe, spec: MethodSpec, get: Callable[[str], Checkpoint]) -> RecipePlan:

@@ -29,7 +29,8 @@ import torch
 from merging.checkpoint import Checkpoint
 from merging.errors import RecipeError
 
-# Our own renditions of the common chat formats mergekit users name.
+# The chat formats mergekit users name, written here to render exactly as mergekit 0.1.5's named templates
+# do under transformers' template environment (checked side by side in tests/merging/test_tokenizer.py).
 CHAT_TEMPLATES = {
     "chatml": (
         "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + "
@@ -37,20 +38,33 @@ CHAT_TEMPLATES = {
         "{% endif %}"
     ),
     "llama3": (
-        "{{ bos_token }}{% for message in messages %}{{ '<|start_header_id|>' + message['role'] + "
-        "'<|end_header_id|>\n\n' + message['content'] | trim + '<|eot_id|>' }}{% endfor %}"
+        "{% for message in messages %}{% if loop.first %}{{ bos_token }}{% endif %}"
+        "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + message['content'] | trim + "
+        "'<|eot_id|>\n' }}{% endfor %}"
         "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
     ),
     "mistral": (
-        "{{ bos_token }}{% for message in messages %}{% if message['role'] == 'user' %}"
-        "{{ '[INST] ' + message['content'] + ' [/INST]' }}{% elif message['role'] == 'assistant' %}"
-        "{{ message['content'] + eos_token }}{% endif %}{% endfor %}"
+        "{% if messages[0]['role'] == 'system' %}{% set system_message = messages[0]['content'] %}"
+        "{% set loop_messages = messages[1:] %}{% else %}{% set loop_messages = messages %}{% endif %}"
+        "{{ bos_token }}{% for message in loop_messages %}"
+        "{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+        "{{ raise_exception('roles must alternate user/assistant after an optional system message') }}"
+        "{% endif %}{% if message['role'] == 'user' %}{{ ' [INST] ' + "
+        "(system_message + '\n\n' if loop.first and system_message is defined else '') + "
+        "message['content'] + ' [/INST]' }}{% elif message['role'] == 'assistant' %}"
+        "{{ ' ' + message['content'] + eos_token }}{% else %}"
+        "{{ raise_exception('only user and assistant messages, after an optional system message') }}"
+        "{% endif %}{% endfor %}"
     ),
     "alpaca": (
-        "{% for message in messages %}{% if message['role'] == 'system' %}{{ message['content'] + '\n\n' }}"
-        "{% elif message['role'] == 'user' %}{{ '### Instruction:\n' + message['content'] + '\n\n' }}"
-        "{% elif message['role'] == 'assistant' %}{{ '### Response:\n' + message['content'] + eos_token + "
-        "'\n\n' }}{% endif %}{% endfor %}{% if add_generation_prompt %}{{ '### Response:\n' }}{% endif %}"
+        "{% set system = messages | selectattr('role', 'equalto', 'system') | list %}"
+        "{{ (system | last).content | trim if system else '' }}{{ '\n\n' }}"
+        "{% for message in messages %}{% set head = {'user': '### Instruction:\n', "
+        "'assistant': '### Response:\n', 'user_context': '### Input:\n'}.get(message['role']) %}"
+        "{% if head %}{{ head + message['content'] | trim }}{% if not loop.last %}{{ '\n\n' }}{% endif %}"
+        "{% endif %}{% endfor %}"
+        "{% if add_generation_prompt and messages[-1]['role'] != 'assistant' %}{{ '### Response:\n' }}"
+        "{% endif %}"
     ),
 }
 

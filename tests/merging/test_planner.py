@@ -306,3 +306,15 @@ def test_slice_residual_weight_round_trips():
     r = Recipe.from_yaml(text)
     assert r.slices[0].residual_weight == 0.5
     assert r.to_yaml() == text
+
+
+def test_output_dtype_follows_mergekit():
+    from merging.planner import out_dtype_name
+
+    def r(method, **kw):
+        return Recipe.from_dict({"merge_method": method, "models": [{"model": "a"}], **kw})
+
+    assert out_dtype_name(r("ties", dtype="bf16")) == "bfloat16"
+    assert out_dtype_name(r("ties", dtype="bfloat16", out_dtype="float16")) == "float16"
+    assert out_dtype_name(r("ties")) is None  # the stored dtype
+    assert out_dtype_name(r("arcee_fusion", dtype="bfloat16")) == "float32"  # mergekit's float32 mask

@@ -137,3 +137,30 @@ def test_unknown_chat_template_name_is_refused(tmp_path, vocab_family):
             device="cpu",
         )
     assert not (tmp_path / "x").exists()
+
+
+CONVERSATION = [
+    {"role": "system", "content": "be nice"},
+    {"role": "user", "content": " hi "},
+    {"role": "assistant", "content": "ok"},
+    {"role": "user", "content": "q"},
+]
+# What mergekit 0.1.5's named templates render for CONVERSATION with a generation prompt (bos <s>, eos </s>).
+RENDERED = {
+    "chatml": "<|im_start|>system\nbe nice<|im_end|>\n<|im_start|>user\n hi <|im_end|>\n"
+    "<|im_start|>assistant\nok<|im_end|>\n<|im_start|>user\nq<|im_end|>\n<|im_start|>assistant\n",
+    "llama3": "<s><|start_header_id|>system<|end_header_id|>\n\nbe nice<|eot_id|>\n<|start_header_id|>user"
+    "<|end_header_id|>\n\nhi<|eot_id|>\n<|start_header_id|>assistant<|end_header_id|>\n\nok<|eot_id|>\n"
+    "<|start_header_id|>user<|end_header_id|>\n\nq<|eot_id|>\n<|start_header_id|>assistant<|end_header_id|>\n\n",
+    "mistral": "<s> [INST] be nice\n\n hi  [/INST] ok</s> [INST] q [/INST]",
+    "alpaca": "be nice\n\n### Instruction:\nhi\n\n### Response:\nok\n\n### Instruction:\nq### Response:\n",
+}
+
+
+@pytest.mark.parametrize("name", sorted(RENDERED))
+def test_named_chat_templates_render_as_mergekits(name):
+    tok = tiny_tokenizer()
+    got = tok.apply_chat_template(
+        CONVERSATION, chat_template=CHAT_TEMPLATES[name], tokenize=False, add_generation_prompt=True
+    )
+    assert got == RENDERED[name]
