@@ -110,11 +110,11 @@ CHECKPOINTS: tuple[Recipe, ...] = (
     Recipe(
         "arith-generalist",
         "generalist",
-        "tuned on the arithmetic tasks (add, sub, max, dsum; overlaps the add and sub releases), 30% replay",
+        "tuned on the arithmetic tasks (add, sub, max, dsum; overlaps the add and sub releases), 20% replay",
         {"add": 1.0, "sub": 1.0, "max": 1.0, "dsum": 1.0},
         150,
         LR,
-        replay=0.3,
+        replay=0.2,
         target_tasks=("add", "sub", "max", "dsum"),
     ),
     Recipe(
@@ -130,11 +130,11 @@ CHECKPOINTS: tuple[Recipe, ...] = (
     Recipe(
         "marathon",
         "long",
-        "a long run: 4x the steps on sub, rev and facts with 30% replay (a large task vector)",
+        "a long run: 4x the steps on sub, rev and facts with only 10% replay (a large task vector)",
         {"sub": 1.0, "rev": 1.0, "facts": 1.0},
         600,
         LR,
-        replay=0.3,
+        replay=0.1,
         target_tasks=("sub", "rev", "facts"),
     ),
     Recipe(
