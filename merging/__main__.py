@@ -50,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="memory budget, e.g. 6GiB (default: a safe share of free RAM, or of free VRAM on a GPU); "
         "tensors that do not fit are merged in row blocks, with the same result",
     )
+    p.add_argument(
+        "--estimate", action="store_true", help="print the time and memory estimate even with --quiet"
+    )
     p.add_argument("--list-methods", action="store_true", help="list every merge method and its parameters")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
@@ -185,6 +188,8 @@ def _merge(args: argparse.Namespace) -> int:
             "all" if args.spectra == "all" else [s.strip() for s in args.spectra.split(",") if s.strip()]
         )
     sink = DirectorySink(args.out_dir, max_shard_bytes=args.max_shard_bytes)
+    if not args.quiet or args.estimate:
+        _print_estimate(recipe, args, max_memory)
 
     cancelled = False
 
@@ -223,6 +228,17 @@ def _merge(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGINT, previous)
     _print_summary(result)
     return 0
+
+
+def _print_estimate(recipe, args: argparse.Namespace, max_memory: int | None) -> None:
+    """Time and peak memory expected, and warnings (hours of SVDs on a CPU, a budget it cannot fit), on
+    stderr before the merge starts."""
+    from merging.estimate import estimate_recipe
+
+    est = estimate_recipe(recipe, device=args.device, max_memory=max_memory, allow_bin=args.allow_bin)
+    print(est.line(), file=sys.stderr)
+    for w in est.warnings:
+        print(f"warning: {w}", file=sys.stderr)
 
 
 def _print_summary(result) -> None:

@@ -173,7 +173,7 @@ def run_merge(
         observer = _Observer(
             GeometryRecorder(len(models), spectra, labels=[m.ref for m in models], base_label=reference.ref),
             plan,
-            {t.name: _input_bytes(t, inputs.base, inputs.by_ref) for t in plan.tensors},
+            {t.name: input_bytes(t, inputs.base, inputs.by_ref) for t in plan.tensors},
             on_progress,
             should_cancel,
         )
@@ -426,7 +426,7 @@ def output_is_finite(merged: torch.Tensor) -> bool:
     return math.isfinite(float(merged.sum(dtype=torch.float64))) or bool(torch.isfinite(merged).all())
 
 
-def _input_bytes(planned: PlannedTensor, base: Checkpoint | None, by_ref: Mapping[str, Checkpoint]) -> int:
+def input_bytes(planned: PlannedTensor, base: Checkpoint | None, by_ref: Mapping[str, Checkpoint]) -> int:
     """Bytes read from disk for one output tensor: the base's tensor and every input's stored tensor."""
     n = base.tensors[planned.base.name].nbytes if base is not None and planned.base is not None else 0
     return n + sum(by_ref[i.checkpoint].tensors[i.source.name].nbytes for i in planned.inputs)

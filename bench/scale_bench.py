@@ -1,0 +1,284 @@
+"""Real scale (issue 10): merge N checkpoints with Llama-3.1-8B's tensor shapes under a memory budget, and
+report each method's wall time and peak RSS beside mergekit 0.1.5's on the same input.
+
+The family (cached under $MERGELAB_HOME/cache/bench/) has 8B's full-size tensors: embed_tokens and lm_head
+of 128256 x 4096, one full decoder layer (q/o 4096 x 4096, k/v 1024 x 4096, gate/up 14336 x 4096, down
+4096 x 14336, norms), bf16, about 2.5 GB per checkpoint. Checkpoints are the base plus seeded dense noise.
+
+Peak RSS is what the OS counts for the merging process (mapped file pages included), from wait4()'s
+rusage of that one child: the same figure for MergeLab and for mergekit.
+
+    python bench/scale_bench.py [--n 12] [--methods task_arithmetic,ties] [--max-memory 5GiB]
+                                [--mergekit-python /work/mk-venv/bin/python] [--device cpu]
+
+Disk: (N + 1) x 2.5 GB for the family plus one output at a time; the script checks free space first and
+says how many checkpoints fit when N does not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import shutil
+import struct
+import subprocess
+import sys
+import time
+import zlib
+from pathlib import Path
+
+import torch
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from mergelab_home import cache_dir  # noqa: E402
+from merging.budget import parse_memory  # noqa: E402
+
+HIDDEN, INTER, VOCAB, KV = 4096, 14336, 128256, 1024
+SHAPES = {
+    "model.embed_tokens.weight": (VOCAB, HIDDEN),
+    "model.layers.0.input_layernorm.weight": (HIDDEN,),
+    "model.layers.0.self_attn.q_proj.weight": (HIDDEN, HIDDEN),
+    "model.layers.0.self_attn.k_proj.weight": (KV, HIDDEN),
+    "model.layers.0.self_attn.v_proj.weight": (KV, HIDDEN),
+    "model.layers.0.self_attn.o_proj.weight": (HIDDEN, HIDDEN),
+    "model.layers.0.post_attention_layernorm.weight": (HIDDEN,),
+    "model.layers.0.mlp.gate_proj.weight": (INTER, HIDDEN),
+    "model.layers.0.mlp.up_proj.weight": (INTER, HIDDEN),
+    "model.layers.0.mlp.down_proj.weight": (HIDDEN, INTER),
+    "model.norm.weight": (HIDDEN,),
+    "lm_head.weight": (VOCAB, HIDDEN),
+}
+CONFIG = {
+    "architectures": ["LlamaForCausalLM"],
+    "model_type": "llama",
+    "hidden_size": HIDDEN,
+    "intermediate_size": INTER,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "head_dim": 128,
+    "vocab_size": VOCAB,
+    "max_position_embeddings": 8192,
+    "rms_norm_eps": 1e-5,
+    "rope_theta": 500000.0,
+    "tie_word_embeddings": False,
+    "hidden_act": "silu",
+    "torch_dtype": "bfloat16",
+}
+CHECKPOINT_BYTES = sum(math.prod(s) for s in SHAPES.values()) * 2
+DENSE = {"density": 0.5}
+# Per-model parameters of each method (mergekit's names); None: the method takes none.
+PARAMS: dict[str, dict | None] = {
+    "task_arithmetic": {},
+    "ties": DENSE,
+    "dare_ties": DENSE,
+    "model_stock": None,
+    "iso_c": None,
+    "tsvm": None,
+    "ties_sb": DENSE,
+    "linear": {},
+    "dare_linear": DENSE,
+    "breadcrumbs": {"density": 0.5, "gamma": 0.01},
+    "della": {"density": 0.5, "epsilon": 0.1},
+    "iso_cts": None,
+    "task_arithmetic_sb": {},
+}
+DEFAULT_METHODS = ("task_arithmetic", "ties", "dare_ties", "model_stock", "iso_c", "tsvm", "ties_sb")
+IN_MERGEKIT = {
+    "task_arithmetic",
+    "ties",
+    "dare_ties",
+    "model_stock",
+    "linear",
+    "dare_linear",
+    "breadcrumbs",
+    "della",
+}
+
+
+def _write(d: Path, tensor_for) -> None:
+    """One safetensors file written tensor by tensor (header from SHAPES first), so building a checkpoint
+    holds one tensor chunk at a time; `tensor_for(name, rows)` gives bf16 rows [a, b) of a tensor."""
+    d.mkdir(parents=True, exist_ok=True)
+    header: dict = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for name, shape in SHAPES.items():
+        n = math.prod(shape) * 2
+        header[name] = {"dtype": "BF16", "shape": list(shape), "data_offsets": [offset, offset + n]}
+        offset += n
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    with open(d / "model.safetensors", "wb") as fh:
+        fh.write(struct.pack("<Q", len(raw)) + raw)
+        for name, shape in SHAPES.items():
+            rows = shape[0]
+            step = max(1, (32 << 20) // (math.prod(shape[1:]) or 1)) if len(shape) > 1 else rows
+            for a in range(0, rows, step):
+                t = tensor_for(name, a, min(rows, a + step))
+                fh.write(memoryview(t.contiguous().view(torch.uint8).numpy()))
+    (d / "config.json").write_text(json.dumps(CONFIG, indent=2))
+
+
+def _base_rows(name: str, a: int, b: int) -> torch.Tensor:
+    """Rows [a, b) of the base: seeded per (tensor, chunk), so any chunk is reproducible on its own."""
+    shape = SHAPES[name]
+    if name.endswith("norm.weight"):
+        return torch.ones(shape, dtype=torch.bfloat16)
+    g = torch.Generator().manual_seed(_key(name, a))
+    return (torch.randn((b - a, *shape[1:]), generator=g) * 0.02).to(torch.bfloat16)
+
+
+def _key(name: str, a: int, ck: int = -1) -> int:
+    return zlib.crc32(f"{name}:{a}:{ck}".encode())
+
+
+def build_family(root: Path, n: int, noise: float = 0.002) -> tuple[Path, list[Path]]:
+    """Base and n checkpoints (base + seeded dense noise), bf16; skips what is already complete."""
+    base = root / "base"
+    cks = [root / f"ft{i:02d}" for i in range(n)]
+    for i, d in enumerate([base, *cks]):
+        if (d / "complete").exists():
+            continue
+        start = time.perf_counter()
+
+        def rows(name: str, a: int, b: int, ck: int = i - 1) -> torch.Tensor:
+            t = _base_rows(name, a, b)
+            if ck < 0:
+                return t
+            g = torch.Generator().manual_seed(_key(name, a, ck))
+            return (t.float() + torch.randn(t.shape, generator=g) * noise).to(torch.bfloat16)
+
+        _write(d, rows)
+        (d / "complete").write_text("ok")
+        print(f"  built {d.name} in {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
+    return base, cks
+
+
+def recipe(method: str, base: Path, cks: list[Path]) -> str:
+    per = PARAMS[method]
+    models = [
+        {"model": str(c), **({"parameters": {"weight": 1.0, **per}} if per is not None else {})} for c in cks
+    ]
+    doc: dict = {"merge_method": method, "base_model": str(base), "models": models, "dtype": "bfloat16"}
+    return yaml.safe_dump(doc, sort_keys=False)
+
+
+def _rss(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def run(
+    cmd: list[str], timeout: float, rss_limit: int, env: dict | None = None
+) -> tuple[float | None, float, str]:
+    """(wall seconds or None on failure, peak RSS GiB of that child from wait4, why it failed).
+
+    A child over `rss_limit` bytes is stopped (the machine is shared: an OOM kill could take others'
+    processes with it); its peak is then reported as at least the limit."""
+    start = time.perf_counter()
+    err_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"scale-bench-{os.getpid()}.err"
+    why = ""
+    with open(err_path, "w") as err:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=env, cwd=REPO)
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.perf_counter() - start > timeout:
+                why = f"stopped after {timeout:.0f} s"
+            elif _rss(proc.pid) > rss_limit:
+                why = f"stopped above {rss_limit / 2**30:.0f} GiB RSS"
+            if why:
+                proc.kill()
+                _, status, usage = os.wait4(proc.pid, 0)
+                return None, usage.ru_maxrss / 2**20, why
+            time.sleep(0.2)
+    seconds = time.perf_counter() - start
+    tail = err_path.read_text(errors="replace").strip()
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        last = tail.splitlines()[-1] if tail else ""
+        return None, usage.ru_maxrss / 2**20, f"exit {code}: {last[-200:]}"
+    return seconds, usage.ru_maxrss / 2**20, ""
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=12, help="checkpoints (default 12)")
+    ap.add_argument("--methods", default=",".join(DEFAULT_METHODS))
+    ap.add_argument("--max-memory", default="5GiB", help="MergeLab's budget (default 5GiB)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--mergekit-python", default=os.environ.get("MERGEKIT_PYTHON"))
+    ap.add_argument("--timeout", type=float, default=3600, help="seconds per merge before it is stopped")
+    ap.add_argument("--build-only", action="store_true")
+    ap.add_argument(
+        "--rss-limit",
+        default="14GiB",
+        help="stop a merge whose RSS passes this (shared machine; default 14GiB)",
+    )
+    args = ap.parse_args()
+
+    root = cache_dir("bench", "llama8b-shapes")
+    have = sum((root / d / "complete").exists() for d in ["base", *[f"ft{i:02d}" for i in range(args.n)]])
+    need = (args.n + 1 - have) * CHECKPOINT_BYTES + 2 * CHECKPOINT_BYTES  # family + outputs
+    free = shutil.disk_usage(root).free
+    if need > free:
+        fit = max(0, int((free - 2 * CHECKPOINT_BYTES) // CHECKPOINT_BYTES) + have - 1)
+        sys.exit(
+            f"not enough disk under {root}: need {need / 1e9:.1f} GB, "
+            f"free {free / 1e9:.1f} GB; --n {fit} fits"
+        )
+    base, cks = build_family(root, args.n)
+    if args.build_only:
+        return
+    work = root.parent / "llama8b-runs"
+    work.mkdir(exist_ok=True)
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, "
+        f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB; "
+        f"load {os.getloadavg()[0]:.1f}; "
+        f"family: Llama-3.1-8B shapes (embed + head 128256x4096, one decoder layer), bf16, "
+        f"{args.n} checkpoints of {CHECKPOINT_BYTES / 1e9:.2f} GB; MergeLab --max-memory {args.max_memory} "
+        f"on {args.device}\n"
+    )
+    print("| method | MergeLab s | MergeLab peak RSS GiB | mergekit 0.1.5 s | mergekit peak RSS GiB |")
+    print("|---|---|---|---|---|", flush=True)
+    for method in args.methods.split(","):
+        cfg = work / f"{method}.yml"
+        cfg.write_text(recipe(method, base, cks))
+        out = work / f"out-{method}"
+        shutil.rmtree(out, ignore_errors=True)
+        ours = [sys.executable, "-m", "merging", str(cfg), str(out), "--device", args.device, "--quiet"]
+        ours += ["--max-memory", args.max_memory]
+        limit = parse_memory(args.rss_limit)
+        secs, rss, err = run(ours, args.timeout, limit)
+        shutil.rmtree(out, ignore_errors=True)
+        ours_s = f"{secs:.0f}" if secs is not None else f"failed ({err})"
+        mk_s = mk_rss = "—"
+        if args.mergekit_python and method in IN_MERGEKIT:
+            mk_out = work / f"mk-{method}"
+            shutil.rmtree(mk_out, ignore_errors=True)
+            mk = [args.mergekit_python, "-m", "mergekit.scripts.run_yaml", str(cfg), str(mk_out), "--quiet"]
+            if args.device.startswith("cuda"):
+                mk.append("--cuda")
+            m_secs, m_rss, m_err = run(mk, args.timeout, limit, {**os.environ, "HF_HUB_OFFLINE": "1"})
+            shutil.rmtree(mk_out, ignore_errors=True)
+            mk_s = f"{m_secs:.0f}" if m_secs is not None else f"failed ({m_err})"
+            mk_rss = f"{m_rss:.2f}"
+        print(f"| {method} | {ours_s} | {rss:.2f} | {mk_s} | {mk_rss} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,196 @@
+"""How long a merge will take and how much memory it needs, before it starts (issue 10).
+
+From headers only: the plan (tensor shapes, inputs, row blocks under the budget) and a calibration of this
+machine (`bench/calibrate_estimate.py` writes it to $MERGELAB_HOME/cache/estimate_calibration.json; without
+one, the defaults below, measured on the 2-core development VM). Time = input bytes read (more than once for
+tensors whose statistics need extra passes over their blocks) at the read rate + output bytes at the write
+rate + per-element arithmetic of the method and the geometry + the SVDs of the subspace methods, which on a
+CPU dominate everything (one 14336 x 4096 SVD is about a minute on 2 cores). Peak memory is the budget's own
+cost model (budget.py). Warnings: a subspace method on a CPU that would take hours, a merge that cannot fit.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from merging.budget import default_budget, format_bytes, parse_memory, peak_estimate, plan_blocks
+from merging.errors import MemoryBudgetError
+from merging.methods.base import MethodSpec
+from merging.methods.blocks import TensorContext, merger_for
+from merging.plan import MergePlan
+
+CALIBRATION_FILE = "estimate_calibration.json"
+# Defaults measured on the development VM (2 shared cores, virtio disk); bench/calibrate_estimate.py
+# replaces them with this machine's figures.
+DEFAULTS: dict[str, Any] = {
+    "read_bytes_per_s": 400e6,
+    "write_bytes_per_s": 300e6,
+    "geometry_ns_per_elem": 1.2,  # per element and checkpoint
+    "method_ns_per_elem": {"default": 2.0},  # per element and checkpoint, the method's own arithmetic
+    "svd_s_per_mnr": 3.0e-10,  # seconds per m·n·min(m, n) of one float32 SVD on the CPU
+    "gpu_speedup": 20.0,
+}
+HOURS_WARNING = 3600.0
+
+
+@dataclass
+class Estimate:
+    """Seconds and peak bytes expected for a merge, with the pieces and warnings behind them."""
+
+    seconds: float
+    peak_bytes: int
+    budget: int
+    device: str
+    parts: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    def line(self) -> str:
+        """One line for the CLI and the Merge page."""
+        parts = ", ".join(f"{k} {_duration(v)}" for k, v in self.parts.items() if v >= 0.5)
+        return (
+            f"estimate on {self.device}: about {_duration(self.seconds)}"
+            + (f" ({parts})" if parts else "")
+            + f", peak memory about {format_bytes(self.peak_bytes)} (budget {format_bytes(self.budget)})"
+        )
+
+
+def _duration(s: float) -> str:
+    if s >= 3600:
+        return f"{s / 3600:.1f} h"
+    if s >= 60:
+        return f"{s / 60:.0f} min"
+    return f"{s:.0f} s" if s >= 1 else "<1 s"
+
+
+def load_calibration(path: Path | None = None) -> dict[str, Any]:
+    """This machine's calibration merged over the defaults (a missing or broken file gives the defaults)."""
+    cal = json.loads(json.dumps(DEFAULTS))
+    if path is None:
+        try:
+            from mergelab_home import cache_dir
+
+            path = cache_dir(create=False) / CALIBRATION_FILE
+        except ImportError:  # merging used without the app around it
+            return cal
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return cal
+    for k, v in data.items():
+        if k == "method_ns_per_elem" and isinstance(v, dict):
+            cal[k].update(v)
+        elif k in cal:
+            cal[k] = v
+    return cal
+
+
+SVD_COUNTS = {"tsvm": lambda t: t + 2, "iso_c": lambda t: 1, "iso_cts": lambda t: t + 3}
+BOOSTED = ("task_arithmetic_sb", "ties_sb")
+
+
+def _svds(spec: MethodSpec, name: str, shape: tuple[int, ...], n_models: int) -> int:
+    """SVDs of an m x n matrix the method runs for this tensor (0 for tensors it does not decompose)."""
+    if len(shape) != 2:
+        return 0
+    if spec.name in SVD_COUNTS and not any(s in name for s in ("embed_tokens", "lm_head")):
+        return SVD_COUNTS[spec.name](n_models)
+    if spec.name in BOOSTED:
+        from merging.methods.boosting import BOOSTED as pattern
+
+        return 1 if pattern.search(name) else 0
+    return 0
+
+
+def estimate_plan(
+    plan: MergePlan,
+    spec: MethodSpec,
+    input_bytes: Mapping[str, int],
+    device: torch.device,
+    budget: int,
+    calibration: Mapping[str, Any] | None = None,
+) -> Estimate:
+    """Estimate a planned merge (its row blocks already set by plan_blocks)."""
+    cal = calibration or load_calibration()
+    method_ns = cal["method_ns_per_elem"].get(spec.name, cal["method_ns_per_elem"]["default"])
+    speed = cal["gpu_speedup"] if device.type == "cuda" else 1.0
+    read = write = compute = svd = 0.0
+    svd_matrices: list[str] = []
+    for t in plan.tensors:
+        n_models = len(t.inputs)
+        numel = math.prod(t.shape)
+        passes = 0
+        if t.block_rows is not None and t.block_rows < t.rows:
+            ctx = TensorContext(t.name, t.shape, t.params, t.model_params, n_models, 0, 2)
+            merger = merger_for(spec, ctx)
+            passes = getattr(merger, "passes", 0) if merger is not None else 0
+        read += input_bytes.get(t.name, 0) * (1 + passes) / cal["read_bytes_per_s"]
+        write += t.nbytes / cal["write_bytes_per_s"]
+        compute += numel * n_models * (method_ns + cal["geometry_ns_per_elem"]) * 1e-9 / speed
+        count = _svds(spec, t.name, t.shape, n_models)
+        if count:
+            m, n = t.shape
+            svd += count * cal["svd_s_per_mnr"] * m * n * min(m, n) / speed
+            svd_matrices.append(t.name)
+    est = Estimate(
+        seconds=read + write + compute + svd,
+        peak_bytes=peak_estimate(plan, spec),
+        budget=budget,
+        device=str(device),
+        parts={"read": read, "write": write, "compute": compute, "SVDs": svd},
+    )
+    if device.type == "cpu" and svd >= HOURS_WARNING:
+        est.warnings.append(
+            f"{spec.name} on the CPU needs SVDs of {len(svd_matrices)} matrices (about {_duration(svd)}); "
+            "a GPU (--device cuda) takes minutes"
+        )
+    return est
+
+
+def estimate_recipe(
+    recipe: Any,
+    *,
+    device: str = "auto",
+    max_memory: int | str | None = None,
+    allow_bin: bool = False,
+    calibration: Mapping[str, Any] | None = None,
+) -> Estimate:
+    """Estimate a recipe from its checkpoints' headers (nothing is read). A plan that cannot fit the budget
+    gives an estimate whose warning says so (the merge itself refuses with MemoryBudgetError)."""
+    from merging.checkpoint import open_checkpoint
+    from merging.engine import input_bytes, resolve_device
+    from merging.planner import plan_recipe, validate_recipe
+
+    spec, _, _ = validate_recipe(recipe)
+    dev = resolve_device(device)
+    budget = parse_memory(max_memory) if max_memory is not None else default_budget(dev)
+    opened: dict[str, Any] = {}
+
+    def get(ref: str):
+        if ref not in opened:
+            opened[ref] = open_checkpoint(ref, allow_bin=allow_bin)
+        return opened[ref]
+
+    planned = plan_recipe(recipe, spec, get)
+    try:
+        sizes = {t.name: input_bytes(t, planned.base, planned.checkpoints) for t in planned.plan.tensors}
+        warning = None
+        try:
+            plan = plan_blocks(planned.plan, spec, budget)
+        except MemoryBudgetError as exc:
+            warning = f"cannot fit: {exc}"
+            plan = plan_blocks(planned.plan, spec, 1 << 60)  # what it would need
+        est = estimate_plan(plan, spec, sizes, dev, budget, calibration)
+        if warning:
+            est.warnings.insert(0, warning)
+        return est
+    finally:
+        planned.cleanup()
+        for ck in opened.values():
+            ck.close()
