@@ -48,21 +48,47 @@ BENCH_PARAMS: dict[str, dict] = {
     "iso_cts": None,
     "task_arithmetic_sb": {},
     "ties_sb": SPARSE,
+    # mergekit's other methods: weight only where the method takes one
+    "slerp": None,
+    "nuslerp": {},
+    "multislerp": {},
+    "karcher": None,
+    "sce": None,
+    "nearswap": None,
+    "arcee_fusion": None,
+    "passthrough": None,
 }
-MERGEKIT_COMPARED = ("task_arithmetic", "ties")
+# Global parameters, how many checkpoints (None: all) and whether the base is given, where not the default.
+BENCH_GLOBALS: dict[str, dict] = {"slerp": {"t": 0.4}, "sce": {"select_topk": 0.5}, "nearswap": {"t": 0.001}}
+BENCH_MODELS: dict[str, int] = {"slerp": 1, "nuslerp": 2, "nearswap": 1, "arcee_fusion": 1, "passthrough": 1}
+NO_BASE = {"linear", "passthrough"}
+MERGEKIT_COMPARED = (
+    "task_arithmetic",
+    "ties",
+    "slerp",
+    "nuslerp",
+    "multislerp",
+    "karcher",
+    "sce",
+    "nearswap",
+    "arcee_fusion",
+    "passthrough",
+)
 
 
 def recipe_yaml(method: str, base: Path, cks: list[Path]) -> str:
     per_model = BENCH_PARAMS[method]
     models = []
-    for ck in cks:
+    for ck in cks[: BENCH_MODELS.get(method, len(cks))]:
         entry: dict = {"model": str(ck)}
         if per_model is not None:
             entry["parameters"] = {"weight": 1.0, **per_model}
         models.append(entry)
     doc: dict = {"merge_method": method, "models": models, "dtype": "bfloat16"}
-    if method != "linear":
+    if method not in NO_BASE:
         doc["base_model"] = str(base)
+    if method in BENCH_GLOBALS:
+        doc["parameters"] = BENCH_GLOBALS[method]
     return yaml.safe_dump(doc, sort_keys=False)
 
 

@@ -134,6 +134,20 @@ def build_recipe(config: StudyConfig, base: str, checkpoints: Sequence[str], see
     )
 
 
+def _check_counts(configs: Sequence[StudyConfig], sizes: Sequence[int]) -> None:
+    """Refuse up front a method that cannot merge some subset size (slerp takes one checkpoint)."""
+    from merging import get_method
+
+    for config in configs:
+        spec = get_method(config.method)
+        bad = [n for n in sizes if not spec.accepts_models(n)]
+        if bad:
+            raise JobError(
+                f"Study configuration {config.name!r}: {spec.name} takes {spec.models_needed()}, "
+                f"so it cannot merge subsets of {bad[0]}; leave it out of this study"
+            )
+
+
 def normalize_sizes(sizes: Sequence[int | str] | None, pool_size: int) -> list[int]:
     """Sizes 2..N (\"all\" means N); default: `default_sizes` (the paper's below N, and N itself)."""
     if pool_size < 2:
@@ -247,11 +261,13 @@ def define_study(
     if limit is not None and _int(limit, "limit") < 1:
         raise JobError(f"The limit must be a positive number of items per task, got {limit}.")
     configs = resolve_configs(methods)
+    sizes = normalize_sizes(sizes, len(pool))
+    _check_counts(configs, sizes)
     return StudyDefinition(
         base=str(base),
         pool=pool,
         configs=configs,
-        sizes=normalize_sizes(sizes, len(pool)),
+        sizes=sizes,
         subsets_per_size=_int(subsets, "number of subsets"),
         seed=_int(seed, "seed"),
         suite=str(suite),

@@ -129,3 +129,8 @@ def test_study_identity_ignores_name_but_not_definition():
     assert a.study_id == b.study_id != c.study_id
     with pytest.raises(JobError, match="twice"):
         define_study(base="B", pool=["x", "x"], suite="zoo")
+
+
+def test_a_method_with_a_fixed_model_count_is_refused_for_larger_subsets():
+    with pytest.raises(JobError, match=r"slerp takes exactly 1 checkpoint, so it cannot merge subsets of 2"):
+        define_study(base="base", pool=["a", "b", "c"], methods=["slerp"], sizes=[2, 3])
