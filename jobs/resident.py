@@ -48,10 +48,18 @@ class ResidentPool:
         *,
         budget_bytes: Callable[[str, int], int] | int | None = None,
         size_of: Callable[[str, str], int] | None = None,
+        budget_share: float = 1.0,
     ) -> None:
+        """budget_share: this pool's part of MERGELAB_RESIDENT_BUDGET_GB when several worker processes
+        share one device (two CPU workers get half each, so together they stay within the budget)."""
         self.capacity = max(1, capacity)
         self._factory = factory or _load_resident
-        self._budget = budget_bytes if budget_bytes is not None else resident_budget_bytes
+        share = max(0.0, min(1.0, budget_share))
+        self._budget = (
+            budget_bytes
+            if budget_bytes is not None
+            else lambda device, held: resident_budget_bytes(device, held, share=share)
+        )
         self._size_of = size_of or estimated_resident_bytes
         self._lock = threading.Lock()
         self._entries: OrderedDict[tuple[str, str], _Entry] = OrderedDict()
@@ -117,9 +125,10 @@ class ResidentPool:
             self._entries.clear()
 
 
-def resident_budget_bytes(device: str, held: int = 0) -> int:
-    """Bytes the residents of `device` may occupy: MERGELAB_RESIDENT_BUDGET_GB, else a safe share of what
-    is free (residents already held count as free to themselves)."""
+def resident_budget_bytes(device: str, held: int = 0, share: float = 1.0) -> int:
+    """Bytes the residents of `device` may occupy: `share` of MERGELAB_RESIDENT_BUDGET_GB, else a safe
+    share of what is free (residents already held count as free to themselves; what other workers hold
+    is already gone from what is free)."""
     raw = os.environ.get(BUDGET_ENV)
     if raw:
         try:
@@ -128,7 +137,7 @@ def resident_budget_bytes(device: str, held: int = 0) -> int:
             raise JobError(f"{BUDGET_ENV} must be a number of GiB, got {raw!r}.") from None
         if value <= 0:
             raise JobError(f"{BUDGET_ENV} must be positive, got {raw!r}.")
-        return int(value * GIB)
+        return int(value * GIB * share)
     if device.startswith("cuda"):
         import torch
 

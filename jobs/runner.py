@@ -179,7 +179,7 @@ def _main_script_hidden():
 class _Worker:
     """One worker process and its pipe (owned by one supervisor thread)."""
 
-    def __init__(self, device: str, resident_capacity: int = 2) -> None:
+    def __init__(self, device: str, resident_capacity: int = 2, budget_share: float = 1.0) -> None:
         from jobs.worker import worker_main
 
         ctx = _mp_context()
@@ -187,7 +187,7 @@ class _Worker:
         self.cancel = ctx.Event()
         self.process = ctx.Process(
             target=worker_main,
-            args=(child, self.cancel, os.getpid(), device, resident_capacity),
+            args=(child, self.cancel, os.getpid(), device, resident_capacity, budget_share),
             name=f"mergelab-worker-{device}",
             daemon=True,
         )
@@ -290,6 +290,7 @@ class JobRunner:
             reason = f"the process running it (pid {job.pid}) ended before the job finished"
             self.store.mark_job_interrupted(job.id, reason)
             self.store.interrupt_merges_of_job(job.id, reason)
+            self._close_study(job, "interrupted")
             if removed:
                 self.store.append_job_log(job.id, f"removed temporary output: {', '.join(removed)}")
             interrupted.append(job.id)
@@ -401,7 +402,8 @@ class JobRunner:
             if slot.worker is None or not slot.worker.alive():
                 if slot.worker is not None:
                     slot.worker.stop(0)
-                slot.worker = _Worker(slot.device, self.resident_capacity)
+                share = 1.0 / sum(1 for other in self._slots if other.device == slot.device)
+                slot.worker = _Worker(slot.device, self.resident_capacity, share)
                 slot.workers_started += 1
             worker = slot.worker
             worker.cancel.clear()
@@ -509,10 +511,22 @@ class JobRunner:
             self._record_failure(job_id, f"could not record the job as {status}", traceback.format_exc())
             return
         if status != "done":
-            try:  # no merge of a job that ended stays `running`
+            try:  # no merge or study of a job that ended stays `running`
                 self.store.interrupt_merges_of_job(job_id, f"its job ended {status}")
+                self._close_study(self.store.get_job(job_id), status)
             except StoreError:
                 traceback.print_exc(file=sys.stderr)
+
+    def _close_study(self, job: JobRecord, status: str) -> None:
+        """A study whose job ended without finishing it is marked so (not left `running`)."""
+        sid = job.params.get("study_id") if job.kind == "study" else None
+        if not sid:
+            return
+        try:
+            if self.store.get_study(sid).get("status") == "running":
+                self.store.set_study_status(sid, status)
+        except StoreError:
+            return  # the study was never created (the job failed before planning it)
 
     def _record_failure(self, job_id: str, what: str, details: str) -> None:
         last = details.strip().splitlines()[-1] if details.strip() else what
@@ -520,5 +534,6 @@ class JobRunner:
             self.store.append_job_log(job_id, f"{what}:\n{details}")
             self.store.finish_job(job_id, "failed", error=f"{what}: {last}", message="failed")
             self.store.interrupt_merges_of_job(job_id, f"{what}: {last}")
+            self._close_study(self.store.get_job(job_id), "failed")
         except Exception:  # noqa: BLE001 - last resort: the operator's console
             print(f"mergelab: {what} (job {job_id}):\n{details}", file=sys.stderr, flush=True)

@@ -90,12 +90,14 @@ def run_one(job, run_ref, conn, lock, cancel_event, residents, device: str) -> d
     return {"status": "done", "result": result, "message": "done"}
 
 
-def worker_main(conn, cancel_event, app_pid: int, device: str, resident_capacity: int = 2) -> None:
+def worker_main(
+    conn, cancel_event, app_pid: int, device: str, resident_capacity: int = 2, budget_share: float = 1.0
+) -> None:
     """Entry point of the worker process (module-level, so forkserver/spawn can start it)."""
     from jobs.resident import ResidentPool
 
     _exit_with_parent(app_pid)
-    residents = ResidentPool(capacity=resident_capacity)
+    residents = ResidentPool(capacity=resident_capacity, budget_share=budget_share)
     lock = threading.Lock()
     while True:
         try:

@@ -90,6 +90,7 @@ def test_sigkill_mid_study_then_resume(tmp_path, home, tiny_llama_family, zoo_ta
         assert store.get_job(job.id).status == "interrupted"
         assert "ended before the job finished" in store.get_job(job.id).error
         assert set(store.merges_df().status) <= {"done", "interrupted"}
+        assert list(store.studies_df().status) == ["interrupted"]  # not left `running`
         if save:  # only complete, recorded merges remain on disk; no temporary folder
             assert _saved(home) == set(before.output_path)
 
@@ -106,6 +107,7 @@ def test_sigkill_mid_study_then_resume(tmp_path, home, tiny_llama_family, zoo_ta
         assert store.count("model_stats") == 12
         for fp, rows in kept.items():
             assert store.get_eval_rows(fp, *_version_and_limit(store)) == rows
+        assert list(store.studies_df().status) == ["done"]
         statuses = sorted(store.jobs_df().status)
         assert statuses == ["done", "interrupted"]
         if save:

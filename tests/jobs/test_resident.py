@@ -104,3 +104,29 @@ def test_bad_budget_setting_is_one_clear_error(tmp_path, monkeypatch):
         ResidentPool().use(str(base), "cpu"),
     ):
         pass
+
+
+def test_workers_sharing_a_device_split_the_budget(tmp_path, monkeypatch):
+    base = str(make_base(tmp_path / "base"))
+    one = estimated_resident_bytes(base, "cpu")
+    monkeypatch.setenv(BUDGET_ENV, str(1.5 * one / 1024**3))  # one resident fits the whole budget...
+    with ResidentPool().use(base, "cpu"):
+        pass
+    # ...but not half of it, which is what each of two CPU workers gets
+    with pytest.raises(ResidentBudgetError, match="needs"), ResidentPool(budget_share=0.5).use(base, "cpu"):
+        pass
+
+
+@pytest.mark.gpu
+def test_resident_on_a_gpu_is_bfloat16_and_restores_exactly(tmp_path):
+    base = make_base(tmp_path / "base")
+    resident = ResidentModel(base, device="cuda")
+    assert {p.dtype for p in resident.model.parameters()} == {torch.bfloat16}
+    estimate = estimated_resident_bytes(str(base), "cuda")
+    assert estimate <= resident.nbytes < 1.01 * estimate
+    expected = _state(load_model(base, device="cuda").model)
+    with torch.no_grad():
+        for p in resident.model.parameters():
+            p.mul_(-3.0)
+    resident.restore_base()
+    assert all(torch.equal(v, expected[k]) for k, v in _state(resident.model).items())

@@ -170,3 +170,33 @@ def test_a_run_function_must_be_module_level():
 
     with pytest.raises(JobError, match="module-level"):
         register_kind("test-lambda", lambda ctx, params: None)
+
+
+@pytest.mark.slow
+def test_cancelling_a_study_mid_unit_closes_the_study_and_its_merge(
+    store, home, tiny_llama_family, zoo_tasks
+):
+    base, cks = tiny_llama_family
+    params = {
+        "base": str(base),
+        "pool": [str(c) for c in cks],
+        "methods": ["task_arithmetic", "ties"],
+        "sizes": [2, 3],
+        "subsets": 3,
+        "suite": "zoo",
+        "zoo_root": str(zoo_tasks),
+    }
+    runner = JobRunner(store)
+    try:
+        jid = runner.submit("study", params)
+        _wait_for(lambda: len(store.merges_df()) >= 2, timeout=300, what="the study's second merge")
+        t0 = time.monotonic()
+        runner.cancel(jid)
+        (record,) = runner.wait([jid], timeout=60)
+        stopped = time.monotonic() - t0
+    finally:
+        runner.shutdown()
+    assert record.status == "cancelled" and stopped < 5, (record.status, stopped)
+    assert list(store.studies_df().status) == ["cancelled"]
+    assert set(store.merges_df().status) <= {"done", "cancelled"}
+    _no_running_rows(store)
