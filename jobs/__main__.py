@@ -159,7 +159,7 @@ def _sweep(store: Store, args) -> int:
         "zoo_root": args.zoo_root,
         "ray_address": args.ray_address,
         "ray_num_cpus": args.ray_num_cpus,
-        "save_merges": args.save_merges or None,
+        "save_merges": getattr(args, "save_merges", False) or None,  # the sweep parser has no flag
     }
     return _follow(store, args, "sweep", params)
 
