@@ -221,3 +221,98 @@ def test_first_merge_in_the_browser(app_url, page):
     _open(page, f"{app_url}/study", "Study")
     page.get_by_text("The paper's published numbers").wait_for()
     _check_and_shoot(page, "study")
+
+
+def _plotly_figures(page) -> list[dict]:
+    """Title, trace names and x values of every Plotly chart on the page (read from the charts themselves)."""
+    return page.evaluate(
+        """() => Array.from(document.querySelectorAll('.js-plotly-plot')).map(el => {
+            const traces = el._fullData || el.data || [];
+            const title = ((el._fullLayout || el.layout || {}).title || {}).text || '';
+            return {
+                title: title.replace(/<[^>]+>/g, ''),
+                names: traces.map(t => t.name || ''),
+                x: traces.map(t => Array.from(t.x || []).map(String)),
+                y: traces.map(t => Array.from(t.y || []).map(Number)),
+            };
+        })"""
+    )
+
+
+COMPARED = ["TA (sum)", "TIES", "Model Stock"]
+
+
+def test_compare_three_methods_and_share_the_report(app_url, page, tmp_path):
+    """Compare: three methods on four checkpoints, read scores and geometry, export the report, open the
+    exported file offline in the same browser and find its charts and its recipe."""
+    _open(page, app_url, "MergeLab")
+    _open(page, f"{app_url}/compare", "Compare")
+    # The defaults are the zoo base, its first four checkpoints and the study's configurations: keep three.
+    chips = page.locator('[data-testid="stMultiSelect"]').filter(has_text="Checkpoints (every method")
+    chips.locator("[data-tag]").nth(3).wait_for()
+    assert chips.locator("[data-tag]").count() == 4
+    methods = page.locator('[data-testid="stMultiSelect"]').filter(has_text="Methods (default")
+    methods.locator("[data-tag]").nth(len(COMPARED)).wait_for()
+    for label in [t for t in methods.locator("[data-tag]").all_inner_texts() if t not in COMPARED]:
+        methods.get_by_role("button", name=f"Remove {label}", exact=True).click()
+        methods.get_by_role("button", name=f"Remove {label}", exact=True).wait_for(state="detached")
+        _settle(page)
+    assert methods.locator("[data-tag]").all_inner_texts() == COMPARED
+    page.get_by_text("3 merges of 4 checkpoints").wait_for()
+    page.get_by_role("button", name="Launch comparison").click()
+    page.get_by_text("Launched comparison job").wait_for()
+
+    # The view fills in when the comparison job is done (the progress list reruns the page then).
+    deadline = time.monotonic() + JOB_TIMEOUT_S
+    main = page.locator('[data-testid="stMain"]')
+    while "Download report (HTML)" not in main.inner_text():
+        text = main.inner_text()
+        assert "· failed" not in text, f"the comparison failed: {text[-1500:]}"
+        assert time.monotonic() < deadline, f"the comparison did not finish in time: {text[-1500:]}"
+        page.wait_for_timeout(2000)
+    _settle(page)
+
+    # Scores: one metric per method with its gain over the base, and the per-task bars with base and best.
+    metrics = page.locator('[data-testid="stMetric"]')
+    for method in COMPARED:
+        metric = metrics.filter(has_text=method).first
+        assert "pp vs base" in metric.inner_text(), metric.inner_text()
+    # seven charts: scores, two gain maps, geometry, kept shares, per-layer sizes, disagreement
+    page.wait_for_function(
+        "() => document.querySelectorAll('.js-plotly-plot .main-svg').length >= 7", timeout=60_000
+    )
+    figures = {f["title"]: f for f in _plotly_figures(page)}
+    assert "Score per task (%)" in figures, list(figures)
+    bars = figures["Score per task (%)"]
+    assert any(n.endswith("(base)") for n in bars["names"]), bars["names"]
+    assert any(n.endswith("(best checkpoint)") for n in bars["names"]), bars["names"]
+    assert set(COMPARED) <= set(bars["names"])
+    # Geometry beside them: distance from the base, mass dropped, conflicts, effective rank, per method.
+    geometry = figures["Distance, mass, conflicts, rank"]
+    assert geometry["x"][0] == COMPARED and all(v > 0 for v in geometry["y"][0]), geometry
+    assert "‖Δ‖ / ‖Σ τ‖ per layer" in figures and "Layers of most disagreement" in figures
+    _check_and_shoot(page, "compare")
+
+    # Export the report and open it offline in the same browser.
+    with page.expect_download() as info:
+        page.get_by_role("button", name="Download report (HTML)").click()
+    report_file = tmp_path / info.value.suggested_filename
+    info.value.save_as(report_file)
+    assert report_file.suffix == ".html" and report_file.stat().st_size > 1_000_000  # plotly.js inlined
+    offline = page.context.browser.new_context(offline=True, viewport={"width": 1400, "height": 900})
+    try:
+        doc = offline.new_page()
+        doc.goto(report_file.as_uri())
+        doc.locator(".js-plotly-plot .main-svg").first.wait_for(timeout=60_000)  # drawn: plotly.js ran
+        drawn = doc.evaluate("() => document.querySelectorAll('.js-plotly-plot .main-svg').length")
+        assert drawn >= 6, drawn
+        recipes = doc.locator("pre.recipe").all_inner_texts()
+        assert any("merge_method: ties" in r for r in recipes), recipes
+        assert any("merge_method: task_arithmetic" in r for r in recipes), recipes
+        assert doc.get_by_text("The paper's published numbers (not computed by MergeLab)").count() == 1
+        height = doc.evaluate("() => document.body.scrollHeight")
+        doc.set_viewport_size({"width": 1400, "height": min(int(height) + 40, 12000)})
+        doc.wait_for_timeout(700)
+        doc.screenshot(path=str(SHOTS / "compare_report.png"), full_page=True)
+    finally:
+        offline.close()
