@@ -16,6 +16,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import multiprocessing
+import multiprocessing.util  # noqa: F401  (its exit hook must be registered before ours, see below)
 import os
 import shutil
 import signal
@@ -232,7 +233,9 @@ _LIVE_RUNNERS: weakref.WeakSet[JobRunner] = weakref.WeakSet()
 def _stop_live_runners() -> None:
     """Stop every runner before the interpreter finalizes: running jobs are cancelled, worker processes
     stopped and supervisor threads joined (a daemon thread still inside DuckDB at finalization aborts the
-    whole process)."""
+    whole process). Exit hooks run last-registered first, and multiprocessing's own hook terminates daemon
+    children: importing multiprocessing.util above registers it before this one, so a running job is
+    cancelled and recorded as such instead of failing with 'worker process died (signal 15)'."""
     for runner in list(_LIVE_RUNNERS):
         runner.shutdown(wait=True, cancel_running=True, timeout=10.0)
 

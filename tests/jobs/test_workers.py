@@ -200,3 +200,49 @@ def test_cancelling_a_study_mid_unit_closes_the_study_and_its_merge(
     assert list(store.studies_df().status) == ["cancelled"]
     assert set(store.merges_df().status) <= {"done", "cancelled"}
     _no_running_rows(store)
+
+
+EXIT_WITH_RUNNING_JOB = """
+import sys, time
+import tests.jobs.worker_kinds
+from jobs import JobRunner
+from store import Store
+runner = JobRunner(Store(sys.argv[1]))
+jid = runner.submit("test-slow-merge", {"recipe_yaml": sys.argv[2], "output": sys.argv[3], "pause": 0.5})
+while "writing" not in runner.get(jid).message:
+    time.sleep(0.05)
+print(jid, flush=True)
+"""
+
+
+def test_process_exit_with_a_running_job_cancels_it_cleanly(tmp_path, home, tiny_llama_family):
+    """The runner's exit hook runs before multiprocessing's (which would kill the worker first and leave
+    'worker process died (signal 15)')."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    base, cks = tiny_llama_family
+    out = tmp_path / "merged"
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            EXIT_WITH_RUNNING_JOB,
+            str(tmp_path / "db.duckdb"),
+            _recipe(base, cks),
+            str(out),
+        ],
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    with Store(tmp_path / "db.duckdb") as store:
+        record = store.get_job(done.stdout.split()[0])
+        assert (record.status, record.error) == ("cancelled", None)
+        _no_running_rows(store)
+    assert not out.exists() and [p for p in tmp_path.iterdir() if TMP_MARK in p.name] == []
