@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from ui.data import average_scores, depth_key, layer_label, short_name, task_scores
@@ -96,7 +97,8 @@ def method_summary(
     merges: pd.DataFrame, model_stats: pd.DataFrame, spectra: pd.DataFrame, averages: Mapping[str, float]
 ) -> pd.DataFrame:
     """One row per method: average score and its gain over the base and the best checkpoint (pp), then the
-    geometry: ‖Δ‖ (the paper's Figure 4), ‖Δ‖ / ‖Σ τ_i‖, the share of task-vector mass dropped, how the sign
+    geometry: ‖Δ‖ (the paper's Figure 4), ‖Δ‖ / ‖Σ τ_i‖, the share of Δ outside the task vectors' span, the
+    share of task-vector mass dropped, how the sign
     conflicts were resolved, and the mean effective rank of Δ over the matrices whose spectra were recorded.
 
     merges: method, merge_id, fingerprint; averages: fingerprint or "base" / "best" -> average (pp).
@@ -121,6 +123,16 @@ def method_summary(
             else None
         )
         row["relative_distance"] = distance / math.sqrt(sq) if distance is not None and sq else None
+        row["outside_span"] = (
+            outside_span(
+                distance,
+                st_row.model_task_norms,
+                st_row.model_cosines_json,
+                getattr(st_row, "model_task_dots", None),
+            )
+            if st_row is not None
+            else None
+        )
         for col in ("mass_dropped", "conflict_dropped", "conflict_summed"):
             value = getattr(st_row, col, None) if st_row is not None else None
             row[col] = None if value is None or pd.isna(value) else 100.0 * float(value)
@@ -140,6 +152,7 @@ def method_summary(
         "vs_best",
         "distance",
         "relative_distance",
+        "outside_span",
         "mass_dropped",
         "conflict_dropped",
         "conflict_summed",
@@ -149,23 +162,50 @@ def method_summary(
     return pd.DataFrame(rows, columns=cols)
 
 
+def fitted_weights(task_norms: Sequence[float], cosines: Any, dots: Sequence[float]) -> list[float] | None:
+    """The weights c with Δ ≈ Σ_i c_i τ_i (least squares: Gram c = ⟨Δ, τ⟩, the Gram matrix from the recorded
+    norms and cosines): 1 each for a plain sum, 1/n for a mean, smaller where a method dropped a checkpoint's
+    share. Unlike ⟨Δ, τ_i⟩ / ‖τ_i‖² this does not count the overlap of correlated task vectors twice."""
+    norms = [float(x) for x in task_norms]
+    cos = _json(cosines)
+    if not norms or cos is None or len(dots) != len(norms):
+        return None
+    n = len(norms)
+    gram = np.array(
+        [[(1.0 if i == j else float(cos[i][j])) * norms[i] * norms[j] for j in range(n)] for i in range(n)]
+    )
+    coef = np.linalg.lstsq(gram, np.asarray(dots, dtype=float), rcond=1e-9)[0]
+    return [float(c) for c in coef]
+
+
 def kept_shares(
     merges: pd.DataFrame, model_stats: pd.DataFrame, checkpoint_names: Sequence[str]
 ) -> pd.DataFrame:
-    """⟨Δ, τ_i⟩ / ‖τ_i‖² per (method, checkpoint): 1 means the update carries τ_i's own direction in full
-    (Task Arithmetic's sum), 1/n an average, 0 that it was dropped. Percent."""
+    """Per (method, checkpoint): the fitted weight of the checkpoint's task vector in the merged update, in
+    percent (fitted_weights): 100 keeps it whole as a sum does, 100/n averages it, 0 drops it."""
     rows = []
     stats = {r.merge_id: r for r in model_stats.itertuples(index=False)} if len(model_stats) else {}
     for m in merges.itertuples(index=False):
         st_row = stats.get(m.merge_id)
         if st_row is None:
             continue
-        dots, norms = _list(getattr(st_row, "model_task_dots", None)), _list(st_row.model_task_norms)
-        for i, (dot, norm) in enumerate(zip(dots, norms, strict=False)):
+        dots = [float(d) for d in _list(getattr(st_row, "model_task_dots", None))]
+        weights = fitted_weights(_list(st_row.model_task_norms), st_row.model_cosines_json, dots)
+        for i, w in enumerate(weights or []):
             name = checkpoint_names[i] if i < len(checkpoint_names) else f"#{i}"
-            share = 100.0 * float(dot) / float(norm) ** 2 if norm else None
-            rows.append({"method": m.method, "checkpoint": name, "kept": share})
+            rows.append({"method": m.method, "checkpoint": name, "kept": 100.0 * w})
     return pd.DataFrame(rows, columns=["method", "checkpoint", "kept"])
+
+
+def outside_span(distance: float | None, task_norms: Any, cosines: Any, dots: Any) -> float | None:
+    """Share (%) of ‖Δ‖² outside the span of the task vectors: 0 for any weighted sum of them (TA, TIES
+    without trimming), larger for methods that add directions of their own (subspace methods, trimming)."""
+    dots = [float(d) for d in _list(dots)]
+    weights = fitted_weights(_list(task_norms), cosines, dots)
+    if weights is None or not distance:
+        return None
+    inside = sum(w * d for w, d in zip(weights, dots, strict=True))
+    return 100.0 * min(1.0, max(0.0, 1.0 - inside / float(distance) ** 2))
 
 
 def layer_frame(tensor_stats: pd.DataFrame, method_of: Mapping[str, str]) -> pd.DataFrame:

@@ -18,6 +18,24 @@ def _method_colors(methods: list[str]) -> dict[str, str]:
     return {m: PALETTE[i % len(PALETTE)] for i, m in enumerate(methods)}
 
 
+def scores_figure(
+    scores: pd.DataFrame, base: str | None, best: str | None, title: str | None = None
+) -> go.Figure:
+    """Per-task scores (with an "average" group) of the base, the best checkpoint and every merge, legend
+    under the plot; the other checkpoints are left out so the merges stay readable. Columns: model, role,
+    task, score (ui.compare.Comparison.scores)."""
+    from ui.charts import score_bars
+
+    _require(scores, ["model", "role", "task", "score"], "scores_figure")
+    shown = scores[scores["role"] != "checkpoint"]
+    avg = shown.groupby(["model", "role"], as_index=False, sort=False)["score"].mean().assign(task="average")
+    fig = score_bars(pd.concat([shown, avg], ignore_index=True), base=base, best=best, title=title)
+    fig.update_layout(
+        legend=dict(orientation="h", yanchor="top", y=-0.3, xanchor="left", x=0), margin=dict(b=140)
+    )
+    return fig
+
+
 def gain_heatmap(gains: pd.DataFrame, value: str = "vs_base", title: str | None = None) -> go.Figure:
     """Gain of each merge per task (rows: methods, columns: tasks) in percentage points, green above the
     reference and red below, centred on zero. `gains` columns: method, task and `value`."""
@@ -65,15 +83,16 @@ def geometry_bars(summary: pd.DataFrame, title: str | None = None) -> go.Figure:
     methods = list(summary["method"])
     colors = _method_colors(methods)
     fig = make_subplots(
-        rows=1,
-        cols=4,
+        rows=2,
+        cols=2,
         subplot_titles=(
             "distance from the base ‖Δ‖₂",
             "task-vector mass dropped (%)",
             "sign conflicts resolved (%)",
             "effective rank of Δ",
         ),
-        horizontal_spacing=0.07,
+        horizontal_spacing=0.12,
+        vertical_spacing=0.2,
     )
     bar_colors = [colors[m] for m in methods]
     fig.add_bar(
@@ -109,8 +128,8 @@ def geometry_bars(summary: pd.DataFrame, title: str | None = None) -> go.Figure:
             marker_color=color,
             legendgroup="conflicts",
             hovertemplate="%{x}<br>" + label + ": %{y:.1f}%<extra></extra>",
-            row=1,
-            col=3,
+            row=2,
+            col=1,
         )
     fig.add_bar(
         x=methods,
@@ -118,20 +137,20 @@ def geometry_bars(summary: pd.DataFrame, title: str | None = None) -> go.Figure:
         marker_color=bar_colors,
         showlegend=False,
         hovertemplate="%{x}<br>effective rank %{y:.2f}<extra></extra>",
-        row=1,
-        col=4,
+        row=2,
+        col=2,
     )
     fig.update_layout(barmode="stack")
     fig.update_yaxes(range=[0, 100], row=1, col=2)
-    fig.update_yaxes(range=[0, 100], row=1, col=3)
-    fig = _layout(fig, title, height=400)
-    fig.update_layout(legend=dict(orientation="h", yanchor="top", y=-0.25, xanchor="left", x=0.5))
+    fig.update_yaxes(range=[0, 100], row=2, col=1)
+    fig = _layout(fig, title, height=640)
+    fig.update_layout(legend=dict(orientation="h", yanchor="top", y=-0.12, xanchor="left", x=0))
     return fig
 
 
 def kept_heatmap(kept: pd.DataFrame, title: str | None = None, order: list[str] | None = None) -> go.Figure:
-    """⟨Δ, τ_i⟩ / ‖τ_i‖² per method and checkpoint, percent: how much of each checkpoint's own direction the
-    merged update carries (100 = all of it, as a plain sum; 100/n = an average; 0 = dropped)."""
+    """Fitted weight of each checkpoint's task vector in the merged update (Δ ≈ Σ c_i τ_i), percent, per
+    method and checkpoint: 100 = kept whole, as a plain sum; 100/n = an average; 0 = dropped."""
     _require(kept, ["method", "checkpoint", "kept"], "kept_heatmap")
     if kept.dropna(subset=["kept"]).empty:
         return empty_figure("No kept shares recorded", title)
@@ -150,11 +169,12 @@ def kept_heatmap(kept: pd.DataFrame, title: str | None = None, order: list[str] 
             y=methods,
             zmin=0,
             zmax=max(100.0, float(pd.Series(z.ravel()).max())),
+            zmid=None,
             colorscale="Blues",
             text=text,
             texttemplate="%{text}",
             colorbar=dict(title="% kept"),
-            hovertemplate="%{y} · %{x}<br>%{z:.1f}% of τ kept<extra></extra>",
+            hovertemplate="%{y} · %{x}<br>weight %{z:.1f}% of τ in Δ<extra></extra>",
         )
     )
     fig.update_layout(yaxis_autorange="reversed", xaxis_title="checkpoint")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from ui import charts, compare_charts
+from ui import compare_charts
 from ui.compare import Comparison
 
 SUMMARY_COLUMNS = {
@@ -24,6 +24,11 @@ SUMMARY_COLUMNS = {
     ),
     "relative_distance": st.column_config.NumberColumn(
         "‖Δ‖/‖Στ‖", format="%.3f", help="1 is the size of the plain sum of the task vectors"
+    ),
+    "outside_span": st.column_config.NumberColumn(
+        "outside span of τ (%)",
+        format="%.1f",
+        help="Share of ‖Δ‖² no weighted sum of the task vectors explains",
     ),
     "mass_dropped": st.column_config.NumberColumn(
         "mass dropped (%)", format="%.1f", help="Share of Σ‖τ_i‖₁ at entries the merge left at the base"
@@ -39,15 +44,6 @@ SUMMARY_COLUMNS = {
     ),
     "spectra": st.column_config.NumberColumn("matrices", help="Matrices whose spectra were recorded"),
 }
-
-
-def _scores_with_average(comp: Comparison) -> pd.DataFrame:
-    avg = (
-        comp.scores.groupby(["model", "role"], as_index=False, sort=False)["score"]
-        .mean()
-        .assign(task="average")
-    )
-    return pd.concat([comp.scores, avg], ignore_index=True)
 
 
 def render(comp: Comparison, key: str = "cmp") -> None:
@@ -73,11 +69,8 @@ def render(comp: Comparison, key: str = "cmp") -> None:
     with scores_col:
         st.markdown("##### Scores against the base and the best checkpoint")
         st.plotly_chart(
-            charts.score_bars(
-                _scores_with_average(comp),
-                base=comp.base_name,
-                best=comp.best_name,
-                title="Score per task (%)",
+            compare_charts.scores_figure(
+                comp.scores, base=comp.base_name, best=comp.best_name, title="Score per task (%)"
             ),
             key=f"{key}:bars",
         )
@@ -104,8 +97,9 @@ def render(comp: Comparison, key: str = "cmp") -> None:
             key=f"{key}:kept",
         )
         st.caption(
-            "The paper's Figure 4 argument: methods that move far from the base leave its basin. "
-            "Kept = ⟨Δ, τ_i⟩ / ‖τ_i‖²: 100 keeps checkpoint i's direction whole (a sum), 100/n averages it."
+            "The paper's Figure 4 argument: methods that move far from the base leave its basin. Kept: the "
+            "weight c_i of each task vector in the update fitted as Δ ≈ Σ c_i τ_i (100 = whole, as a sum; "
+            "100/n = a mean)."
         )
 
     st.markdown("##### Where the methods disagree")

@@ -239,7 +239,7 @@ def paper_section(methods: Sequence[str], model: str = "Average") -> Section:
 def comparison_report(comp: Any) -> Report:
     """The report of a ui.compare.Comparison: scores against base and best checkpoint, the geometry beside
     them, per-layer disagreement, the recipes, and the paper's numbers for the same methods."""
-    from ui import charts, compare_charts
+    from ui import compare_charts
 
     merged_what = (
         f"{len(comp.checkpoints)} checkpoints ({', '.join(comp.checkpoint_names)}) merged into "
@@ -254,16 +254,6 @@ def comparison_report(comp: Any) -> Report:
         "items per task": str(comp.limit) if comp.limit else "the suite's default",
         "status": comp.status,
     }
-    scores = comp.scores
-    with_avg = pd.concat(
-        [
-            scores,
-            scores.groupby(["model", "role"], as_index=False, sort=False)["score"]
-            .mean()
-            .assign(task="average"),
-        ],
-        ignore_index=True,
-    )
     summary = comp.summary.rename(
         columns={
             "average": "average (%)",
@@ -271,6 +261,7 @@ def comparison_report(comp: Any) -> Report:
             "vs_best": "vs best checkpoint (pp)",
             "distance": "‖Δ‖₂",
             "relative_distance": "‖Δ‖ / ‖Σ τ‖",
+            "outside_span": "outside span of τ (%)",
             "mass_dropped": "mass dropped (%)",
             "conflict_dropped": "conflicts dropped (%)",
             "conflict_summed": "conflicts with Σ τ (%)",
@@ -283,11 +274,12 @@ def comparison_report(comp: Any) -> Report:
             "Scores against the base and the best checkpoint",
             text=(
                 "Per-task accuracy (%) of every merge beside the base and the best single checkpoint (by its "
-                "average), and each merge's gain in percentage points."
+                "average), and each merge's gain in percentage points. Every checkpoint's own scores are in "
+                "the scores table of the data."
             ),
             figures=[
-                charts.score_bars(
-                    with_avg, base=comp.base_name, best=comp.best_name, title="Score per task (%)"
+                compare_charts.scores_figure(
+                    comp.scores, base=comp.base_name, best=comp.best_name, title="Score per task (%)"
                 ),
                 compare_charts.gain_heatmap(comp.gains, "vs_base", title="Gain over the base per task (pp)"),
                 compare_charts.gain_heatmap(
@@ -303,7 +295,7 @@ def comparison_report(comp: Any) -> Report:
                 "basin and lose accuracy. Beside the distance: the share of the task vectors' mass each "
                 "method left at the base, how it resolved the entries where checkpoints disagree in sign, "
                 "the effective rank of its update (mean over the matrices whose spectra were recorded), and "
-                "how much of each checkpoint's own direction (⟨Δ, τ_i⟩ / ‖τ_i‖²) the update kept."
+                "the weight each checkpoint's task vector keeps in the update (Δ fitted as Σ c_i τ_i)."
             ),
             figures=[
                 compare_charts.geometry_bars(comp.summary, title="Distance, mass, conflicts, rank"),

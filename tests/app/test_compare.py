@@ -7,6 +7,7 @@ from __future__ import annotations
 import html
 import io
 import json
+import math
 import os
 import re
 import zipfile
@@ -79,7 +80,19 @@ def test_summary_and_kept_shares_from_recorded_figures():
     assert row.loc["sum", "effective_rank"] == 3.0 and row.loc["sum", "spectra"] == 2  # Δ only, not τ
     kept = compare.kept_shares(merges, stats, ["ft1", "ft2"]).set_index(["method", "checkpoint"])["kept"]
     assert kept[("sum", "ft1")] == pytest.approx(100.0) and kept[("sum", "ft2")] == pytest.approx(100.0)
-    assert kept[("mean", "ft2")] == pytest.approx(50.0)  # 8 / 16
+    assert kept[("mean", "ft2")] == pytest.approx(50.0)
+    assert row.loc["sum", "outside_span"] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_fitted_weights_do_not_count_correlated_task_vectors_twice():
+    # τ1 = [1, 0], τ2 = [1, 1] (cos 1/√2); the sum Δ = [2, 1]: ⟨Δ, τ⟩ = [2, 3], so ⟨Δ, τ_i⟩/‖τ_i‖² would
+    # say 200% and 150%; the fitted weights are exactly 1 and 1
+    cos = [[1, 1 / math.sqrt(2)], [1 / math.sqrt(2), 1]]
+    assert compare.fitted_weights([1.0, math.sqrt(2)], cos, [2.0, 3.0]) == pytest.approx([1.0, 1.0])
+    # τ1 = [1, 0, 0], τ2 = [0, 1, 0], Δ = [1, 0, 1]: weights [1, 0], half of ‖Δ‖² lies outside their span
+    eye = [[1, 0], [0, 1]]
+    assert compare.fitted_weights([1.0, 1.0], eye, [1.0, 0.0]) == pytest.approx([1.0, 0.0])
+    assert compare.outside_span(math.sqrt(2), [1.0, 1.0], eye, [1.0, 0.0]) == pytest.approx(50.0)
 
 
 def _tensor(merge_id, tensor, layer, delta, norms, cos, dots):
@@ -196,6 +209,12 @@ def test_comparison_scores_and_geometry(comparison):
     assert s["effective_rank"].notna().all() and (s["spectra"] > 0).all()
     assert not comp.layers.empty and not comp.disagreement.empty
     assert set(comp.kept["checkpoint"]) == set(comp.checkpoint_names)
+    # the sum keeps every task vector whole; TIES keeps less of each
+    kept = comp.kept.set_index(["method", "checkpoint"])["kept"]
+    for name in comp.checkpoint_names:
+        assert kept[("TA (sum)", name)] == pytest.approx(100.0, abs=1.0)
+        assert kept[("TIES", name)] < 90.0
+    assert s.loc["TA (sum)", "outside_span"] == pytest.approx(0.0, abs=0.5)
 
 
 @pytest.mark.slow

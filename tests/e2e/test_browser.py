@@ -291,6 +291,7 @@ def test_compare_three_methods_and_share_the_report(app_url, page, tmp_path):
     geometry = figures["Distance, mass, conflicts, rank"]
     assert geometry["x"][0] == COMPARED and all(v > 0 for v in geometry["y"][0]), geometry
     assert "‖Δ‖ / ‖Σ τ‖ per layer" in figures and "Layers of most disagreement" in figures
+    page.mouse.move(0, 0)  # no tooltip in the screenshot
     _check_and_shoot(page, "compare")
 
     # Export the report and open it offline in the same browser.
