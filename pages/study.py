@@ -92,13 +92,7 @@ with guard("Study"):
     with st.expander(
         "Sweep a hyperparameter (the paper's ablations)", expanded=False, icon=":material/tune:"
     ):
-        sweep_view.launcher(
-            db,
-            get_runner(),
-            list(registered.loc[registered["kind"] == "base", "ref"]) if len(registered) else [],
-            list(registered.loc[registered["kind"] == "checkpoint", "ref"]) if len(registered) else [],
-            names,
-        )
+        sweep_view.launcher(db, get_runner(), registered)
 
     st.subheader("Progress")
     jobs_view.live_jobs(limit=3, key="study", kinds=["study", "sweep"])

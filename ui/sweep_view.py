@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pandas as pd
 import streamlit as st
 
 import jobs
@@ -19,11 +20,15 @@ from ui.session import workspace_home
 P = "sweep"  # session-state prefix of this view's widgets
 
 
-def launcher(db: Any, runner: Any, bases: list[str], pool_all: list[str], names: dict[str, str]) -> None:
-    """The "Sweep a hyperparameter" form: method, parameter, values, subset size n and number of subsets."""
-    if not bases or len(pool_all) < 2:
+def launcher(db: Any, runner: Any, registered: pd.DataFrame) -> None:
+    """The "Sweep a hyperparameter" form: base, method, parameter, values, the pool (checkpoints of the
+    base's architecture), subset size n and number of subsets, suite, and where it runs."""
+    bases = list(registered.loc[registered["kind"] == "base", "ref"]) if len(registered) else []
+    if not bases or int((registered["kind"] == "checkpoint").sum()) < 2:
         st.info("Register a base and at least two checkpoints first (or build the demo zoo on Home).")
         return
+    names = dict(zip(registered["ref"], registered["name"], strict=False))
+    arch = dict(zip(registered["ref"], registered["architecture"], strict=False))
     methods = {m.name: m for m in merging.all_methods() if m.needs_base and jobs.sweepable_params(m.name)}
     c1, c2, c3 = st.columns([1, 1, 1])
     base = c1.selectbox("Base", bases, format_func=lambda r: names.get(r, r), key=f"{P}:base")
@@ -35,12 +40,17 @@ def launcher(db: Any, runner: Any, bases: list[str], pool_all: list[str], names:
         key=f"{P}:method",
     )
     param = c3.selectbox("Hyperparameter", jobs.sweepable_params(method), key=f"{P}:param:{method}")
+    pool_all = [
+        r
+        for r in registered.loc[registered["kind"] == "checkpoint", "ref"]
+        if r != base and arch.get(r) == arch.get(base)
+    ]
     pool = st.multiselect(
         "Checkpoint pool (the subsets are drawn from it)",
         pool_all,
         default=pool_all[:12],
         format_func=lambda r: names.get(r, r),
-        key=f"{P}:pool",
+        key=f"{P}:pool:{base}",
     )
     default_values = jobs.SWEEP_DEFAULT_VALUES.get(param, (0.5, 1.0, 1.5))
     c4, c5, c6 = st.columns([2, 1, 1])
