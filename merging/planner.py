@@ -158,6 +158,10 @@ def groups_of(recipe: Recipe, spec: MethodSpec, layers_of: Callable[[str], int] 
         # base as one more input only when it is not listed, and the method sees it as `base` then.
         if ordinary and base is not None and any(m.ref == base for m in members):
             base = None
+        elif spec.name == "linear" and base is not None:
+            # linear averages only its inputs, so the added base is averaged like any model (its weight from
+            # the global parameters; none there is mergekit's "missing weight" refusal too)
+            members = (*members, Member(base, 0, (recipe.parameters,)))
         groups.append(Group(n, base, 0 if base else None, members, (recipe.parameters,)))
     else:
         for i, s in enumerate(recipe.slices):

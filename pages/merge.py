@@ -67,7 +67,9 @@ def _show_carried(carried: dict) -> None:
                 f"The output has {sum(sl.num_layers for sl in slices)} layers, built slice by slice; the "
                 "checkpoint list above does not change the slices."
             )
-        other = {k: v for k, v in carried.items() if k not in ("slices", "base_entry", "no_base")}
+        other = {
+            k: v for k, v in carried.items() if k not in ("slices", "base_entry", "no_base", "keep_base")
+        }
         if "base_entry" in carried:
             other["base listed under models"] = "yes (treated as the base, as mergekit does)"
         if other:

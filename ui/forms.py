@@ -155,6 +155,8 @@ def load_recipe_into_state(prefix: str, spec: MethodSpec, recipe: Any) -> None:
         carried["parameters"] = extra  # int8_mask and the like: no field, kept as written
     if base is None and not spec.needs_base:
         carried["no_base"] = True
+    elif base is not None and spec.name == "linear":
+        carried["keep_base"] = True  # mergekit averages an unlisted base into a linear merge
     listed = [i for i, m in enumerate(recipe.models) if base and m.model == base]
     if listed and recipe.slices is None:
         carried["base_entry"] = (listed[0], dict(recipe.models[listed[0]].parameters))
@@ -337,6 +339,8 @@ def build_recipe(
     carried = dict(carried or {})
     if carried.get("no_base") and not spec.needs_base:
         base = None
+    if spec.name == "linear" and not carried.get("keep_base"):
+        base = None  # the page's base is a reference only; in the YAML mergekit would average it in
     if spec.needs_base and not base:
         raise merging.errors.RecipeError(f"{spec.title} needs a base model; choose one.")
     slices = carried.get("slices")

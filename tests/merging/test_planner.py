@@ -318,3 +318,24 @@ def test_output_dtype_follows_mergekit():
     assert out_dtype_name(r("ties", dtype="bfloat16", out_dtype="float16")) == "float16"
     assert out_dtype_name(r("ties")) is None  # the stored dtype
     assert out_dtype_name(r("arcee_fusion", dtype="bfloat16")) == "float32"  # mergekit's float32 mask
+
+
+def test_linear_averages_an_unlisted_base_as_mergekit_does(tmp_path, tiny_llama_family):
+    base, cks = tiny_llama_family
+    doc = {
+        "merge_method": "linear",
+        "base_model": str(base),
+        "models": [{"model": str(c)} for c in cks[:2]],
+        "parameters": {"weight": 1.0},
+    }
+    out = weights(run_merge(Recipe.from_dict(doc), DirectorySink(tmp_path / "o"), device="cpu").output_path)
+    b, m0, m1 = sd(base), sd(cks[0]), sd(cks[1])
+    for name in b:
+        torch.testing.assert_close(out[name], (b[name] + m0[name] + m1[name]) / 3, rtol=1e-5, atol=1e-6)
+    doc = {
+        **doc,
+        "parameters": {},
+        "models": [{"model": str(c), "parameters": {"weight": 1.0}} for c in cks[:2]],
+    }
+    with pytest.raises(RecipeError, match="has no 'weight'"):
+        validate_recipe(Recipe.from_dict(doc))
