@@ -94,8 +94,13 @@ def worker_main(
     conn, cancel_event, app_pid: int, device: str, resident_capacity: int = 2, budget_share: float = 1.0
 ) -> None:
     """Entry point of the worker process (module-level, so forkserver/spawn can start it)."""
+    import signal
+
     from jobs.resident import ResidentPool
 
+    # Ctrl-C in a terminal reaches the whole process group: the app (or CLI) decides what it means and
+    # cancels through the event; a KeyboardInterrupt here would kill the job as a crash instead.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _exit_with_parent(app_pid)
     residents = ResidentPool(capacity=resident_capacity, budget_share=budget_share)
     lock = threading.Lock()

@@ -128,3 +128,33 @@ def _saved(home: Path) -> set[str]:
 def _version_and_limit(store):
     row = store.table("eval_rows").iloc[0]
     return row.suite_version, None
+
+
+@pytest.mark.slow
+def test_ctrl_c_of_the_cli_cancels_the_study_cleanly(tmp_path, home, tiny_llama_family, zoo_tasks):
+    """SIGINT to the process group (the CLI and its worker), as Ctrl-C sends: cancelled, not crashed."""
+    base, cks = tiny_llama_family
+    db = tmp_path / "db.duckdb"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        _cli(db, base, cks, zoo_tasks, save=True),
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, like a terminal's foreground job
+    )
+    for line in proc.stdout:
+        if ": mean " in line:
+            break
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1 and "study cancelled" in err, err[-2000:]
+    with Store(db) as store:
+        (job,) = store.jobs_df().itertuples()
+        assert job.status == "cancelled"
+        assert list(store.studies_df().status) == ["cancelled"]
+        assert set(store.merges_df().status) <= {"done", "cancelled"}
+        assert store.jobs_with_status("running") == []
+    assert not [p for p in (home / "merges").rglob("*") if TMP_MARK in p.name]
