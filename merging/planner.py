@@ -243,10 +243,9 @@ class ParamResolver:
             self._typed(_resolve_chain(m.scopes, [k for k in _keys(m.scopes) if k not in ignored], name, t))
             for m, name in zip(group.members, in_names, strict=True)
         ]
-        mraws = [
-            {k: v for k, v in raw.items() if k in self._per_model or k in m.scopes[0]}
-            for raw, m in zip(mraws, group.members, strict=True)
-        ]
+        # a global parameter written in a model's own parameters is not read there (mergekit resolves
+        # global parameters from the slice and top-level parameters only), so it is left out
+        mraws = [{k: v for k, v in raw.items() if k in self._per_model} for raw in mraws]
         key = json.dumps([graw, mraws], sort_keys=True, default=str)
         hit = self._cache.get(key)
         if hit is None:

@@ -339,3 +339,24 @@ def test_linear_averages_an_unlisted_base_as_mergekit_does(tmp_path, tiny_llama_
     }
     with pytest.raises(RecipeError, match="has no 'weight'"):
         validate_recipe(Recipe.from_dict(doc))
+
+
+def test_global_parameter_in_a_models_parameters_is_not_read_there():
+    """mergekit reads slerp's t only from the slice and top-level parameters; a t under a source is inert."""
+    r = Recipe.from_dict(
+        {
+            "merge_method": "slerp",
+            "base_model": "a",
+            "slices": [
+                {
+                    "sources": [
+                        {"model": "a", "layer_range": [0, 2]},
+                        {"model": "b", "layer_range": [0, 2], "parameters": {"t": 0.9}},
+                    ]
+                }
+            ],
+            "parameters": {"t": 0.25},
+        }
+    )
+    _, gp, mp = validate_recipe(r)
+    assert gp["t"] == 0.25 and mp == [{}]
