@@ -37,10 +37,13 @@ def render_counts(slot) -> None:
     (a fragment), so a running study's counts stay current."""
     with slot.container(), guard("Workspace"):
         counts = get_store().job_counts()
+        if not counts["active"]:  # nothing can change them until the next run: plain elements
+            _draw(counts)
+            return
         st.session_state[_FRESH] = counts
 
         def body() -> None:
             with guard("Workspace"):
                 _draw(st.session_state.pop(_FRESH, None) or get_store().job_counts())
 
-        st.fragment(body, run_every=POLL_SECONDS if counts["active"] else None)()
+        st.fragment(body, run_every=POLL_SECONDS)()
