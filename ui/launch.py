@@ -129,9 +129,14 @@ def study_sizes(pool_size: int) -> list[int]:
 
 def study_method_choices(registry: list[str]) -> list[str]:
     """What the study form offers: the default configurations (the paper's, TA in both readings), then
-    every other registered method (run with its paper values or defaults)."""
+    every other registered method that merges any number of checkpoints (a study merges subsets of 2 to
+    12; slerp, nearswap, passthrough and the like take a fixed count), run with its paper values or
+    defaults."""
+    import merging
+
     aliased = set(CONFIG_ALIASES)
-    return list(DEFAULT_CONFIG_NAMES) + [m for m in registry if m not in aliased]
+    open_ended = {m for m in registry if merging.get_method(m).max_models is None}
+    return list(DEFAULT_CONFIG_NAMES) + [m for m in registry if m not in aliased and m in open_ended]
 
 
 def submit_study(
