@@ -117,9 +117,18 @@ def nuslerp_vectors(
     `flatten`, dim 0 with `row_wise`), each vector separately; exactly parallel vectors interpolate linearly.
     """
     shape = v0.shape
-    if flatten:
+    if flatten:  # one vector: scalar coefficients, two passes over memory
         a, b = v0.reshape(-1), v1.reshape(-1)
-    elif row_wise:
+        na = max(float(norm(a)), NUSLERP_NORM_EPS)
+        nb = max(float(norm(b)), NUSLERP_NORM_EPS)
+        cos = min(1.0, max(-1.0, float(torch.dot(a, b)) / (na * nb)))
+        if 1 - cos * cos <= NUSLERP_EPS**2:
+            ca, cb = 1.0 - t, t
+        else:
+            theta = math.acos(cos)
+            ca, cb = math.sin((1.0 - t) * theta) / math.sin(theta), math.sin(t * theta) / math.sin(theta)
+        return torch.mul(a, ca).add_(b, alpha=cb).reshape(shape)
+    if row_wise:
         a, b = v0.transpose(0, -1), v1.transpose(0, -1)
     else:
         a, b = v0, v1
@@ -133,7 +142,7 @@ def nuslerp_vectors(
     cb = torch.where(colinear, t, torch.sin(t * theta) / sin_theta).float()
     out = a * ca
     out.addcmul_(b, cb)
-    if row_wise and not flatten:
+    if row_wise:
         out = out.transpose(0, -1)
     return out.reshape(shape)
 
