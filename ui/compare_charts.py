@@ -11,11 +11,14 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from ui.charts import PALETTE, _layout, _require, empty_figure
+from ui.charts import BASE_COLOR, BEST_COLOR, PALETTE, _layout, _require, empty_figure
 
 
 def _method_colors(methods: list[str]) -> dict[str, str]:
-    return {m: PALETTE[i % len(PALETTE)] for i, m in enumerate(methods)}
+    """The colours score_bars gives merges (the palette without the base's grey and the best checkpoint's
+    green), so a method has one colour in every chart of the view."""
+    palette = [c for c in PALETTE if c not in (BASE_COLOR, BEST_COLOR)]
+    return {m: palette[i % len(palette)] for i, m in enumerate(methods)}
 
 
 def scores_figure(

@@ -254,7 +254,10 @@ def comparison_report(comp: Any) -> Report:
         "items per task": str(comp.limit) if comp.limit else "the suite's default",
         "status": comp.status,
     }
-    summary = comp.summary.rename(
+    summary = comp.summary.copy()
+    for col in ("vs_base", "vs_best"):  # gains read as gains: signed
+        summary[col] = summary[col].map(lambda v: "–" if pd.isna(v) else f"{v:+.2f}")
+    summary = summary.rename(
         columns={
             "average": "average (%)",
             "vs_base": "vs base (pp)",

@@ -265,3 +265,15 @@ def test_kept_mass_tells_task_arithmetic_from_ties(tmp_path, tiny_llama_family):
     for i, m in enumerate(ms):
         dot = sum(float(((out[n] - b[n]).double() * (m[n] - b[n]).double()).sum()) for n in b)
         assert ta.stats.model_task_dots[i] == pytest.approx(dot, rel=1e-4)
+
+
+@pytest.mark.gpu
+def test_cuda_records_the_same_kept_mass_as_cpu(tmp_path, tiny_llama_family):
+    """The kept/dropped figures Compare reads (mass dropped, conflicts resolved, ⟨Δ, τ_i⟩) on CUDA match CPU."""
+    base, cks = tiny_llama_family
+    r = recipe("ties", base, cks, {"weight": 1.0, "density": 0.1})
+    cpu = run_merge(r, DirectorySink(tmp_path / "cpu"), device="cpu").stats.summary()
+    gpu = run_merge(r, DirectorySink(tmp_path / "gpu"), device="cuda").stats.summary()
+    for key in ("mass_dropped", "conflict_dropped", "conflict_summed"):
+        assert gpu[key] == pytest.approx(cpu[key], abs=1e-3), key
+    assert gpu["model_task_dots"] == pytest.approx(cpu["model_task_dots"], rel=1e-3)
