@@ -36,6 +36,7 @@ from jobs.registry import get_kind, validated_params
 from store import JobRecord, Store, StoreError
 
 CANCEL_GRACE_ENV = "MERGELAB_CANCEL_GRACE_S"
+PREWARM_RETRY_S = 10.0  # an idle prewarmed worker that died is replaced at most this often
 START_METHOD_ENV = "MERGELAB_WORKER_START"  # forkserver (default) or spawn
 # imported once by the forkserver, so a fresh worker (first job, or after a crash) starts in milliseconds
 WORKER_PRELOAD = ["torch", "jobs.worker"]
@@ -180,7 +181,9 @@ def _main_script_hidden():
 class _Worker:
     """One worker process and its pipe (owned by one supervisor thread)."""
 
-    def __init__(self, device: str, resident_capacity: int = 2, budget_share: float = 1.0) -> None:
+    def __init__(
+        self, device: str, resident_capacity: int = 2, budget_share: float = 1.0, warm: bool = False
+    ) -> None:
         from jobs.worker import worker_main
 
         ctx = _mp_context()
@@ -188,7 +191,7 @@ class _Worker:
         self.cancel = ctx.Event()
         self.process = ctx.Process(
             target=worker_main,
-            args=(child, self.cancel, os.getpid(), device, resident_capacity, budget_share),
+            args=(child, self.cancel, os.getpid(), device, resident_capacity, budget_share, warm),
             name=f"mergelab-worker-{device}",
             daemon=True,
         )
@@ -262,6 +265,7 @@ class JobRunner:
         self._wake = threading.Condition()
         self._stop = threading.Event()
         self._cancel_running = True
+        self._prewarm = False
         self._slots = [_Slot(device) for device in self.devices]
         self._threads: list[threading.Thread] = []
         self.recovered: list[str] = []
@@ -354,6 +358,13 @@ class JobRunner:
                 raise TimeoutError(f"jobs still unfinished after {timeout} s: {pending}")
             time.sleep(interval)
 
+    def prewarm(self) -> None:
+        """Keep a worker process ready on every device, so the first job does not pay its start-up (the
+        app server does this; tests and the CLI start workers on demand). A worker that died is replaced
+        while idle."""
+        self._prewarm = True
+        self._notify()
+
     def loaded_residents(self) -> list[tuple[str, str]]:
         """(base, device) of the resident models the workers reported after their last job."""
         return sorted({key for slot in self._slots for key in slot.residents})
@@ -377,6 +388,8 @@ class JobRunner:
                 except StoreError:  # store closed under us during shutdown
                     return
                 if job is None:
+                    if self._prewarm and self._worker_missing(slot):
+                        self._start_worker(slot)
                     with self._wake:
                         self._wake.wait(self.poll_interval)
                     continue
@@ -403,17 +416,27 @@ class JobRunner:
                 self._finish(job.id, "failed", error=str(exc), message="failed")
                 return
             if slot.worker is None or not slot.worker.alive():
-                if slot.worker is not None:
-                    slot.worker.stop(0)
-                share = 1.0 / sum(1 for other in self._slots if other.device == slot.device)
-                slot.worker = _Worker(slot.device, self.resident_capacity, share)
-                slot.workers_started += 1
+                self._start_worker(slot)
             worker = slot.worker
             worker.cancel.clear()
             worker.conn.send(("run", job, run_ref, dict(os.environ), os.getcwd()))
             self._serve(slot, worker, job)
         finally:
             slot.job_id = None
+
+    def _worker_missing(self, slot: _Slot) -> bool:
+        """No live worker, and the last start is old enough that restarting is not a crash loop."""
+        if slot.worker is not None and slot.worker.alive():
+            return False
+        return slot.worker is None or time.monotonic() - slot.worker.started > PREWARM_RETRY_S
+
+    def _start_worker(self, slot: _Slot) -> None:
+        """A fresh worker process for the slot (the previous one, if any, is stopped)."""
+        if slot.worker is not None:
+            slot.worker.stop(0)
+        share = 1.0 / sum(1 for other in self._slots if other.device == slot.device)
+        slot.worker = _Worker(slot.device, self.resident_capacity, share, warm=self._prewarm)
+        slot.workers_started += 1
 
     def _serve(self, slot: _Slot, worker: _Worker, job: JobRecord) -> None:
         """Answer the worker's store calls until it reports the outcome, dies, or ignores a cancel."""

@@ -90,8 +90,17 @@ def run_one(job, run_ref, conn, lock, cancel_event, residents, device: str) -> d
     return {"status": "done", "result": result, "message": "done"}
 
 
+WARM_IMPORTS = ("transformers", "merging", "evaluation", "jobs.kinds")
+
+
 def worker_main(
-    conn, cancel_event, app_pid: int, device: str, resident_capacity: int = 2, budget_share: float = 1.0
+    conn,
+    cancel_event,
+    app_pid: int,
+    device: str,
+    resident_capacity: int = 2,
+    budget_share: float = 1.0,
+    warm: bool = False,
 ) -> None:
     """Entry point of the worker process (module-level, so forkserver/spawn can start it)."""
     import signal
@@ -103,6 +112,9 @@ def worker_main(
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _exit_with_parent(app_pid)
     residents = ResidentPool(capacity=resident_capacity, budget_share=budget_share)
+    if warm:  # a prewarmed worker imports what every job needs while it waits for the first one
+        for module in WARM_IMPORTS:
+            importlib.import_module(module)
     lock = threading.Lock()
     while True:
         try:

@@ -21,6 +21,7 @@ def main(argv: list[str] | None = None) -> None:
     from ui import session
 
     runner = session.get_runner()
+    runner.prewarm()  # a worker per device starts now, not with the first job
     for job_id in runner.recovered:
         print(f"job {job_id} was left running by a process that died; marked interrupted", flush=True)
     cli.main(args=["run", str(APP), *(sys.argv[1:] if argv is None else argv)], prog_name="streamlit")

@@ -60,6 +60,17 @@ def test_job_runs_in_a_worker_process_with_the_apps_environment(store, home):
     assert first.result["home"] == str(home)  # MERGELAB_HOME of the app at the time of the job
 
 
+def test_prewarmed_worker_is_ready_before_the_first_job(store, home):
+    runner = JobRunner(store)
+    try:
+        runner.prewarm()
+        (pid,) = _wait_for(runner.worker_pids, timeout=60, what="the prewarmed worker")
+        (record,) = runner.wait([runner.submit("test-hello", {})], timeout=60)
+    finally:
+        runner.shutdown()
+    assert record.status == "done" and record.result["pid"] == pid
+
+
 def test_worker_killed_mid_write_fails_the_job_and_a_fresh_worker_runs_the_next(
     store, home, tmp_path, tiny_llama_family
 ):
