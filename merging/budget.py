@@ -100,10 +100,16 @@ class TensorCost:
     per_row: int
     rows: int
     cuttable: bool
+    stack_per_row: int = 0  # one (T + 1) float32 input stack's share of per_row
 
     @property
     def whole(self) -> int:
         return self.per_row * self.rows
+
+    @property
+    def whole_alone(self) -> int:
+        """The whole tensor without a second stack being read ahead (prefetch off for this unit)."""
+        return (self.per_row - self.stack_per_row) * self.rows
 
 
 # float32 copies of a block's (T, rows) stack and of one block row, beyond the engine's own buffers, that a
@@ -131,7 +137,7 @@ def tensor_cost(planned: PlannedTensor, spec: MethodSpec, n_models: int, seed: i
         copies = 2 * (n_models + 1) + STACK_COPIES_BLOCKED * n_models + BLOCK_COPIES_BLOCKED + GEOMETRY_COPIES
     else:
         copies = 2 * (n_models + 1) + WHOLE_EXTRA_COPIES + GEOMETRY_COPIES
-    return TensorCost(int(copies * f32 + out), rows, cuttable)
+    return TensorCost(int(copies * f32 + out), rows, cuttable, (n_models + 1) * f32)
 
 
 def _can_cut(planned: PlannedTensor, spec: MethodSpec, n_models: int, seed: int) -> bool:
@@ -152,7 +158,10 @@ def plan_blocks(plan: MergePlan, spec: MethodSpec, budget: int) -> MergePlan:
         if cost.whole <= usable:
             tensors.append(replace(planned, block_rows=None))
             continue
-        unit = cost.per_row if cost.cuttable else cost.whole
+        if not cost.cuttable and cost.whole_alone <= usable:  # whole, but nothing read ahead meanwhile
+            tensors.append(replace(planned, block_rows=None, prefetch=False))
+            continue
+        unit = cost.per_row if cost.cuttable else cost.whole_alone
         if unit > usable:
             what = "one row of" if cost.cuttable else f"{spec.name} merges whole"
             need = format_bytes(unit + BASE_OVERHEAD)
@@ -170,5 +179,6 @@ def peak_estimate(plan: MergePlan, spec: MethodSpec) -> int:
     for planned in plan.tensors:
         cost = tensor_cost(planned, spec, len(planned.inputs))
         rows = planned.block_rows if planned.block_rows is not None else cost.rows
-        peak = max(peak, cost.per_row * min(rows, cost.rows))
+        per_row = cost.per_row if planned.prefetch else cost.per_row - cost.stack_per_row
+        peak = max(peak, per_row * min(rows, cost.rows))
     return peak + BASE_OVERHEAD

@@ -365,6 +365,11 @@ def _compute(
     return merged
 
 
+# Stack entries above which a whole tensor's geometry is summed over row chunks (its temporaries then
+# scale with a chunk, not with T copies of an 8B model's largest matrix).
+GEOMETRY_CHUNK_ELEMS = 1 << 24
+
+
 class _Observer:
     """Observe stage: geometry (whole tensors, or accumulated over blocks), progress and cancellation."""
 
@@ -399,8 +404,20 @@ class _Observer:
         geometry = tuple(i.checkpoint for i in planned.inputs) == model_refs  # the recipe's models only
         last = block.stop >= planned.rows
         if len(work.blocks) == 1:
-            if geometry:
+            if geometry and (
+                stacked.numel() < GEOMETRY_CHUNK_ELEMS
+                or len(planned.shape) < 2
+                or wants_spectrum(planned.name, len(planned.shape), self.recorder.spectra)
+            ):
                 self.recorder.record(planned.name, base_t, stacked, merged, task_vectors=has_base)
+            elif geometry:  # a large whole tensor: the same sums over row chunks, bounded temporaries
+                acc = BlockGeometry(self.recorder.n)
+                step = max(1, GEOMETRY_CHUNK_ELEMS // max(1, stacked[0].numel() // planned.rows))
+                step = max(1, step // max(1, stacked.shape[0]))
+                for a in range(0, planned.rows, step):
+                    b = min(planned.rows, a + step)
+                    acc.add(base_t[a:b], stacked[:, a:b], merged[a:b], task_vectors=has_base)
+                self.recorder.stats.tensors.append(acc.finish(self.recorder, planned.name, planned.shape))
         elif geometry:
             if work.geometry is None:
                 work.geometry = BlockGeometry(self.recorder.n)

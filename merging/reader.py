@@ -182,6 +182,7 @@ class Prefetcher:
                     slots = [self._take_free() for _ in range(2)]
                     if self._stop.is_set():
                         return
+                    self._pool = [torch.empty(0, dtype=torch.float32, device=self.device) for _ in range(2)]
                     stack = self._buffer(0, unit)
                     self._fill(unit, stack)
                     self._put(("unit", unit, stack, slots))

@@ -319,3 +319,41 @@ def test_directory_sink_row_blocks_write_the_same_file_as_whole_tensors(tmp_path
     assert a == b and torch.equal(load_file(rows.tmp_dir / "model.safetensors")["x"], x)
     whole.abort()
     rows.abort()
+
+
+def test_whole_matrix_without_read_ahead_when_only_one_stack_fits(tmp_path, wide_vocab_family):
+    """A matrix the method keeps whole, whose two stacks (merged + read ahead) exceed the budget but one
+    fits, is read with prefetch off: the merge still fits, with the same bytes."""
+    from merging.budget import tensor_cost
+    from merging.planner import plan_recipe, validate_recipe
+
+    base, cks = wide_vocab_family
+    r = _recipe("iso_c", base, cks)
+    spec, _, _ = validate_recipe(r)
+    planned = plan_recipe(r, spec, open_checkpoint)
+    mlp = next(t for t in planned.plan.tensors if "mlp.up_proj" in t.name)
+    cost = tensor_cost(mlp, spec, len(mlp.inputs))
+    usable = (cost.whole + cost.whole_alone) // 2
+    plan = plan_blocks(planned.plan, spec, BASE_OVERHEAD + usable)
+    planned.cleanup()
+    assert not next(t for t in plan.tensors if t.name == mlp.name).prefetch
+    whole = weights(run_merge(r, DirectorySink(tmp_path / "w")).output_path)
+    tight = weights(
+        run_merge(r, DirectorySink(tmp_path / "t"), max_memory=BASE_OVERHEAD + usable).output_path
+    )
+    assert all(torch.equal(whole[k], tight[k]) for k in whole)
+
+
+def test_large_whole_tensor_geometry_summed_over_row_chunks(tmp_path, wide_vocab_family, monkeypatch):
+    import merging.engine as engine
+
+    base, cks = wide_vocab_family
+    r = _recipe("ties", base, cks)
+    plain = run_merge(r, DirectorySink(tmp_path / "a")).stats
+    monkeypatch.setattr(engine, "GEOMETRY_CHUNK_ELEMS", 512)
+    chunked = run_merge(r, DirectorySink(tmp_path / "b")).stats
+    for x, y in zip(plain.tensors, chunked.tensors, strict=True):
+        assert x.task_norms == pytest.approx(y.task_norms, rel=1e-5)
+        assert sum(x.cosines, []) == pytest.approx(sum(y.cosines, []), rel=1e-4, abs=1e-6)
+        assert x.sign_conflict == pytest.approx(y.sign_conflict, abs=1e-9)
+        assert x.conflict_summed == pytest.approx(y.conflict_summed, abs=1e-9)
