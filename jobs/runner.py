@@ -419,7 +419,11 @@ class JobRunner:
                 self._start_worker(slot)
             worker = slot.worker
             worker.cancel.clear()
-            worker.conn.send(("run", job, run_ref, dict(os.environ), os.getcwd()))
+            try:
+                worker.conn.send(("run", job, run_ref, dict(os.environ), os.getcwd()))
+            except OSError:  # it died between the liveness check and the send
+                self._worker_died(slot, worker, job)
+                return
             self._serve(slot, worker, job)
         finally:
             slot.job_id = None
@@ -451,10 +455,9 @@ class JobRunner:
                 msg, ready = None, False
                 worker.process.join(2)
             if msg is not None:
-                if msg[0] == "call":
-                    self._answer(worker, msg)
-                    continue
-                if msg[0] == "done":
+                if msg[0] == "call":  # then still check liveness and cancellation below: a job that
+                    self._answer(worker, msg)  # calls the store nonstop must remain cancellable
+                elif msg[0] == "done":
                     outcome = msg[1]
                     slot.residents = [tuple(k) for k in outcome.get("residents", [])]
                     self._finish(
@@ -506,6 +509,7 @@ class JobRunner:
             doing = self.store.get_job(job.id).message or "running"
         except StoreError:
             doing = "running"
+        doing = "starting" if doing == "started" else doing
         reason = f"worker process died ({how}) while {doing}"
         self._abandon(job.id, reason, merge_reason=reason)
         self._finish(job.id, "failed", error=reason, message="failed")

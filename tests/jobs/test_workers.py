@@ -119,6 +119,20 @@ def test_job_ignoring_cancel_is_terminated_after_the_grace_period(store, home, t
     _no_running_rows(store)
 
 
+def test_job_calling_the_store_nonstop_is_still_terminated(store, home, monkeypatch):
+    monkeypatch.setenv("MERGELAB_CANCEL_GRACE_S", "1")
+    runner = JobRunner(store)
+    try:
+        jid = runner.submit("test-chatty", {})
+        _wait_for(lambda: runner.get(jid).message == "chatting", what="the job to start")
+        runner.cancel(jid)
+        (record,) = runner.wait([jid], timeout=30)
+    finally:
+        runner.shutdown()
+    assert record.status == "cancelled" and "did not stop within 1 s" in record.message
+    _no_running_rows(store)
+
+
 @pytest.mark.slow
 def test_cancelling_a_running_evaluation_stops_it_within_5_s(
     store, home, tmp_path, monkeypatch, tiny_llama_family

@@ -52,6 +52,12 @@ def run_stubborn(ctx, params):
     time.sleep(600)
 
 
+def run_chatty(ctx, params):
+    """Reports progress nonstop and never looks at cancellation."""
+    while True:
+        ctx.progress(0.5, "chatting", force=True)
+
+
 def run_hello(ctx, params):
     import os
 
@@ -72,4 +78,5 @@ register_kind("test-tuple-keys", run_tuple_keys)
 register_kind("test-unpicklable", run_unpicklable)
 register_kind("test-slow-merge", run_slow_merge)
 register_kind("test-stubborn", run_stubborn)
+register_kind("test-chatty", run_chatty)
 register_kind("test-hello", run_hello)
