@@ -486,14 +486,15 @@ def plan_recipe(recipe: Recipe, spec: MethodSpec, get: Callable[[str], Checkpoin
 
 def _build_tokenizer(recipe: Recipe, get: Callable[[str], Checkpoint]) -> TokenizerPlan | None:
     block = recipe.tokenizer or {}
-    if block.get("tokens"):
-        raise RecipeError(
-            "tokenizer.tokens (per-token embedding sources) is not supported; use tokenizer_source or "
-            "tokenizer: {source: ...} without tokens"
-        )
     source = recipe.tokenizer_source or block.get("source")
     return build_tokenizer(
-        source, recipe.base_model, recipe.refs, get, recipe.chat_template, block.get("pad_to_multiple_of")
+        source,
+        recipe.base_model,
+        recipe.refs,
+        get,
+        recipe.chat_template,
+        block.get("pad_to_multiple_of"),
+        block.get("tokens"),
     )
 
 

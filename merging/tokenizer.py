@@ -20,7 +20,7 @@ import shutil
 import tempfile
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -73,25 +73,32 @@ CHAT_TEMPLATES = {
 class VocabMap:
     """How one vocabulary tensor's rows are completed after each input's rows are permuted.
 
-    `defaults`: for each output row some input lacks, the members (0 = base when the tensor has one, then
-    the inputs in order) whose rows are averaged into it (empty: zeros). `real_rows`: rows past it are
-    padding, set to the mean of the real rows."""
+    `defaults`: for each output row some input lacks (or that is forced), the (member, row) pairs averaged
+    into it, members being 0 = base when the tensor has one, then the inputs in order (empty: zeros).
+    `forced`: rows every member takes from its default, even a member that has the token (the
+    `tokenizer: tokens: {T: {force: true}}` setting). `real_rows`: rows past it are padding, set to the
+    mean of the real rows."""
 
-    defaults: tuple[tuple[int, tuple[int, ...]], ...]
+    defaults: tuple[tuple[int, tuple[tuple[int, int], ...]], ...]
     real_rows: int
+    forced: frozenset[int] = frozenset()
 
 
 @dataclass
 class TokenizerPlan:
     """The built output tokenizer (saved under `directory`), its size in embedding rows, and for each
     checkpoint ref the output-row → stored-row map (-1: the input lacks that token). `row_maps` is empty
-    when the vocabulary is the base's own, unchanged (a chat template alone)."""
+    when the vocabulary is the base's own, unchanged (a chat template alone). `tokens` holds the
+    `tokenizer: tokens:` settings; `vocab` the output vocabulary and `originals` each ref's own."""
 
     directory: Path
     vocab_size: int
     row_maps: dict[str, tuple[int, ...]]
     base_ref: str | None
     real_rows: int = 0  # rows that are tokens; the rest, up to vocab_size, are padding
+    tokens: dict[str, dict[str, Any]] = field(default_factory=dict)
+    vocab: dict[str, int] = field(default_factory=dict)
+    originals: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def cleanup(self) -> None:
         shutil.rmtree(self.directory, ignore_errors=True)
@@ -99,22 +106,60 @@ class TokenizerPlan:
     def vocab_map(self, members: Sequence[str]) -> VocabMap:
         """mergekit's per-token defaults for a tensor whose members are `members` (refs, base first)."""
         maps = [self.row_maps[m] for m in members]
-        real = self.real_rows
-        defaults = []
-        for row in range(real):
+        has_base = self.base_ref is not None and bool(members) and members[0] == self.base_ref
+        defaults: list[tuple[int, tuple[tuple[int, int], ...]]] = []
+        forced: set[int] = set()
+        configured = {self.vocab[t]: (t, cfg) for t, cfg in self.tokens.items() if t in self.vocab}
+        for row in range(self.real_rows):
             present = [i for i, mp in enumerate(maps) if mp[row] >= 0]
-            if len(present) == len(maps):
+            token, cfg = configured.get(row, (None, None))
+            force = bool(cfg and cfg.get("force"))
+            if not force and len(present) == len(maps):
                 continue
-            if len(present) == 1:
-                donors: tuple[int, ...] = (present[0],)
+            if cfg is not None and cfg.get("source") is not None:
+                donors = self._configured_donor(token, cfg["source"], members, maps, row)
+            elif cfg is not None and force:
+                raise RecipeError(f"tokenizer.tokens[{token!r}] sets force without a source")
+            elif len(present) == 1:
+                donors = ((present[0], row),)
             elif not present:
                 donors = ()
-            elif self.base_ref is not None and members[0] == self.base_ref and 0 in present:
-                donors = (0,)
+            elif has_base and 0 in present:
+                donors = ((0, row),)
             else:
-                donors = tuple(present)
+                donors = tuple((i, row) for i in present)
+            if force:
+                forced.add(row)
             defaults.append((row, donors))
-        return VocabMap(tuple(defaults), real)
+        return VocabMap(tuple(defaults), self.real_rows, frozenset(forced))
+
+    def _configured_donor(self, token, source, members, maps, row) -> tuple[tuple[int, int], ...]:
+        """A `tokens:` source: zero, a model's own row of this token, or a model's row of another token."""
+        if isinstance(source, dict) and source.get("kind") == "zero":
+            return ()
+        ref = source.get("model") if isinstance(source, dict) else source
+        if ref not in members:
+            raise RecipeError(
+                f"tokenizer.tokens[{token!r}] takes its embedding from {ref!r}, which is not merged here"
+            )
+        m = members.index(ref)
+        if not isinstance(source, dict):
+            if maps[m][row] < 0:
+                raise RecipeError(f"tokenizer.tokens[{token!r}]: {ref!r} has no token {token!r}")
+            return ((m, row),)
+        stored = source.get("token_id")
+        if stored is None:
+            stored = self.originals.get(ref, {}).get(source.get("token"), -1)
+            if stored < 0:
+                raise RecipeError(
+                    f"tokenizer.tokens[{token!r}]: {ref!r} has no token {source.get('token')!r}"
+                )
+        where = [r for r, s in enumerate(maps[m]) if s == stored]
+        if not where:
+            raise RecipeError(
+                f"tokenizer.tokens[{token!r}]: row {stored} of {ref!r} is no token of the output vocabulary"
+            )
+        return ((m, where[0]),)
 
 
 def _load(path: Path):
@@ -150,8 +195,10 @@ def build_tokenizer(
     get: Callable[[str], Checkpoint],
     chat_template: str | None = None,
     pad_to_multiple_of: int | None = None,
+    tokens: dict[str, Any] | None = None,
 ) -> TokenizerPlan | None:
-    """Build the output tokenizer; None when the recipe asks for nothing (the base's files are copied)."""
+    """Build the output tokenizer; None when the recipe asks for nothing (the base's files are copied).
+    `tokens` (the tokenizer block's per-token settings) adds each token the vocabulary lacks."""
     if source is None and chat_template is None:
         return None
     donor = base_ref or refs[0]
@@ -176,6 +223,13 @@ def build_tokenizer(
         if source not in toks:
             toks[source] = _load(get(source).path)
         out = toks[source]
+    token_cfg = _token_settings(tokens)
+    if token_cfg:
+        have = set(out.get_vocab())
+        for tok in token_cfg:
+            if tok not in have:
+                out.add_tokens(tok)
+                have.add(tok)
     template = None
     if chat_template is not None:
         template = resolve_chat_template(chat_template, list(toks.values()))
@@ -207,7 +261,40 @@ def build_tokenizer(
                 old = theirs.get(tok, -1)
                 mp[new_id] = old if 0 <= old < limit else -1
             row_maps[ref] = tuple(mp)
-    return TokenizerPlan(directory, size if source is not None else rows, row_maps, base_ref, len(vocab))
+    return TokenizerPlan(
+        directory,
+        size if source is not None else rows,
+        row_maps,
+        base_ref,
+        len(vocab),
+        token_cfg,
+        dict(vocab),
+        {ref: toks[ref].get_vocab() for ref in refs} if token_cfg else {},
+    )
+
+
+def _token_settings(tokens: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+    """`tokenizer: tokens:` as {token: {source, force}}; a source is a model ref, {kind: zero} or
+    {kind: model_token, model, token | token_id}."""
+    out: dict[str, dict[str, Any]] = {}
+    for tok, cfg in (tokens or {}).items():
+        cfg = cfg or {}
+        if not isinstance(cfg, dict) or set(cfg) - {"source", "force"}:
+            raise RecipeError(f"tokenizer.tokens[{tok!r}] takes source: and force:, got {cfg!r}"[:200])
+        src = cfg.get("source")
+        if isinstance(src, dict):
+            kind = src.get("kind")
+            if kind == "model_token":
+                if not isinstance(src.get("model"), str) or ("token" in src) == ("token_id" in src):
+                    raise RecipeError(
+                        f"tokenizer.tokens[{tok!r}]: a model_token source needs model and token or token_id"
+                    )
+            elif kind != "zero":
+                raise RecipeError(f"tokenizer.tokens[{tok!r}]: source kind must be zero or model_token")
+        elif src is not None and not isinstance(src, str):
+            raise RecipeError(f"tokenizer.tokens[{tok!r}]: source must be a model, zero or model_token")
+        out[str(tok)] = {"source": src, "force": bool(cfg.get("force", False))}
+    return out
 
 
 def _union(base_tok, tokenizers: Sequence[tuple[str, Any, int]]):
@@ -249,14 +336,14 @@ def apply_vocab(planned: Any, base: torch.Tensor | None, stacked: torch.Tensor) 
     sources = ([planned.base] if base is not None else []) + [i.source for i in planned.inputs]
     if vocab.defaults:
         fills = {
-            row: torch.stack([members[d][row] for d in donors]).mean(0) if donors else None
+            row: torch.stack([members[m][r] for m, r in donors]).mean(0) if donors else None
             for row, donors in vocab.defaults
         }
         for m, src in zip(members, sources, strict=True):
             if src.row_map is None:
                 continue
             for row, fill in fills.items():
-                if src.row_map[row] < 0:
+                if src.row_map[row] < 0 or row in vocab.forced:
                     m[row] = 0 if fill is None else fill
     if vocab.real_rows < members[0].shape[0]:
         for m in members:

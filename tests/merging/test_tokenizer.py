@@ -164,3 +164,33 @@ def test_named_chat_templates_render_as_mergekits(name):
         CONVERSATION, chat_template=CHAT_TEMPLATES[name], tokenize=False, add_generation_prompt=True
     )
     assert got == RENDERED[name]
+
+
+def test_tokenizer_tokens_block_sets_per_token_sources(tmp_path, vocab_family):
+    base, plain, chat = vocab_family
+    tokens = {
+        "<|im_end|>": {"source": {"kind": "model_token", "model": str(base), "token": "</s>"}, "force": True},
+        "<tool>": {"source": str(chat)},
+        "<new>": {"source": {"kind": "zero"}},
+    }
+    doc = _doc(base, [plain, chat], tokenizer={"source": "union", "tokens": tokens})
+    r = run_merge(Recipe.from_dict(doc), DirectorySink(tmp_path / "t"), device="cpu")
+    tok = AutoTokenizer.from_pretrained(r.output_path)
+    out, b, c = (
+        weights(r.output_path),
+        load_file(base / "model.safetensors"),
+        load_file(chat / "model.safetensors"),
+    )
+    emb, vocab, chat_vocab = (
+        "model.embed_tokens.weight",
+        tok.get_vocab(),
+        AutoTokenizer.from_pretrained(chat).get_vocab(),
+    )
+    eos = AutoTokenizer.from_pretrained(base).get_vocab()["</s>"]
+    # forced: every member takes the base's </s> row, so the merge is that row
+    torch.testing.assert_close(out[emb][vocab["<|im_end|>"]], b[emb][eos], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out[emb][vocab["<tool>"]], c[emb][chat_vocab["<tool>"]], rtol=1e-5, atol=1e-6)
+    assert "<new>" in vocab and torch.count_nonzero(out[emb][vocab["<new>"]]) == 0
+    bad = _doc(base, [plain], tokenizer={"source": "union", "tokens": {"<tool>": {"source": str(chat)}}})
+    with pytest.raises(RecipeError, match="is not merged here"):
+        run_merge(Recipe.from_dict(bad), DirectorySink(tmp_path / "x"), device="cpu")
