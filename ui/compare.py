@@ -250,19 +250,32 @@ def layer_frame(tensor_stats: pd.DataFrame, method_of: Mapping[str, str]) -> pd.
 
 
 def disagreement(layers: pd.DataFrame) -> pd.DataFrame:
-    """Layers ranked by how far apart the methods' relative update sizes are (max − min of ‖Δ‖/‖Σ τ‖), with
-    the methods at either end: where the methods disagree most about how far to move."""
+    """Layers ranked by where the methods disagree most about WHERE to move, with the methods at either end.
+
+    Each method's relative update size per layer (‖Δ‖/‖Σ τ‖) is divided by its whole-model value, so a method
+    that is uniformly smaller (a mean instead of a sum) does not count as disagreeing; the spread (max − min
+    across methods) of these profiles is large where one method concentrates or spares a layer unlike the
+    others. `profile` columns carry the normalised values per method."""
     cols = ["layer", "spread", "low", "high"]
     rel = layers.dropna(subset=["relative"]) if len(layers) else layers
     if rel is None or rel.empty or rel["method"].nunique() < 2:
         return pd.DataFrame(columns=cols)
+    whole = {
+        method: math.sqrt((part["delta_norm"] ** 2).sum()) / math.sqrt((part["sum_norm"] ** 2).sum())
+        for method, part in layers.groupby("method", sort=False)
+        if (part["sum_norm"] ** 2).sum() > 0
+    }
+    rel = rel[rel["method"].map(lambda m: bool(whole.get(m)))].reset_index(drop=True)
+    rel["profile"] = rel["relative"] / rel["method"].map(whole)
     rows = []
     for label, part in rel.groupby("layer", sort=False):
-        lo, hi = part.loc[part["relative"].idxmin()], part.loc[part["relative"].idxmax()]
+        if len(part) < 2:
+            continue
+        lo, hi = part.loc[part["profile"].idxmin()], part.loc[part["profile"].idxmax()]
         rows.append(
             {
                 "layer": label,
-                "spread": float(hi["relative"] - lo["relative"]),
+                "spread": float(hi["profile"] - lo["profile"]),
                 "low": lo["method"],
                 "high": hi["method"],
             }

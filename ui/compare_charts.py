@@ -209,8 +209,9 @@ def layer_heatmap(layers: pd.DataFrame, title: str | None = None) -> go.Figure:
 
 
 def disagreement_bars(dis: pd.DataFrame, top: int = 8, title: str | None = None) -> go.Figure:
-    """The `top` layers where the methods' relative update sizes are furthest apart, largest first; the hover
-    names the methods at either end."""
+    """The `top` layers where the methods disagree most about where to move (ui.compare.disagreement: each
+    method's ‖Δ‖/‖Σ τ‖ per layer over its whole-model value, max − min across methods), largest first; the
+    hover names the methods at either end."""
     _require(dis, ["layer", "spread", "low", "high"], "disagreement_bars")
     if dis.empty:
         return empty_figure("Needs at least two finished methods", title)
@@ -227,5 +228,5 @@ def disagreement_bars(dis: pd.DataFrame, top: int = 8, title: str | None = None)
             ),
         )
     )
-    fig.update_layout(xaxis_title="layer", yaxis_title="max − min of ‖Δ‖/‖Σ τ‖ across methods")
+    fig.update_layout(xaxis_title="layer", yaxis_title="spread of the methods' layer profiles")
     return _layout(fig, title, height=360)

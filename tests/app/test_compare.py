@@ -125,14 +125,18 @@ def test_layers_and_where_methods_disagree():
     assert l0.loc["ta", "alignment"] == pytest.approx(1.0) and l0.loc["tsvm", "alignment"] == pytest.approx(
         -1.0
     )
-    dis = compare.disagreement(layers)
-    assert dis.iloc[0].to_dict() == {
-        "layer": "layer 00",
-        "spread": pytest.approx(0.9),
-        "low": "ta",
-        "high": "tsvm",
-    }
-    assert dis.set_index("layer").loc["layer 01", "spread"] == pytest.approx(0.0)
+    # whole-model relative sizes: ta √(0.5² + 5²) / √(5² + 5²), tsvm 1; profiles = per-layer / whole
+    ta_whole = math.sqrt(0.25 + 25) / math.sqrt(50)
+    dis = compare.disagreement(layers).set_index("layer")
+    assert list(dis.index) == ["layer 00", "layer 01"]  # embed: no task-vector mass, no profile
+    assert dis.loc["layer 00", "spread"] == pytest.approx(1.0 - 0.1 / ta_whole)
+    assert (dis.loc["layer 00", "low"], dis.loc["layer 00", "high"]) == ("ta", "tsvm")
+    assert dis.loc["layer 01", "spread"] == pytest.approx(1.0 / ta_whole - 1.0)
+    # a method that is uniformly smaller (a mean instead of a sum) does not disagree anywhere
+    ta = layers[layers["method"] == "ta"]
+    half = ta.assign(method="mean", delta_norm=ta["delta_norm"] / 2, relative=ta["relative"] / 2)
+    same = compare.disagreement(pd.concat([ta, half]))
+    assert same["spread"].abs().max() == pytest.approx(0.0, abs=1e-12)
 
 
 # --- a real comparison ------------------------------------------------------------------------------------
