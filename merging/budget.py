@@ -116,8 +116,9 @@ class TensorCost:
 # method holds at once (measured from the code paths: TIES clones the stack; subspace SVDs need ~6 matrices).
 STACK_COPIES_BLOCKED = 1.0
 BLOCK_COPIES_BLOCKED = 6.0
-WHOLE_EXTRA_COPIES = 10.0
-GEOMETRY_COPIES = 4.0
+WHOLE_EXTRA_COPIES = 8.0
+GEOMETRY_COPIES = 4.0  # a block's geometry; a large whole tensor's is summed over row chunks (engine.py)
+GEOMETRY_COPIES_WHOLE = 1.0
 
 
 def tensor_cost(planned: PlannedTensor, spec: MethodSpec, n_models: int, seed: int = 0) -> TensorCost:
@@ -136,7 +137,7 @@ def tensor_cost(planned: PlannedTensor, spec: MethodSpec, n_models: int, seed: i
         # two (T + 1) stacks (merging + prefetching), the method's copies, geometry, the output cast
         copies = 2 * (n_models + 1) + STACK_COPIES_BLOCKED * n_models + BLOCK_COPIES_BLOCKED + GEOMETRY_COPIES
     else:
-        copies = 2 * (n_models + 1) + WHOLE_EXTRA_COPIES + GEOMETRY_COPIES
+        copies = 2 * (n_models + 1) + WHOLE_EXTRA_COPIES + GEOMETRY_COPIES_WHOLE
     return TensorCost(int(copies * f32 + out), rows, cuttable, (n_models + 1) * f32)
 
 
@@ -166,6 +167,7 @@ def plan_blocks(plan: MergePlan, spec: MethodSpec, budget: int) -> MergePlan:
             what = "one row of" if cost.cuttable else f"{spec.name} merges whole"
             need = format_bytes(unit + BASE_OVERHEAD)
             raise MemoryBudgetError(
+                unit + BASE_OVERHEAD,
                 f"memory budget {format_bytes(budget)} is too small: {what} {planned.name!r} "
                 f"{tuple(planned.shape)} with {n_models} checkpoints needs {need}; raise --max-memory"
             )

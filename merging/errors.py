@@ -38,4 +38,9 @@ class DeviceError(MergeError):
 
 
 class MemoryBudgetError(MergeError):
-    """The memory budget cannot hold the smallest unit of work (one row, or a tensor a method needs whole)."""
+    """The memory budget cannot hold the smallest unit of work (one row, or a tensor a method needs whole).
+    `needed` is the budget in bytes that unit needs, when known."""
+
+    def __init__(self, *args: object) -> None:
+        self.needed: int | None = args[0] if len(args) > 1 and isinstance(args[0], int) else None
+        super().__init__(*(args[1:] if self.needed is not None else args))

@@ -185,7 +185,14 @@ def estimate_recipe(
             plan = plan_blocks(planned.plan, spec, budget)
         except MemoryBudgetError as exc:
             warning = f"cannot fit: {exc}"
-            plan = plan_blocks(planned.plan, spec, 1 << 60)  # what it would need
+            need = budget
+            while True:  # the smallest budget that fits, for the estimate of what it would take
+                need = max(need * 5 // 4, exc.needed or 0)
+                try:
+                    plan = plan_blocks(planned.plan, spec, need)
+                    break
+                except MemoryBudgetError as again:
+                    exc = again
         est = estimate_plan(plan, spec, sizes, dev, budget, calibration)
         if warning:
             est.warnings.insert(0, warning)
