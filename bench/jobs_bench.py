@@ -10,7 +10,8 @@ later jobs on the warm worker, the job after its worker was SIGKILLed (a fresh w
 forkserver), the first job with MERGELAB_WORKER_START=spawn, and the same merge run in-process without a
 runner (the floor). resident: RSS of a process holding one ResidentModel, as today (no copy of the base,
 restored from the memory-mapped files) and with the copy older versions kept on the CPU, plus the time of
-one restore_base. Each resident variant runs in its own fresh process so RSS figures do not mix.
+one restore_base. Each resident variant runs in its own fresh process so RSS figures do not mix. cancel:
+seconds from a cancel request to the job's end, for an evaluation mid-scoring and a study mid-unit.
 """
 
 from __future__ import annotations
@@ -138,6 +139,51 @@ def bench_workers(repeats: int) -> dict:
     return out
 
 
+def bench_cancel() -> dict:
+    """Seconds from a cancel request to the job's end: a running evaluation (3600 items, mid-scoring) and
+    a running study (mid-unit), both cooperative (the grace period is set far above)."""
+    from jobs import JobRunner
+    from store import Store
+    from tests.tiny_models import make_family
+    from tests.tiny_tasks import tiny_rows, write_task_folder
+
+    tmp = Path(tempfile.mkdtemp(prefix="jobs-bench-cancel-"))
+    os.environ["MERGELAB_HOME"] = str(tmp / "home")
+    os.environ["MERGELAB_CANCEL_GRACE_S"] = "120"
+    base, cks = make_family(tmp / "family", n=3)
+    zoo = write_task_folder(tmp / "zoo", {"add": tiny_rows("add", operands=(60, 60))})
+    out = {}
+    with Store(tmp / "db.duckdb") as store:
+        runner = JobRunner(store, devices=["cpu"])
+
+        def cancel_when(jid, ready, settle: float) -> float:
+            while not ready(runner.get(jid)):
+                time.sleep(0.02)
+            time.sleep(settle)
+            t0 = time.perf_counter()
+            runner.cancel(jid)
+            (rec,) = runner.wait([jid], timeout=120, interval=0.01)
+            assert rec.status == "cancelled", (rec.status, rec.error)
+            return time.perf_counter() - t0
+
+        jid = runner.submit("evaluate", {"model": str(base), "suite": "zoo", "zoo_root": str(zoo)})
+        out["evaluation_s"] = cancel_when(jid, lambda r: r.message.startswith("scoring"), 2.0)
+        study = {
+            "base": str(base),
+            "pool": [str(c) for c in cks],
+            "methods": ["task_arithmetic", "ties"],
+            "sizes": [2, 3],
+            "subsets": 3,
+            "suite": "zoo",
+            "zoo_root": str(zoo),
+            "limit": 400,
+        }
+        jid = runner.submit("study", study)
+        out["study_s"] = cancel_when(jid, lambda r: ": merging" in r.message or "scored" in r.message, 0.5)
+        runner.shutdown()
+    return out
+
+
 def _resident_child(mode: str) -> None:
     """Runs in a fresh process: print JSON with RSS before/after holding one resident, and restore time."""
     import psutil
@@ -187,7 +233,7 @@ def bench_resident() -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--part", choices=("workers", "resident", "all"), default="all")
+    p.add_argument("--part", choices=("workers", "resident", "cancel", "all"), default="all")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--resident-child", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -210,6 +256,11 @@ def main() -> None:
         print(f"  first job, spawn            {w['spawn_first_job_s']:7.2f} s")
         print(f"  same merge in-process       {w['in_process_merge_s']:7.2f} s (no runner, no worker)")
         print(f"  start-up cost of the first job: {w['first_job_s'] - w['later_job_s']:.2f} s")
+    if args.part in ("cancel", "all"):
+        c = bench_cancel()
+        print("cancel request -> job cancelled (cooperative):")
+        print(f"  evaluation mid-scoring  {c['evaluation_s']:6.2f} s")
+        print(f"  study mid-unit          {c['study_s']:6.2f} s")
     if args.part in ("resident", "all"):
         r = bench_resident()
         a, b = r["no-copy"], r["copy"]

@@ -71,6 +71,7 @@ def test_prewarmed_worker_is_ready_before_the_first_job(store, home):
     assert record.status == "done" and record.result["pid"] == pid
 
 
+@pytest.mark.slow
 def test_worker_killed_mid_write_fails_the_job_and_a_fresh_worker_runs_the_next(
     store, home, tmp_path, tiny_llama_family
 ):
@@ -157,6 +158,7 @@ def test_cancelling_a_running_evaluation_stops_it_within_5_s(
     _no_running_rows(store)
 
 
+@pytest.mark.slow
 def test_scoring_failure_after_a_merge_leaves_no_running_row(store, home, tmp_path, tiny_llama_family):
     base, cks = tiny_llama_family
     zoo = write_task_folder(tmp_path / "zoo", {"add": tiny_rows("add")})
@@ -240,6 +242,7 @@ print(jid, flush=True)
 """
 
 
+@pytest.mark.slow
 def test_process_exit_with_a_running_job_cancels_it_cleanly(tmp_path, home, tiny_llama_family):
     """The runner's exit hook runs before multiprocessing's (which would kill the worker first and leave
     'worker process died (signal 15)')."""
