@@ -59,6 +59,7 @@ class ModelEntry:
 
     model: str
     parameters: dict[str, Any] = field(default_factory=dict)
+    layer_range: tuple[int, int] | None = None  # mergekit reads no layer_range under models: kept, no effect
 
 
 @dataclass
@@ -194,6 +195,8 @@ class Recipe:
             out["models"] = []
             for m in self.models:
                 entry = {"model": m.model}
+                if m.layer_range is not None:
+                    entry["layer_range"] = list(m.layer_range)
                 if m.parameters:
                     entry["parameters"] = _copy(m.parameters)
                 out["models"].append(entry)
@@ -296,10 +299,26 @@ def _model_entry(i: int, entry: Any) -> ModelEntry:
         return ModelEntry(entry)
     if not isinstance(entry, dict) or not isinstance(entry.get("model"), str):
         raise RecipeError(f"models[{i}] must be a mapping with a 'model' path or Hub id")
-    extra = [k for k in entry if k not in ("model", "parameters")]
+    extra = [k for k in entry if k not in ("model", "parameters", "layer_range")]
     if extra:
         raise RecipeError(f"models[{i}]: unsupported key {extra[0]!r} (only model and parameters)")
-    return ModelEntry(entry["model"], _params(entry.get("parameters"), f"models[{i}].parameters"))
+    lr = entry.get("layer_range")
+    if lr is not None:
+        lr = _layer_range(lr, f"models[{i}]")
+    return ModelEntry(entry["model"], _params(entry.get("parameters"), f"models[{i}].parameters"), lr)
+
+
+def _layer_range(lr: Any, where: str) -> tuple[int, int]:
+    if (
+        not isinstance(lr, list | tuple)
+        or len(lr) != 2
+        or not all(isinstance(x, int) and not isinstance(x, bool) for x in lr)
+        or not 0 <= lr[0] < lr[1]
+    ):
+        raise RecipeError(
+            f"{where}: layer_range must be [start, end) with 0 <= start < end, got {lr!r}"[:200]
+        )
+    return (lr[0], lr[1])
 
 
 def _slice(i: int, entry: Any) -> OutputSlice:
@@ -321,19 +340,8 @@ def _slice(i: int, entry: Any) -> OutputSlice:
         extra = [k for k in src if k not in ("model", "layer_range", "parameters")]
         if extra:
             raise RecipeError(f"{w}: unsupported key {extra[0]!r} (only model, layer_range and parameters)")
-        lr = src.get("layer_range")
-        if (
-            not isinstance(lr, list | tuple)
-            or len(lr) != 2
-            or not all(isinstance(x, int) and not isinstance(x, bool) for x in lr)
-            or not 0 <= lr[0] < lr[1]
-        ):
-            raise RecipeError(
-                f"{w}: layer_range must be [start, end) with 0 <= start < end, got {lr!r}"[:200]
-            )
-        sources.append(
-            SliceSource(src["model"], (lr[0], lr[1]), _params(src.get("parameters"), f"{w}.parameters"))
-        )
+        lr = _layer_range(src.get("layer_range"), w)
+        sources.append(SliceSource(src["model"], lr, _params(src.get("parameters"), f"{w}.parameters")))
     lengths = {s.layer_range[1] - s.layer_range[0] for s in sources}
     if len(lengths) > 1:
         raise RecipeError(f"{where}: every source must span the same number of layers, got {sorted(lengths)}")

@@ -113,3 +113,13 @@ def test_validate_fills_defaults():
 def test_validate_refusals(recipe, message):
     with pytest.raises(RecipeError, match=message):
         validate_recipe(recipe)
+
+
+def test_layer_range_under_models_is_kept_and_has_no_effect():
+    """mergekit reads layer_range only under slices' sources; under models: it is accepted and inert."""
+    text = "models:\n  - model: a\n    layer_range: [0, 32]\n  - model: b\nmerge_method: linear\n"
+    r = Recipe.from_yaml(text)
+    assert r.models[0].layer_range == (0, 32) and r.slices is None
+    assert r.to_yaml() == text
+    with pytest.raises(RecipeError, match="layer_range must be"):
+        Recipe.from_yaml("models:\n  - model: a\n    layer_range: [3]\nmerge_method: linear\n")
