@@ -373,9 +373,13 @@ def _conflicts(taus: torch.Tensor) -> torch.Tensor:
 
 def _kept(taus: torch.Tensor, delta: torch.Tensor, numel: int) -> dict[str, float]:
     """What the update did with the task vectors (TensorStats' last fields), from (T, numel) task vectors
-    and the flat Δ. At most one extra float32 vector of numel at a time, plus boolean masks."""
+    and the flat Δ. At most two extra float32 vectors of numel at a time, plus boolean masks."""
     dropped = delta == 0
-    mass = torch.linalg.vector_norm(taus, ord=1, dim=0)  # Σ_i |τ_i| per entry
+    # Σ_i |τ_i| per entry, model by model: vector_norm(ord=1, dim=0) reduces along the strided
+    # axis and is about 12x slower on CPU (0.89 s vs 0.075 s on 2 x 2.6M); it made geometry dominate merges.
+    mass = taus[0].abs()
+    for tau in taus[1:]:
+        mass.add_(tau.abs())
     task_l1 = float(mass.sum(dtype=torch.float64))
     dropped_l1 = float(mass[dropped].sum(dtype=torch.float64)) if task_l1 else 0.0
     del mass
