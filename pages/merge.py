@@ -155,7 +155,7 @@ with guard("Merge"):
     out_dtype = o3.selectbox(
         "Output dtype",
         ["", *merging.recipe.DTYPES],
-        format_func=lambda d: d or "same as base",
+        format_func=lambda d: d or "dtype if set, else the base's",
         key=f"{P}:out_dtype",
     )
     seed = o4.number_input("Seed", min_value=0, step=1, key=f"{P}:seed", disabled=not spec.randomized)

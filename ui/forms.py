@@ -282,7 +282,7 @@ def render_params(
     params: dict[str, Any] = {}
     explicit = set(st.session_state.get(field_key(prefix, spec.name, "__explicit"), []))
     if spec.params:
-        cols = st.columns(min(3, len(spec.params)))
+        cols = st.columns(min(2, len(spec.params)))  # two: room for the number / gradient / filters switch
         for i, p in enumerate(spec.params):
             label = f"{p.name} (every checkpoint)" if p.per_model else p.name
             with cols[i % len(cols)]:
