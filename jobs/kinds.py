@@ -64,6 +64,14 @@ def _output_dir(params: dict[str, Any], job_id: str) -> Path:
 
 def validate_merge(params: dict[str, Any]) -> dict[str, Any]:
     _recipe(params)
+    if params.get("max_memory") is not None:
+        from merging.budget import parse_memory
+        from merging.errors import MemoryBudgetError
+
+        try:
+            parse_memory(params["max_memory"])
+        except MemoryBudgetError as exc:
+            raise JobError(str(exc)) from None
     out = params.get("output")
     if out and Path(out).exists() and any(Path(out).iterdir()):
         raise JobError(f"The output folder {out} already exists and is not empty; choose another.")
@@ -86,7 +94,7 @@ def validate_merge_evaluate(params: dict[str, Any]) -> dict[str, Any]:
         )
     _limit(params)
     _suite(params)
-    if params.get("save"):
+    if params.get("save") or params.get("max_memory") is not None:
         validate_merge(params)
     return params
 
@@ -193,6 +201,7 @@ def run_merge_job(ctx: JobContext, params: dict[str, Any]) -> dict[str, Any]:
             should_cancel=ctx.should_cancel,
             on_progress=lambda f, m: ctx.progress(f, m),
             spectra=params.get("spectra"),
+            max_memory=params.get("max_memory"),
         )
         outcome = merge_outcome(result, peak)
         _fill_fingerprints(ctx, merge_id, recipe, outcome)
@@ -261,6 +270,7 @@ def run_merge_evaluate_job(ctx: JobContext, params: dict[str, Any]) -> dict[str,
                 should_cancel=ctx.should_cancel,
                 on_progress=lambda f, m: ctx.progress(f, m),
                 spectra=params.get("spectra"),
+                max_memory=params.get("max_memory"),
                 model_name=params.get("model_name") or f"merge {merge_id}",
             )
         _fill_fingerprints(ctx, merge_id, recipe, outcome)

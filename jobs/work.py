@@ -98,6 +98,11 @@ class TeeSink:
         for sink in self.sinks:
             sink.write(name, tensor)
 
+    def write_rows(self, name, start, rows) -> None:
+        """A row block of a tensor merged under the memory budget, to every sink (all have write_rows)."""
+        for sink in self.sinks:
+            sink.write_rows(name, start, rows)
+
     def commit(self, result):
         outputs = [sink.commit(result) for sink in self.sinks]
         return next((out for out in outputs if out is not None), None)
@@ -117,8 +122,10 @@ def run_merge_tracked(
     on_progress: Callable[[float, str], None] | None = None,
     spectra: Any = None,
     checkpoints: Mapping[str, Any] | None = None,
+    max_memory: str | int | None = None,
 ):
-    """run_merge with peak-memory tracking; returns (MergeResult, peak bytes)."""
+    """run_merge with peak-memory tracking; returns (MergeResult, peak bytes). `max_memory` is the merge's
+    memory budget ("6GiB" or bytes; None: the engine's default share of free memory)."""
     from merging import run_merge
 
     probe = peak_memory_probe(device)
@@ -136,6 +143,7 @@ def run_merge_tracked(
         on_progress=progress,
         should_cancel=should_cancel,
         checkpoints=checkpoints,
+        max_memory=max_memory,
     )
     return result, probe()
 
@@ -175,6 +183,7 @@ def merge_and_score_resident(
     output: str | Path | None = None,
     on_temp: Callable[[str], None] | None = None,
     on_done: Callable[[str], None] | None = None,
+    max_memory: str | int | None = None,
 ) -> dict:
     """Merge into the resident model of the base and score it; returns merge_outcome data. With `output`
     the merge is also written to that folder (temporary sibling declared through on_temp/on_done)."""
@@ -199,6 +208,7 @@ def merge_and_score_resident(
             on_progress=merging_progress,
             spectra=spectra,
             checkpoints=checkpoints,
+            max_memory=max_memory,
         )
     except BaseException:
         # a refused or cancelled merge may have overwritten part of the resident: put the base back

@@ -178,6 +178,15 @@ with guard("Merge"):
         )
     else:
         spectra = []
+    st.session_state.setdefault(f"{P}:max_memory", 0.0)
+    max_memory_gib = st.number_input(
+        "Memory budget for the merge (GiB; 0: a safe share of free memory)",
+        min_value=0.0,
+        step=1.0,
+        key=f"{P}:max_memory",
+        help="Tensors that do not fit are merged in row blocks, with the same result.",
+    )
+    max_memory = f"{max_memory_gib:g}GiB" if max_memory_gib else None
     if save:
         st.session_state.setdefault(f"{P}:out", launch.default_output(workspace_home(), method))
         output = st.text_input("Output folder (must not exist yet)", key=f"{P}:out")
@@ -222,7 +231,14 @@ with guard("Merge"):
     )
     if go and recipe is not None:
         job_id = launch.submit_merge(
-            get_runner(), recipe, save=save, output=output, suite=suite, limit=limit, spectra=spectra
+            get_runner(),
+            recipe,
+            save=save,
+            output=output,
+            suite=suite,
+            limit=limit,
+            spectra=spectra,
+            max_memory=max_memory,
         )
         st.session_state[f"{P}:last_job"] = job_id
         st.session_state[f"{P}:ref_jobs"] = []

@@ -47,12 +47,16 @@ def submit_merge(
     suite: str | None = None,
     limit: int | None = None,
     spectra: list[str] | None = None,
+    max_memory: str | None = None,
 ) -> str:
     """Queue a merge (kind "merge") or a merge then evaluation ("merge+evaluate"; in memory unless saved);
-    returns the job id. `spectra` names the matrices whose singular values the merge records."""
+    returns the job id. `spectra` names the matrices whose singular values the merge records;
+    `max_memory` ("6GiB") is the merge's memory budget (None: a safe share of free memory)."""
     if not save and not suite:
         raise ValueError("Choose at least one of saving the merge to disk and evaluating it.")
     params: dict[str, Any] = {"recipe_yaml": recipe.to_yaml()}
+    if max_memory:
+        params["max_memory"] = str(max_memory)
     if spectra:
         params["spectra"] = list(spectra)
     if save:
