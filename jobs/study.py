@@ -251,8 +251,12 @@ def define_study(
     suite: str = "zoo",
     limit: int | None = None,
     name: str = "",
+    single_checkpoints: bool = False,
 ) -> StudyDefinition:
-    """Validate a study request (no tensors read); raises JobError with what to fix."""
+    """Validate a study request (no tensors read); raises JobError with what to fix.
+
+    single_checkpoints: sizes = [1], merges of the base with one checkpoint at a time (a sweep of slerp's
+    t); the paper's protocol itself starts at n = 2."""
     pool = [str(p) for p in pool]
     if len(set(pool)) != len(pool):
         raise JobError("The pool lists a checkpoint twice; give each checkpoint once.")
@@ -261,7 +265,7 @@ def define_study(
     if limit is not None and _int(limit, "limit") < 1:
         raise JobError(f"The limit must be a positive number of items per task, got {limit}.")
     configs = resolve_configs(methods)
-    sizes = normalize_sizes(sizes, len(pool))
+    sizes = [1] if single_checkpoints else normalize_sizes(sizes, len(pool))
     _check_counts(configs, sizes)
     return StudyDefinition(
         base=str(base),

@@ -9,7 +9,6 @@ the axis back from any stored study's configurations, so the Study page can draw
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -128,22 +127,20 @@ def define_sweep(
 ) -> StudyDefinition:
     """Validate a sweep request and return it as a study definition (sizes = [n]); raises JobError."""
     configs = sweep_configs(method, param, parse_values(values), fixed)
-    # n = 1 is a sweep over single checkpoints (slerp's t interpolates the base and one checkpoint); the
-    # study protocol itself starts at 2, so the size is set after the study's own checks.
+    # n = 1 is a sweep over single checkpoints (slerp's t interpolates the base and one checkpoint)
     single = str(n).strip() == "1"
     definition = define_study(
         base=base,
         pool=pool,
         methods=configs,
-        sizes=[2 if single else n],
+        sizes=[n],
         subsets=subsets,
         seed=seed,
         suite=suite,
         limit=limit,
         name=name or f"sweep of {param} for {configs[0].method}",
+        single_checkpoints=single,
     )
-    if single:
-        definition = dataclasses.replace(definition, sizes=[1])
     # Every configuration must make a valid recipe (the method's own checks, e.g. model counts).
     sample = definition.pool[: definition.sizes[0]]
     from merging import MergeError, validate_recipe
