@@ -169,7 +169,7 @@ def plan_blocks(plan: MergePlan, spec: MethodSpec, budget: int) -> MergePlan:
             raise MemoryBudgetError(
                 unit + BASE_OVERHEAD,
                 f"memory budget {format_bytes(budget)} is too small: {what} {planned.name!r} "
-                f"{tuple(planned.shape)} with {n_models} checkpoints needs {need}; raise --max-memory"
+                f"{tuple(planned.shape)} with {n_models} checkpoints needs {need}; raise --max-memory",
             )
         tensors.append(replace(planned, block_rows=max(1, usable // cost.per_row)))
     return replace(plan, tensors=tuple(tensors), budget=budget)

@@ -269,9 +269,14 @@ def _yaml_text(text_or_path: str | Path) -> str | bytes:
 
 
 def _read_limited(path: Path) -> bytes:
-    """Read at most one byte past the YAML size limit, so a huge file is refused without loading it."""
+    """Refuse a file over the YAML size limit from its size alone, without reading it."""
     from merging.safe_yaml import MAX_BYTES
 
+    size = path.stat().st_size
+    if size > MAX_BYTES:
+        raise RecipeError(
+            f"recipe file {str(path)!r} is {size / 1e6:.1f} MB, over the {MAX_BYTES // 1024} KiB limit"
+        )
     with open(path, "rb") as fh:
         return fh.read(MAX_BYTES + 1)
 
