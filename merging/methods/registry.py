@@ -203,6 +203,7 @@ _METHODS: tuple[MethodSpec, ...] = (
         params=spherical.SLERP_PARAMS,
         merge=spherical.merge_slerp,
         max_models=1,
+        block_merger=spherical.slerp_block_factory,
     ),
     MethodSpec(
         name="nuslerp",
@@ -215,6 +216,7 @@ _METHODS: tuple[MethodSpec, ...] = (
         min_models=2,
         max_models=2,
         blockwise_when=spherical.nuslerp_blockwise,
+        block_merger=spherical.nuslerp_block_factory,
     ),
     MethodSpec(
         name="multislerp",

@@ -15,6 +15,7 @@ import torch
 
 from merging.errors import RecipeError
 from merging.methods.base import ParamSpec, TensorInputs
+from merging.methods.blocks import Block, RowwiseMerger, TensorContext, merge_whole
 from merging.methods.numerics import norm
 
 # slerp: |cos| above this counts as (anti)parallel and falls back to linear interpolation (mergekit's value).
@@ -50,34 +51,88 @@ SLERP_PARAMS = (
 )
 
 
+class PairStats:
+    """‖a‖², ‖b‖² and a·b of two same-shaped tensors seen row block by row block: float32 dot products per
+    row, then a correctly rounded sum over all rows, so the totals do not depend on how the tensor was cut."""
+
+    def __init__(self):
+        self._parts: list[torch.Tensor] = []
+
+    def add(self, a: torch.Tensor, b: torch.Tensor) -> None:
+        ra, rb = _rows(a), _rows(b)
+        vd = torch.linalg.vecdot
+        self._parts.append(torch.stack([vd(ra, ra), vd(rb, rb), vd(ra, rb)]).double().cpu())
+
+    def totals(self) -> tuple[float, float, float]:
+        parts = torch.cat(self._parts, dim=1) if self._parts else torch.zeros(3, 0, dtype=torch.float64)
+        aa, bb, ab = (math.fsum(parts[k].tolist()) for k in range(3))
+        return aa, bb, ab
+
+
+def _rows(x: torch.Tensor) -> torch.Tensor:
+    return x.reshape(x.shape[0], -1) if x.dim() >= 2 else x.reshape(1, -1)
+
+
+def slerp_coefficients(t: float, aa: float, bb: float, ab: float) -> tuple[float, float]:
+    """(s0, s1) of slerp from the squared norms and the dot product; linear past |cos θ| > 0.9995."""
+    na, nb = math.sqrt(max(aa, 0.0)), math.sqrt(max(bb, 0.0))
+    na = na if na > SLERP_NORM_EPS else 1.0
+    nb = nb if nb > SLERP_NORM_EPS else 1.0
+    dot = min(1.0, max(-1.0, ab / (na * nb)))
+    if abs(dot) > SLERP_DOT_THRESHOLD:
+        return 1.0 - t, t
+    theta = math.acos(dot)
+    return math.sin((1.0 - t) * theta) / math.sin(theta), math.sin(t * theta) / math.sin(theta)
+
+
 def slerp_vectors(t: float, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Spherical interpolation of two same-shaped tensors taken whole, from `a` (t = 0) to `b` (t = 1).
 
     The norms stay in the result (s0·a + s1·b with s0 = sin((1−t)θ)/sin θ, s1 = sin(tθ)/sin θ); when the
     unit directions are (anti)parallel, |cos θ| > 0.9995, it is the linear (1−t)·a + t·b instead.
     """
-    fa, fb = a.reshape(-1), b.reshape(-1)
-    if fa.numel() == 0:
+    if a.numel() == 0:
         return torch.lerp(a, b, t)
-    na = float(norm(fa))
-    nb = float(norm(fb))
-    na = na if na > SLERP_NORM_EPS else 1.0
-    nb = nb if nb > SLERP_NORM_EPS else 1.0
-    dot = min(1.0, max(-1.0, float(torch.dot(fa, fb)) / (na * nb)))
-    if abs(dot) > SLERP_DOT_THRESHOLD:
-        ca, cb = 1.0 - t, t
-    else:
-        theta = math.acos(dot)
-        sin_theta = math.sin(theta)
-        ca, cb = math.sin((1.0 - t) * theta) / sin_theta, math.sin(t * theta) / sin_theta
+    stats = PairStats()
+    stats.add(a, b)
+    ca, cb = slerp_coefficients(t, *stats.totals())
     return torch.mul(a, ca).add_(b, alpha=cb)
 
 
-def merge_slerp(inputs: TensorInputs) -> torch.Tensor:
-    """θ = slerp(t, θ0, θ1): from the base (t = 0) to the one other model (t = 1)."""
+class SlerpMerger:
+    """slerp in row blocks: one pass gathers the norms and the dot product, then each block is s0·a + s1·b."""
+
+    passes = 1
+
+    def __init__(self, ctx: TensorContext):
+        self.t = float(ctx.params["t"])
+        self.stats = PairStats()
+        self._coef: tuple[float, float] | None = None
+
+    def observe(self, pass_no: int, block: Block) -> None:
+        base, other = _slerp_pair(block.inputs)
+        self.stats.add(base, other)
+
+    def merge(self, block: Block) -> torch.Tensor:
+        base, other = _slerp_pair(block.inputs)
+        if self._coef is None:
+            self._coef = slerp_coefficients(self.t, *self.stats.totals())
+        return torch.mul(base, self._coef[0]).add_(other, alpha=self._coef[1])
+
+
+def _slerp_pair(inputs: TensorInputs) -> tuple[torch.Tensor, torch.Tensor]:
     base = _need_base(inputs, "slerp")
     _need_count(inputs, "slerp", 1, "the base and exactly 1 other model")
-    return slerp_vectors(float(inputs.params["t"]), base, inputs.models[0])
+    return base, inputs.models[0]
+
+
+def slerp_block_factory(ctx: TensorContext) -> SlerpMerger:
+    """`MethodSpec.block_merger` of slerp."""
+    return SlerpMerger(ctx)
+
+
+# θ = slerp(t, θ0, θ1): from the base (t = 0) to the one other model (t = 1); whole tensors are one block.
+merge_slerp = merge_whole(slerp_block_factory)
 
 
 # ---- nuslerp -------------------------------------------------------------------------------------------
@@ -159,12 +214,67 @@ def merge_nuslerp(inputs: TensorInputs) -> torch.Tensor:
     t = nuslerp_t([float(mp["weight"]) for mp in inputs.model_params])
     row_wise = bool(inputs.params["nuslerp_row_wise"])
     flatten = bool(inputs.params["nuslerp_flatten"])
+    if flatten:  # the same code as in row blocks, on one block
+        return merge_whole(nuslerp_block_factory)(inputs)
     if inputs.base is None:
         return nuslerp_vectors(t, inputs.models[0], inputs.models[1], row_wise, flatten)
     tv = inputs.task_vectors
     if tv is None:
         tv = torch.stack([inputs.models[0] - inputs.base, inputs.models[1] - inputs.base])
     return nuslerp_vectors(t, tv[0], tv[1], row_wise, flatten).add_(inputs.base)
+
+
+class NuslerpFlatMerger:
+    """nuslerp of whole flattened tensors in row blocks: one pass for the norms and the dot product."""
+
+    passes = 1
+
+    def __init__(self, ctx: TensorContext):
+        self.t = nuslerp_t([float(mp["weight"]) for mp in ctx.model_params])
+        self.stats = PairStats()
+        self._coef: tuple[float, float] | None = None
+
+    def observe(self, pass_no: int, block: Block) -> None:
+        self.stats.add(*_nuslerp_pair(block.inputs))
+
+    def merge(self, block: Block) -> torch.Tensor:
+        v0, v1 = _nuslerp_pair(block.inputs)
+        if self._coef is None:
+            aa, bb, ab = self.stats.totals()
+            na = max(math.sqrt(max(aa, 0.0)), NUSLERP_NORM_EPS)
+            nb = max(math.sqrt(max(bb, 0.0)), NUSLERP_NORM_EPS)
+            cos = min(1.0, max(-1.0, ab / (na * nb)))
+            if 1 - cos * cos <= NUSLERP_EPS**2:
+                self._coef = (1.0 - self.t, self.t)
+            else:
+                theta = math.acos(cos)
+                self._coef = (
+                    math.sin((1.0 - self.t) * theta) / math.sin(theta),
+                    math.sin(self.t * theta) / math.sin(theta),
+                )
+        out = torch.mul(v0, self._coef[0]).add_(v1, alpha=self._coef[1])
+        return out.add_(block.inputs.base) if block.inputs.base is not None else out
+
+
+def _nuslerp_pair(inputs: TensorInputs) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two vectors nuslerp interpolates: task vectors with a base, else the models themselves."""
+    _need_count(inputs, "nuslerp", 2, "exactly 2 models besides an optional base")
+    if inputs.base is None:
+        return inputs.models[0], inputs.models[1]
+    tv = inputs.task_vectors
+    if tv is None:
+        return inputs.models[0] - inputs.base, inputs.models[1] - inputs.base
+    return tv[0], tv[1]
+
+
+def nuslerp_block_factory(ctx: TensorContext):
+    """`MethodSpec.block_merger` of nuslerp: flattened tensors need the norm pass, rows are independent,
+    columns (row_wise) span every row, so those tensors are merged whole."""
+    if ctx.params.get("nuslerp_flatten", True):
+        return NuslerpFlatMerger(ctx)
+    if not ctx.params.get("nuslerp_row_wise", False) and len(ctx.shape) >= 2:
+        return RowwiseMerger(merge_nuslerp)
+    return None
 
 
 def nuslerp_blockwise(params) -> bool:

@@ -12,12 +12,13 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from merging import DirectorySink, ModelEntry, Recipe, run_merge
+from merging import DirectorySink, ModelEntry, Recipe, open_checkpoint, run_merge
+from merging.budget import BASE_OVERHEAD, plan_blocks
 from merging.errors import RecipeError
 from merging.methods import TensorInputs, all_methods, get_method, resolve_params
 from merging.methods.base import ModelsFromTaskVectors
 from merging.methods.spherical import slerp_vectors
-from merging.planner import validate_recipe
+from merging.planner import plan_recipe, validate_recipe
 from tests.merging.helpers import weights
 
 T = torch.tensor
@@ -454,3 +455,38 @@ def test_passthrough_of_the_listed_base_copies_it(tiny_llama_family, tmp_path):
     )
     want = weights(base)
     assert out.keys() == want.keys() and all(torch.equal(out[k], want[k]) for k in out)
+
+
+BLOCKED = {
+    "slerp": ("parameters:\n  t: 0.35\n", 1, True),
+    "nuslerp": ("", 2, True),
+    "nuslerp_rows": ("parameters:\n  nuslerp_flatten: false\n", 2, True),
+    "nearswap": ("parameters:\n  t: 0.01\n", 1, True),
+    "passthrough": ("", 1, False),
+}
+
+
+@pytest.mark.parametrize("case", list(BLOCKED))
+def test_blocked_merge_equals_the_whole_one_bit_for_bit(tmp_path, tiny_llama_family, case):
+    """Under a small memory budget the embeddings and head are merged in row blocks: same bytes."""
+    base, cks = tiny_llama_family
+    params, n, with_base = BLOCKED[case]
+    method = case.removesuffix("_rows")
+    weight = "\n    parameters:\n      weight: 1.0" if method == "nuslerp" else ""
+    models = "".join(f"  - model: {c}{weight}\n" for c in cks[:n])
+    text = f"merge_method: {method}\n" + (f"base_model: {base}\n" if with_base else "")
+    text += f"models:\n{models}{params}"
+    recipe = Recipe.from_yaml(text)
+    spec, _, _ = validate_recipe(recipe)
+    planned = plan_recipe(recipe, spec, open_checkpoint)
+    cut = plan_blocks(planned.plan, spec, BASE_OVERHEAD + 12_000)
+    planned.cleanup()
+    assert sum(len(t.row_blocks) > 1 for t in cut.tensors) >= 10  # most tensors really are cut
+    whole = weights(run_merge(recipe, DirectorySink(tmp_path / "whole"), device="cpu").output_path)
+    result = run_merge(
+        recipe, DirectorySink(tmp_path / "blocked"), device="cpu", max_memory=BASE_OVERHEAD + 12_000
+    )
+    blocked = weights(result.output_path)
+    assert blocked.keys() == whole.keys()
+    for name in whole:
+        assert torch.equal(blocked[name], whole[name]), name
