@@ -107,12 +107,12 @@ with guard("Study"):
             for r in studies.itertuples()
         }
         study_id = st.selectbox("Study", list(label), format_func=label.get, key=f"{P}:which")
+        study = db.get_study(study_id)
         report_view.download_buttons(
             lambda: report.study_report(get_store(), study_id),
-            report.file_stem("study", study_id),
+            report.file_stem("sweep" if sweep_view.is_sweep(study) else "study", study_id),
             key=f"{P}:export",
         )
-        study = db.get_study(study_id)
         pool = list(study["pool"])
         merges = db.merges_df(study_id=study_id)
         merged, base_rows, singles = data.study_frames(

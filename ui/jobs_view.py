@@ -16,6 +16,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
+from ui.data import short_name
 from ui.session import get_runner, get_store, show_error
 
 POLL_SECONDS = 1.5
@@ -65,6 +66,14 @@ def describe_job(kind: str, params: dict) -> str:
         return f"{params.get('name', 'study')}: {pool} checkpoints, suite {params.get('suite')}"
     if kind == "build-zoo":
         return f"demo zoo ({params.get('scale', 'full')}) in {params.get('root', 'the workspace')}"
+    if kind == "sweep":
+        sweep = params.get("sweep") or params
+        values = ", ".join(f"{float(v):g}" for v in sweep.get("values") or [])
+        n = (params.get("sizes") or [params.get("n", "?")])[0]
+        what = f"{sweep.get('param', '?')} of {sweep.get('method', '?')} at {values}"
+        return f"{what}: {params.get('subsets', '?')} subsets of n={n}, suite {params.get('suite')}"
+    if kind == "analyse":
+        return f"{len(params.get('checkpoints') or [])} checkpoints against {short_name(params.get('base'))}"
     return ""
 
 
@@ -90,7 +99,12 @@ def headline(kind: str, result: Any) -> str:
         parts.append(f"mean score {100.0 * float(result['mean']):.1f} pp")
     if result.get("output_path"):
         parts.append(f"saved to `{result['output_path']}`")
-    if kind == "study" and result.get("total") is not None:
+    if kind == "analyse" and result.get("most_conflicting"):
+        parts.append(
+            f"sign conflict {100.0 * float(result.get('sign_conflict') or 0.0):.1f}%, most in "
+            + ", ".join(result["most_conflicting"][:2])
+        )
+    if kind in ("study", "sweep") and result.get("total") is not None:
         parts.append(
             f"{result.get('ran', 0)} units run, {result.get('skipped', 0)} reused, {result['total']} in all"
         )

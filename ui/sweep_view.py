@@ -94,6 +94,11 @@ def launcher(db: Any, runner: Any, registered: pd.DataFrame) -> None:
         st.success(f"Launched sweep job `{job_id}`; its curve appears under Report when merges finish.")
 
 
+def is_sweep(study: dict) -> bool:
+    """Whether a stored study is a sweep (its configurations vary one parameter of one method)."""
+    return jobs.sweep_axis(study["methods"]) is not None
+
+
 def curve(db: Any, study_id: str, base_score: float | None, best_score: float | None) -> bool:
     """Draw the selected study as a sweep when it is one; returns whether it was."""
     view = sweep_report.build(db, study_id, base_score, best_score)

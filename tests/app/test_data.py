@@ -163,3 +163,20 @@ def test_job_descriptions_name_what_the_job_works_on():
         == "ties of 2 checkpoint(s), scored on zoo"
     )
     assert describe_job("evaluate", {"model": "/m/x", "model_name": "x", "suite": "zoo"}) == "x on suite zoo"
+
+
+def test_sweep_and_analysis_jobs_are_described_with_their_result():
+    from ui.jobs_view import describe_job, headline
+
+    sweep = {
+        "sweep": {"method": "task_arithmetic", "param": "lambda", "values": [0.2, 1.0, 2.0]},
+        "sizes": [4],
+        "subsets": 2,
+        "suite": "zoo",
+    }
+    assert describe_job("sweep", sweep) == "lambda of task_arithmetic at 0.2, 1, 2: 2 subsets of n=4, suite zoo"
+    assert headline("sweep", {"ran": 23, "skipped": 0, "total": 23}) == "23 units run, 0 reused, 23 in all"
+    analysis = {"base": "/zoo/models/zoo-llama", "checkpoints": ["a", "b", "c"]}
+    assert describe_job("analyse", analysis) == "3 checkpoints against zoo-llama"
+    result = {"sign_conflict": 0.556, "most_conflicting": ["layer 00", "layer 01", "head"]}
+    assert headline("analyse", result) == "sign conflict 55.6%, most in layer 00, layer 01"

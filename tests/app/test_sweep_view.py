@@ -120,10 +120,8 @@ def test_stored_sweep_on_the_study_page(swept_home):
     table = next(d.value for d in at.dataframe if "mean (%)" in d.value.columns)
     assert list(table.index) == ["lambda=0", "lambda=1", "lambda=2"] and list(table["merges"]) == [2, 2, 2]
     assert any("The paper's ablation" in c.value and "saturates" in c.value for c in at.caption)
-    assert [b.label for b in at.get("download_button")][:2] == [
-        "Download report (HTML)",
-        "Download data (Parquet, zip)",
-    ]
+    buttons = at.get("download_button")
+    assert [b.label for b in buttons][:2] == ["Download report (HTML)", "Download data (Parquet, zip)"]
 
 
 def test_exported_report_holds_the_sweep_curve(swept_home):

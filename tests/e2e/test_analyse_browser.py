@@ -43,9 +43,14 @@ def _analyse_tab(page):
     return tab
 
 
-def test_analyse_checkpoints_without_merging(app_url, page):
-    # A fresh server learns its pages from app.py's st.navigation on the first session: start at Home.
+def _start_at_home(page, app_url: str) -> None:
+    """A fresh server learns its pages from app.py's st.navigation in the first session; a deep link as the
+    very first request runs the page without app.py (no sidebar). Users arrive at Home; so do the tests."""
     _open(page, app_url, "MergeLab")
+
+
+def test_analyse_checkpoints_without_merging(app_url, page):
+    _start_at_home(page, app_url)
     _open(page, f"{app_url}/geometry", "Geometry")
     _analyse_tab(page)
     # Defaults: the zoo's first base and its first four checkpoints of the same architecture.
@@ -73,6 +78,7 @@ def test_analyse_checkpoints_without_merging(app_url, page):
 
 
 def test_lambda_sweep_curve_on_the_study_page_and_in_the_report(app_url, page, tmp_path):
+    _start_at_home(page, app_url)
     _open(page, f"{app_url}/study", "Study")
     page.get_by_text("Sweep a hyperparameter").click()
     form = page.locator('[data-testid="stExpander"]').filter(has_text="Sweep a hyperparameter")

@@ -208,3 +208,18 @@ def test_nothing_under_the_inputs_changes(edited):
     analyse_checkpoints(str(base), [str(c) for c in cks], device="cpu")
     after = {p: p.stat().st_mtime_ns for d in [base, *cks] for p in Path(d).iterdir()}
     assert before == after
+
+
+@pytest.mark.gpu
+def test_analysis_on_the_gpu_matches_the_cpu(tiny_llama_family):
+    base, cks = tiny_llama_family
+    refs = [str(c) for c in cks]
+    cpu = analyse_checkpoints(str(base), refs, device="cpu")
+    gpu = analyse_checkpoints(str(base), refs, device="cuda")
+    assert gpu.device.startswith("cuda")
+    for a, b in zip(cpu.stats.tensors, gpu.stats.tensors, strict=True):
+        assert a.task_norms == pytest.approx(b.task_norms, rel=1e-4)
+        assert a.sign_conflict == b.sign_conflict
+    for a, b in zip(cpu.stats.spectra, gpu.stats.spectra, strict=True):
+        assert a.singular_values == pytest.approx(b.singular_values, rel=1e-3, abs=1e-6)
+    assert [lay.layer for lay in cpu.most_conflicting()] == [lay.layer for lay in gpu.most_conflicting()]
