@@ -125,7 +125,7 @@ with guard("Study"):
             best_acc = (
                 float(singles.groupby("checkpoint")["value"].mean().max() * 100.0) if len(singles) else None
             )
-            sweep_view.curve(db, study_id, base_acc, best_acc)
+            is_sweep = sweep_view.curve(db, study_id, base_acc, best_acc)
             ref_name = {
                 "base": "vs the base (Tables 1 and 3)",
                 "best_pool": "vs the best single checkpoint (Table 2)",
@@ -139,30 +139,32 @@ with guard("Study"):
                 st.markdown(f"**Success rate / mean gain {title}**")
                 st.dataframe(charts.success_gain_table(table), key=f"{P}:table:{ref}")
 
-            per_merge = merged.groupby(["method", "n", "subset_id"], as_index=False)["value"].mean()
-            per_merge["accuracy"] = per_merge["value"] * 100.0
-            st.plotly_chart(
-                charts.accuracy_vs_n(
-                    per_merge[["method", "n", "accuracy"]],
-                    base_score=base_acc,
-                    best_score=best_acc,
-                    title="Average accuracy (%) against n, min-max over subsets (the paper's Figure 3)",
-                ),
-                key=f"{P}:fig3",
-            )
-            stats = db.model_stats_df(list(merges["id"]))
-            dist = merges.merge(stats, left_on="id", right_on="merge_id")
-            fig4 = pd.DataFrame(
-                {
-                    "method": dist["config"].fillna(dist["method"]),
-                    "n": dist["n"],
-                    "distance": dist["model_delta_norm"],
-                }
-            ).dropna()
-            st.plotly_chart(
-                charts.distance_vs_n(fig4, title="‖θ_merged − θ_base‖₂ against n (the paper's Figure 4)"),
-                key=f"{P}:fig4",
-            )
+            # A sweep has one n: its curve above replaces Figures 3 and 4 (one point per value there).
+            if not is_sweep:
+                per_merge = merged.groupby(["method", "n", "subset_id"], as_index=False)["value"].mean()
+                per_merge["accuracy"] = per_merge["value"] * 100.0
+                st.plotly_chart(
+                    charts.accuracy_vs_n(
+                        per_merge[["method", "n", "accuracy"]],
+                        base_score=base_acc,
+                        best_score=best_acc,
+                        title="Average accuracy (%) against n, min-max over subsets (the paper's Figure 3)",
+                    ),
+                    key=f"{P}:fig3",
+                )
+                stats = db.model_stats_df(list(merges["id"]))
+                dist = merges.merge(stats, left_on="id", right_on="merge_id")
+                fig4 = pd.DataFrame(
+                    {
+                        "method": dist["config"].fillna(dist["method"]),
+                        "n": dist["n"],
+                        "distance": dist["model_delta_norm"],
+                    }
+                ).dropna()
+                st.plotly_chart(
+                    charts.distance_vs_n(fig4, title="‖θ_merged − θ_base‖₂ against n (the paper's Figure 4)"),
+                    key=f"{P}:fig4",
+                )
             st.markdown("**Per task**")
             per_task = metrics.study_metrics(merged, base_rows, reference="base", per_task=True, n_boot=200)
             method = st.selectbox("Method", sorted(per_task["method"].unique()), key=f"{P}:task_method")

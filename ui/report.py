@@ -468,7 +468,9 @@ def study_report(db: Any, study_id: str, paper_model: str = "Average", n_boot: i
                         title="Average accuracy (%) against n (the paper's Figure 3)",
                     ),
                     charts.distance_vs_n(fig4, title="‖θ_merged − θ_base‖₂ against n (the paper's Figure 4)"),
-                ],
+                ]
+                if sweep is None  # a sweep has one n: its curves above replace Figures 3 and 4
+                else [],
                 tables=[*tables, Table("Mean gain over the base per task (pp)", grid, index=True)],
             )
         )
