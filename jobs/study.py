@@ -291,6 +291,8 @@ def definition_from_params(params: Mapping[str, Any]) -> StudyDefinition:
         suite=params.get("suite", "zoo"),
         limit=params.get("limit"),
         name=params.get("name", ""),
+        # a sweep over single checkpoints is stored with sizes [1]; the job reads it back as such
+        single_checkpoints=[str(s) for s in params.get("sizes") or []] == ["1"],
     )
 
 

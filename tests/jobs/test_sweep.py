@@ -217,3 +217,12 @@ def test_slerp_t_sweeps_single_checkpoints():
     assert recipe.parameters == {"t": 0.5} and len(recipe.models) == 1
     with pytest.raises(JobError, match="slerp t=0'?: slerp takes exactly 1 checkpoint"):
         define_sweep(base="/m/base", pool=POOL[:3], method="slerp", param="t", values="0,1", n=2)
+
+
+def test_a_single_checkpoint_sweep_reads_back_from_its_job_parameters():
+    from jobs.study import definition_from_params
+    from jobs.sweep import sweep_params
+
+    d = define_sweep(base="/m/base", pool=POOL[:3], method="slerp", param="t", values="0,1", n=1)
+    again = definition_from_params(sweep_params(d))  # what the running job does with its parameters
+    assert again.sizes == [1] and again.study_id == d.study_id
