@@ -67,11 +67,12 @@ def _show_carried(carried: dict) -> None:
                 f"The output has {sum(sl.num_layers for sl in slices)} layers, built slice by slice; the "
                 "checkpoint list above does not change the slices."
             )
-        other = {
-            k: v for k, v in carried.items() if k not in ("slices", "base_entry", "no_base", "keep_base")
-        }
+        hidden = ("slices", "base_entry", "no_base", "keep_base", "model_ranges")
+        other = {k: v for k, v in carried.items() if k not in hidden}
         if "base_entry" in carried:
             other["base listed under models"] = "yes (treated as the base, as mergekit does)"
+        if "model_ranges" in carried:
+            other["layer_range under models"] = "kept, no effect (mergekit reads it only in slices)"
         if other:
             st.caption("; ".join(f"{k}: {v}" for k, v in other.items()))
         st.button(

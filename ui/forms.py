@@ -157,6 +157,9 @@ def load_recipe_into_state(prefix: str, spec: MethodSpec, recipe: Any) -> None:
         carried["no_base"] = True
     elif base is not None and spec.name == "linear":
         carried["keep_base"] = True  # mergekit averages an unlisted base into a linear merge
+    ranges = {m.model: m.layer_range for m in recipe.models if m.layer_range is not None}
+    if ranges:
+        carried["model_ranges"] = ranges  # layer_range under models: inert in mergekit, kept as written
     listed = [i for i, m in enumerate(recipe.models) if base and m.model == base]
     if listed and recipe.slices is None:
         carried["base_entry"] = (listed[0], dict(recipe.models[listed[0]].parameters))
@@ -348,15 +351,17 @@ def build_recipe(
         raise merging.errors.RecipeError(
             f"{spec.title} takes {spec.models_needed()}; {len(checkpoints)} chosen."
         )
+    ranges = carried.get("model_ranges", {})
     models = [
-        merging.ModelEntry(model=ck, parameters=dict(mp))
+        merging.ModelEntry(model=ck, parameters=dict(mp), layer_range=ranges.get(ck))
         for ck, mp in zip(checkpoints, model_params, strict=False)
     ]
     if slices is not None:
         models = []
     elif "base_entry" in carried and base:
         index, base_params = carried["base_entry"]
-        models.insert(min(index, len(models)), merging.ModelEntry(model=base, parameters=dict(base_params)))
+        entry = merging.ModelEntry(model=base, parameters=dict(base_params), layer_range=ranges.get(base))
+        models.insert(min(index, len(models)), entry)
     recipe = merging.Recipe(
         merge_method=spec.name,
         base_model=base,

@@ -193,3 +193,20 @@ def test_frankenmerge_slices_import_and_preview_back(populated_home):
     assert errors_of(at) == []
     assert _preview(at) == doc
     assert any("3 layers" in c.value for c in at.caption)
+
+
+def test_slerp_with_layer_range_under_models_previews_back(populated_home):
+    """A model-card slerp: the base listed with a layer_range under models: (inert in mergekit), t filters."""
+    at = app_test(populated_home, "merge")
+    cks = at.multiselect(key="merge:checkpoints").value[:1]
+    base = at.selectbox(key="merge:base").value
+    doc = {
+        "models": [{"model": base, "layer_range": [0, 2]}, {"model": cks[0], "layer_range": [0, 2]}],
+        "merge_method": "slerp",
+        "base_model": base,
+        "parameters": {"t": [{"filter": "self_attn", "value": [0.0, 0.5, 1.0]}, {"value": 0.5}]},
+        "dtype": "bfloat16",
+    }
+    _import(at, doc)
+    assert errors_of(at) == []
+    assert _preview(at) == doc
