@@ -174,7 +174,9 @@ def test_sweep_and_analysis_jobs_are_described_with_their_result():
         "subsets": 2,
         "suite": "zoo",
     }
-    assert describe_job("sweep", sweep) == "lambda of task_arithmetic at 0.2, 1, 2: 2 subsets of n=4, suite zoo"
+    assert (
+        describe_job("sweep", sweep) == "lambda of task_arithmetic at 0.2, 1, 2: 2 subsets of n=4, suite zoo"
+    )
     assert headline("sweep", {"ran": 23, "skipped": 0, "total": 23}) == "23 units run, 0 reused, 23 in all"
     analysis = {"base": "/zoo/models/zoo-llama", "checkpoints": ["a", "b", "c"]}
     assert describe_job("analyse", analysis) == "3 checkpoints against zoo-llama"
