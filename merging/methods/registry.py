@@ -225,6 +225,7 @@ _METHODS: tuple[MethodSpec, ...] = (
         reference="Goddard 2025, Multi-SLERP (goddard.blog); as in " + REF_MERGEKIT,
         params=spherical.MULTISLERP_PARAMS,
         merge=spherical.merge_multislerp,
+        block_merger=spherical.multislerp_block_factory,
         needs_base=False,
     ),
     MethodSpec(

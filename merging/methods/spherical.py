@@ -311,47 +311,86 @@ MULTISLERP_PARAMS = (
 )
 
 
-def merge_multislerp(inputs: TensorInputs) -> torch.Tensor:
+def _multislerp_vectors(inputs: TensorInputs) -> torch.Tensor:
+    """(n, *shape): task vectors with a base, else the models themselves."""
+    if inputs.base is None:
+        return torch.stack(list(inputs.models))
+    if inputs.task_vectors is not None:
+        return inputs.task_vectors
+    return torch.stack(list(inputs.models)) - inputs.base
+
+
+class MultislerpMerger:
     """Weighted barycentre on the unit sphere, scaled to the weighted mean norm (task vectors with a base).
 
     mergekit projects the unit vectors onto the tangent space at their normalised weighted mean, averages
     there and maps back; the weighted tangent sum at that point is zero in exact arithmetic, so the result
     is that mean direction times Σ w_i‖x_i‖, which is what is computed here (without the rounding noise).
+    One pass gathers the Gram matrix of the inputs per row, summed exactly (so any cut gives the same
+    bytes); its diagonal gives the norms and |Σ c_i x_i|² = Σ c_i c_j G_ij the mean direction's length.
     """
+
+    passes = 1
+
+    def __init__(self, ctx: TensorContext):
+        self.n = ctx.n_models
+        self.name = ctx.name
+        self.eps = float(ctx.params["eps"])
+        w = [float(mp["weight"]) for mp in ctx.model_params]
+        total = sum(w)
+        self.w = [x / total for x in w] if ctx.params["normalize_weights"] else w
+        self._parts: list[torch.Tensor] = []
+        self._coefs: tuple[list[float], float] | None = None
+
+    def observe(self, pass_no: int, block: Block) -> None:
+        x = _multislerp_vectors(block.inputs)
+        rows = x.reshape(self.n, x.shape[1], -1) if x.dim() >= 3 else x.reshape(self.n, 1, -1)
+        gram = torch.einsum("trd,srd->rts", rows, rows)  # (R, n, n)
+        self._parts.append(gram.reshape(gram.shape[0], -1).double().cpu())
+
+    def _coefficients(self) -> tuple[list[float], float]:
+        """Per-input coefficients c_i and the output scale, or ([], 0) for the antipodal-pair fallback."""
+        parts = (
+            torch.cat(self._parts) if self._parts else torch.zeros(0, self.n * self.n, dtype=torch.float64)
+        )
+        gram = [[math.fsum(parts[:, i * self.n + j].tolist()) for j in range(self.n)] for i in range(self.n)]
+        self._parts = []
+        norms = [math.sqrt(max(gram[i][i], 0.0)) for i in range(self.n)]
+        c = [self.w[i] / (norms[i] + self.eps) for i in range(self.n)]
+        mean_sq = sum(c[i] * c[j] * gram[i][j] for i in range(self.n) for j in range(self.n))
+        mean_norm = math.sqrt(max(mean_sq, 0.0))
+        if mean_norm < self.eps:
+            if self.n == 2:  # antipodal pair: mergekit falls back to the weighted sum
+                return list(self.w), 1.0
+            raise RecipeError(
+                f"multislerp: the weighted directions of tensor {self.name} cancel out (antipodal models "
+                "with balancing weights); change the weights"
+            )
+        return c, sum(n * w for n, w in zip(norms, self.w, strict=True)) / mean_norm
+
+    def merge(self, block: Block) -> torch.Tensor:
+        if self._coefs is None:
+            self._coefs = self._coefficients()
+        c, scale = self._coefs
+        x = _multislerp_vectors(block.inputs)
+        coef = torch.tensor([ci * scale for ci in c], dtype=x.dtype, device=x.device)
+        out = torch.mv(x.reshape(self.n, -1).T, coef).reshape(x.shape[1:])
+        return out.add_(block.inputs.base) if block.inputs.base is not None else out
+
+
+def multislerp_block_factory(ctx: TensorContext) -> MultislerpMerger:
+    """`MethodSpec.block_merger` of multislerp."""
+    return MultislerpMerger(ctx)
+
+
+def merge_multislerp(inputs: TensorInputs) -> torch.Tensor:
+    """multislerp of one tensor: a single model is returned as is, more go through MultislerpMerger."""
     n = len(inputs.models)
     if n == 0:
         raise RecipeError(f"multislerp takes at least 1 model besides an optional base; tensor {inputs.name}")
     if n == 1:
         return inputs.models[0].clone()
-    base = inputs.base
-    if base is not None:
-        x = (
-            inputs.task_vectors
-            if inputs.task_vectors is not None
-            else torch.stack(list(inputs.models)) - base
-        )
-    else:
-        x = torch.stack(list(inputs.models))
-    flat = x.reshape(n, -1)
-    eps = float(inputs.params["eps"])
-    w = torch.tensor(
-        [float(mp["weight"]) for mp in inputs.model_params], dtype=torch.float32, device=x.device
-    )
-    if inputs.params["normalize_weights"]:
-        w = w / w.sum()
-    norms = norm(flat, dim=1)
-    mean = torch.mv(flat.T, w / (norms + eps))  # Σ w_i x_i / (‖x_i‖ + eps)
-    mean_norm = float(norm(mean))
-    if mean_norm < eps:
-        if n == 2:  # antipodal pair: mergekit falls back to the weighted sum
-            out = torch.mv(flat.T, w).reshape(x.shape[1:])
-            return out.add_(base) if base is not None else out
-        raise RecipeError(
-            f"multislerp: the weighted directions of tensor {inputs.name} cancel out (antipodal models with "
-            "balancing weights); change the weights"
-        )
-    out = mean.mul_(float((norms * w).sum()) / mean_norm).reshape(x.shape[1:])
-    return out.add_(base) if base is not None else out
+    return merge_whole(multislerp_block_factory)(inputs)
 
 
 # ---- karcher -------------------------------------------------------------------------------------------

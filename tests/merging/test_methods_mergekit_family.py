@@ -462,6 +462,7 @@ BLOCKED = {
     "nuslerp": ("", 2, True),
     "nuslerp_rows": ("parameters:\n  nuslerp_flatten: false\n", 2, True),
     "nearswap": ("parameters:\n  t: 0.01\n", 1, True),
+    "multislerp": ("", 3, True),
     "passthrough": ("", 1, False),
 }
 
@@ -472,7 +473,7 @@ def test_blocked_merge_equals_the_whole_one_bit_for_bit(tmp_path, tiny_llama_fam
     base, cks = tiny_llama_family
     params, n, with_base = BLOCKED[case]
     method = case.removesuffix("_rows")
-    weight = "\n    parameters:\n      weight: 1.0" if method == "nuslerp" else ""
+    weight = "\n    parameters:\n      weight: 1.0" if method in ("nuslerp", "multislerp") else ""
     models = "".join(f"  - model: {c}{weight}\n" for c in cks[:n])
     text = f"merge_method: {method}\n" + (f"base_model: {base}\n" if with_base else "")
     text += f"models:\n{models}{params}"
