@@ -5,7 +5,7 @@ package of the project.
 """
 
 from merging import errors, recipe
-from merging.analyse import AnalysisResult, LayerConflict, analyse_checkpoints
+from merging.analyse import AnalysisResult, LayerConflict, analyse_checkpoints, random_sign_conflict
 from merging.checkpoint import Checkpoint, RemoteCheckpoint, TensorInfo, open_checkpoint
 from merging.compat import CompatIssue, CompatReport, TensorSource, check_compatibility
 from merging.engine import MergeResult, merge_fingerprint, resolve_device, run_merge, tensor_seed
@@ -66,6 +66,7 @@ __all__ = [
     "LayerConflict",
     "all_methods",
     "analyse_checkpoints",
+    "random_sign_conflict",
     "check_compatibility",
     "download_checkpoint",
     "errors",

@@ -46,6 +46,12 @@ def layer_label(name: str) -> str:
     return name
 
 
+def random_sign_conflict(n_checkpoints: int) -> float:
+    """The sign-conflict rate of n task vectors whose entries have independent random signs, 1 − 2^(1−n):
+    the yardstick for a measured rate (0 for one checkpoint, 0.5 for two, 0.875 for four)."""
+    return 0.0 if n_checkpoints < 2 else 1.0 - 2.0 ** (1 - n_checkpoints)
+
+
 def _depth(label: str) -> tuple[int, int, str]:
     if label.startswith("layer "):
         return (1, int(label.split()[1]), label)
@@ -276,7 +282,11 @@ def format_report(result: AnalysisResult, top: int = 5, short: Callable[[str], s
         cos = "  ".join(f"{c:>6.3f}" for c in s["model_cosines"][i])
         lines.append(f"{t + ' ' + n:<{width}}  {s['model_task_norms'][i]:>10.4g}  {cos}")
     mean_cos = "n/a" if s["mean_cosine"] is None else f"{s['mean_cosine']:.4f}"
-    lines += [f"mean pairwise cosine {mean_cos}; sign conflict {s['sign_conflict']:.4f}", ""]
+    lines += [
+        f"mean pairwise cosine {mean_cos}; sign conflict {s['sign_conflict']:.4f} "
+        f"(independent random signs: {random_sign_conflict(len(names)):.4f})",
+        "",
+    ]
     lines.append("per layer: ‖τ‖₂ of each checkpoint, mean cosine, sign-conflict rate")
     lines.append(
         f"{'layer':<10}  " + "  ".join(f"{t:>8}" for t in tags) + f"  {'mean cos':>8}  {'conflict':>8}"

@@ -13,6 +13,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
+import merging
 from ui import charts, data, jobs_view, launch
 
 P = "analyse"  # session-state prefix of this view's widgets
@@ -86,7 +87,13 @@ def _report(db: Any, analyses: pd.DataFrame) -> None:
     c1, c2, c3 = st.columns(3)
     mean_cos = summary.get("mean_cosine")
     c1.metric("Mean pairwise cosine", "n/a" if mean_cos is None else f"{mean_cos:.3f}")
-    c2.metric("Sign-conflict rate", f"{100.0 * (summary.get('sign_conflict') or 0.0):.1f}%")
+    chance = 100.0 * merging.random_sign_conflict(len(names))
+    c2.metric(
+        "Sign-conflict rate",
+        f"{100.0 * (summary.get('sign_conflict') or 0.0):.1f}%",
+        help=f"Independent random signs would give {chance:.1f}% for {len(names)} checkpoints; well below "
+        "that, the checkpoints' updates agree in sign.",
+    )
     c3.metric("Most conflicting layer", worst[0] if worst else "n/a")
 
     tensors = db.tensor_stats_df(chosen)

@@ -223,3 +223,9 @@ def test_analysis_on_the_gpu_matches_the_cpu(tiny_llama_family):
     for a, b in zip(cpu.stats.spectra, gpu.stats.spectra, strict=True):
         assert a.singular_values == pytest.approx(b.singular_values, rel=1e-3, abs=1e-6)
     assert [lay.layer for lay in cpu.most_conflicting()] == [lay.layer for lay in gpu.most_conflicting()]
+
+
+def test_random_sign_yardstick():
+    from merging.analyse import random_sign_conflict
+
+    assert [random_sign_conflict(n) for n in (1, 2, 3, 4)] == [0.0, 0.5, 0.75, 0.875]
