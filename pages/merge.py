@@ -7,6 +7,20 @@ import merging
 from ui import forms, launch
 from ui.session import get_runner, get_store, guard, workspace_home
 
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _estimate(recipe_yaml: str, max_memory: str | None) -> tuple[str, list[str]] | None:
+    """The engine's time and memory estimate for this recipe (headers only), or None when it cannot be
+    planned yet (the launch reports why)."""
+    from merging.estimate import estimate_recipe
+
+    try:
+        est = estimate_recipe(merging.Recipe.from_yaml(recipe_yaml), device="auto", max_memory=max_memory)
+    except merging.errors.MergeError:
+        return None
+    return est.line(), list(est.warnings)
+
+
 P = "merge"  # session-state prefix of this page's widgets
 
 st.title("Merge")
@@ -216,6 +230,11 @@ with guard("Merge"):
             st.error(problem)
 
     if recipe is not None:
+        estimate = _estimate(recipe.to_yaml(), max_memory)
+        if estimate is not None:
+            st.caption(estimate[0])
+            for w in estimate[1]:
+                st.warning(w)
         with st.expander("Recipe (mergekit YAML)", expanded=True, icon=":material/description:"):
             text = recipe.to_yaml()
             st.code(text, language="yaml")

@@ -210,3 +210,11 @@ def test_slerp_with_layer_range_under_models_previews_back(populated_home):
     _import(at, doc)
     assert errors_of(at) == []
     assert _preview(at) == doc
+
+
+def test_merge_page_shows_the_estimate_and_takes_a_memory_budget(populated_home):
+    at = app_test(populated_home, "merge")
+    assert any("estimate on" in c.value and "peak memory about" in c.value for c in at.caption)
+    at.number_input(key="merge:max_memory").set_value(0.001).run()  # 1 MiB: below what a tensor needs
+    assert errors_of(at) == []
+    assert any("cannot fit: memory budget" in w.value for w in at.warning)
