@@ -32,8 +32,6 @@ def register_kind(
 ) -> JobKind:
     """Register (or replace) a job kind; its run function returns a JSON-serialisable result. The run
     function must be module-level: jobs run in a worker process that imports it by name."""
-    from jobs.worker import check_run_function
-
     check_run_function(run)
     kind = JobKind(name, run, validate, description)
     _KINDS[name] = kind
@@ -55,3 +53,15 @@ def validated_params(name: str, params: Mapping[str, Any]) -> dict[str, Any]:
     kind = get_kind(name)
     params = dict(params)
     return kind.validate(params) if kind.validate else params
+
+
+def check_run_function(run) -> tuple[str, str]:
+    """(module, qualname) of a job's run function; only module-level functions can run in a worker."""
+    module = getattr(run, "__module__", None)
+    qualname = getattr(run, "__qualname__", None)
+    if not module or not qualname or "<" in qualname or module == "__main__":
+        raise JobError(
+            f"job run function {run!r} must be a module-level function of an importable module "
+            "(jobs run in a worker process that imports it by name)"
+        )
+    return module, qualname

@@ -18,7 +18,6 @@ import contextlib
 import multiprocessing
 import multiprocessing.util  # noqa: F401  (its exit hook must be registered before ours, see below)
 import os
-import shutil
 import signal
 import sys
 import threading
@@ -28,11 +27,11 @@ import uuid
 import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from jobs.errors import JobCancelled, JobError
-from jobs.registry import get_kind, validated_params
+from jobs.errors import JobError
+from jobs.outcomes import remove_paths
+from jobs.registry import check_run_function, get_kind, validated_params
 from store import JobRecord, Store, StoreError
 
 CANCEL_GRACE_ENV = "MERGELAB_CANCEL_GRACE_S"
@@ -66,55 +65,6 @@ def pid_alive(pid: int | None) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def user_error_types() -> tuple[type[BaseException], ...]:
-    """Exceptions whose message is the whole story (no traceback in the job's error)."""
-    types: list[type[BaseException]] = [JobError, StoreError]
-    try:
-        from merging.errors import MergeError
-
-        types.append(MergeError)
-    except ImportError:
-        pass
-    try:
-        from evaluation.errors import EvaluationError
-
-        types.append(EvaluationError)
-    except ImportError:
-        pass
-    return tuple(types)
-
-
-def cancel_types() -> tuple[type[BaseException], ...]:
-    types: list[type[BaseException]] = [JobCancelled]
-    try:
-        from merging.errors import MergeCancelled
-
-        types.append(MergeCancelled)
-    except ImportError:
-        pass
-    try:
-        from evaluation.errors import EvaluationCancelled
-
-        types.append(EvaluationCancelled)
-    except ImportError:
-        pass
-    return tuple(types)
-
-
-def remove_paths(paths: Iterable[str]) -> list[str]:
-    """Delete files or folders (missing ones are fine); returns what was removed."""
-    removed = []
-    for raw in paths:
-        path = Path(raw)
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path, ignore_errors=True)
-            removed.append(raw)
-        elif path.exists() or path.is_symlink():
-            path.unlink(missing_ok=True)
-            removed.append(raw)
-    return removed
 
 
 def cancel_grace_s() -> float:
@@ -405,8 +355,6 @@ class JobRunner:
                 slot.worker = None
 
     def _run(self, slot: _Slot, job: JobRecord) -> None:
-        from jobs.worker import check_run_function
-
         slot.job_id = job.id
         slot.cancel.clear()
         try:

@@ -24,8 +24,6 @@ import time
 import traceback
 from typing import Any
 
-from jobs.errors import JobError
-
 PARENT_CHECK_S = 1.0
 
 
@@ -66,7 +64,7 @@ def run_one(job, run_ref, conn, lock, cancel_event, residents, device: str) -> d
     """Run one job and describe how it ended (the runner records it). Temporary outputs of a job that
     did not finish are removed here; the runner removes them when this process dies instead."""
     from jobs.context import JobContext
-    from jobs.runner import cancel_types, remove_paths, user_error_types
+    from jobs.outcomes import cancel_types, remove_paths, user_error_types
 
     store = StoreClient(conn, lock)
     ctx = JobContext(store, job, device, cancel_event, residents)
@@ -179,15 +177,3 @@ def _exit_with_parent(app_pid: int) -> None:
                 pass
 
     threading.Thread(target=watch, name="mergelab-parent-watch", daemon=True).start()
-
-
-def check_run_function(run) -> tuple[str, str]:
-    """(module, qualname) of a job's run function; only module-level functions can run in a worker."""
-    module = getattr(run, "__module__", None)
-    qualname = getattr(run, "__qualname__", None)
-    if not module or not qualname or "<" in qualname or module == "__main__":
-        raise JobError(
-            f"job run function {run!r} must be a module-level function of an importable module "
-            "(jobs run in a worker process that imports it by name)"
-        )
-    return module, qualname
