@@ -269,7 +269,7 @@ def test_kept_mass_tells_task_arithmetic_from_ties(tmp_path, tiny_llama_family):
 
 @pytest.mark.gpu
 def test_cuda_records_the_same_kept_mass_as_cpu(tmp_path, tiny_llama_family):
-    """The kept/dropped figures Compare reads (mass dropped, conflicts resolved, ⟨Δ, τ_i⟩) on CUDA match CPU."""
+    """Compare's kept/dropped figures (mass dropped, conflicts resolved, ⟨Δ, τ_i⟩): CUDA equals CPU."""
     base, cks = tiny_llama_family
     r = recipe("ties", base, cks, {"weight": 1.0, "density": 0.1})
     cpu = run_merge(r, DirectorySink(tmp_path / "cpu"), device="cpu").stats.summary()
