@@ -24,12 +24,33 @@ def _csv(text: str | None) -> list[str] | None:
     return [t.strip() for t in text.split(",") if t.strip()] if text else None
 
 
+def _run_options() -> argparse.ArgumentParser:
+    """The options `study` and `sweep` share: where the zoo is, seeding, and how the units run."""
+    run = argparse.ArgumentParser(add_help=False)
+    run.add_argument(
+        "--zoo-root",
+        help="built zoo folder for --suite zoo and sweep's default pool (default $MERGELAB_HOME/zoo)",
+    )
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--limit", type=int, help="items per task (default: all)")
+    run.add_argument("--name", default="")
+    run.add_argument("--backend", choices=("local", "ray"), default="local")
+    run.add_argument("--ray-address", help="address of a running Ray cluster (default: start one locally)")
+    run.add_argument("--ray-num-cpus", type=int, help="CPUs of the local Ray instance")
+    run.add_argument("--workers", type=int, help="CPU worker threads (default 1; one per GPU when present)")
+    run.add_argument("--quiet", action="store_true", help="no log lines, only the progress bar")
+    return run
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m jobs", description=__doc__.split("\n")[0])
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--db", help="database file (default $MERGELAB_HOME/mergelab.duckdb)")
+    run = _run_options()
     sub = p.add_subparsers(dest="command", required=True)
-    s = sub.add_parser("study", parents=[common], help="run the paper's protocol on a pool of checkpoints")
+    s = sub.add_parser(
+        "study", parents=[common, run], help="run the paper's protocol on a pool of checkpoints"
+    )
     s.add_argument("--base", required=True, help="base model folder or Hub id")
     s.add_argument("--pool", required=True, help="comma-separated checkpoints")
     s.add_argument(
@@ -45,15 +66,6 @@ def _parser() -> argparse.ArgumentParser:
         "--subsets", type=int, default=DEFAULT_SUBSETS, help=f"subsets per size (default {DEFAULT_SUBSETS})"
     )
     s.add_argument("--suite", required=True, help="zoo, quick, paper16, task names or a task folder")
-    s.add_argument("--zoo-root", help="built zoo folder for --suite zoo (default $MERGELAB_HOME/zoo)")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--limit", type=int, help="items per task (default: all)")
-    s.add_argument("--name", default="")
-    s.add_argument("--backend", choices=("local", "ray"), default="local")
-    s.add_argument("--ray-address", help="address of a running Ray cluster (default: start one locally)")
-    s.add_argument("--ray-num-cpus", type=int, help="CPUs of the local Ray instance")
-    s.add_argument("--workers", type=int, help="CPU worker threads (default 1; one per GPU when present)")
-    s.add_argument("--quiet", action="store_true", help="no log lines, only the progress bar")
     s.add_argument(
         "--save-merges",
         action="store_true",
@@ -61,7 +73,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     w = sub.add_parser(
         "sweep",
-        parents=[common],
+        parents=[common, run],
         help="vary one method hyperparameter on fixed subsets (the paper's ablations)",
         description="Merge the same seeded subsets with one method at each value of one hyperparameter and "
         "score every merge; the Study page draws score against the value. Without --base/--pool the "
@@ -80,15 +92,6 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("--base", help="base model (default: the demo zoo's first family)")
     w.add_argument("--pool", help="comma-separated checkpoints (default: that family's checkpoints)")
     w.add_argument("--suite", default="zoo", help="zoo, quick, paper16, task names or a task folder")
-    w.add_argument("--zoo-root", help="built zoo folder (default $MERGELAB_HOME/zoo)")
-    w.add_argument("--seed", type=int, default=0)
-    w.add_argument("--limit", type=int, help="items per task (default: all)")
-    w.add_argument("--name", default="")
-    w.add_argument("--backend", choices=("local", "ray"), default="local")
-    w.add_argument("--ray-address", help="address of a running Ray cluster (default: start one locally)")
-    w.add_argument("--ray-num-cpus", type=int, help="CPUs of the local Ray instance")
-    w.add_argument("--workers", type=int, help="CPU worker threads (default 1; one per GPU when present)")
-    w.add_argument("--quiet", action="store_true", help="no log lines, only the progress bar")
     ls = sub.add_parser("list", parents=[common], help="print the jobs and their states")
     ls.add_argument("--status", help="only jobs in this state")
     ls.add_argument("--limit", type=int, default=50)
