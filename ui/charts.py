@@ -63,6 +63,61 @@ def _layout(fig: go.Figure, title: str | None, height: int = 420) -> go.Figure:
     return fig
 
 
+def _legend_below(fig: go.Figure, y: float, bottom: int | None = None) -> go.Figure:
+    """Move the legend under the plot (long or many entries would cover the title above it), leaving
+    `bottom` pixels of margin for it when given."""
+    fig.update_layout(legend=dict(orientation="h", yanchor="top", y=y, xanchor="left", x=0))
+    if bottom is not None:
+        fig.update_layout(margin=dict(b=bottom))
+    return fig
+
+
+def _pivot(
+    df: pd.DataFrame, index: str, columns: str, value: str, rows: Sequence, cols: Sequence
+) -> pd.DataFrame:
+    """Mean `value` per (index, columns) cell, rows and columns in the given orders (never the alphabet)."""
+    grid = df.pivot_table(index=index, columns=columns, values=value, aggfunc="mean", sort=False)
+    return grid.reindex(index=rows, columns=cols)
+
+
+def _heatmap(
+    grid: pd.DataFrame,
+    title: str | None,
+    height: int,
+    *,
+    colorscale: str,
+    colorbar: str,
+    hover: str,
+    cell_format: str | None = None,
+    zrange: tuple[float, float] | None = None,
+    x_title: str | None = None,
+    y_title: str | None = None,
+) -> go.Figure:
+    """`grid` as a heatmap in the pages' layout: columns on x, rows on y read from the top down, each cell
+    written with `cell_format` (e.g. "+.1f") when given and empty where the value is missing."""
+    z = grid.to_numpy()
+    cells = {}
+    if cell_format is not None:
+        text = [["" if pd.isna(v) else format(v, cell_format) for v in row] for row in z]
+        cells = dict(text=text, texttemplate="%{text}")
+    if zrange is not None:
+        cells.update(zmin=zrange[0], zmax=zrange[1])
+    fig = go.Figure(
+        go.Heatmap(
+            z=z,
+            x=list(grid.columns),
+            y=list(grid.index),
+            colorscale=colorscale,
+            colorbar=dict(title=colorbar),
+            hovertemplate=hover,
+            **cells,
+        )
+    )
+    axes = {"xaxis_title": x_title, "yaxis_title": y_title}
+    fig.update_layout(yaxis_autorange="reversed", **{k: v for k, v in axes.items() if v is not None})
+    return _layout(fig, title, height=height)
+
+
 def effective_rank(singular_values: Sequence[float] | np.ndarray) -> float:
     """exp(H(p)) with p = σ/Σσ (methods.md §5): 1 for a rank-one spectrum, r for r equal values."""
     s = np.asarray(singular_values, dtype=np.float64)
@@ -125,21 +180,17 @@ def layer_norm_heatmap(
     if norms.empty:
         return empty_figure("No task-vector norms recorded", title)
     layers = list(dict.fromkeys(norms["layer"]))
-    models = _ordered(norms["model"], order)
-    grid = norms.pivot_table(index="layer", columns="model", values="norm", aggfunc="mean", sort=False)
-    grid = grid.reindex(index=layers, columns=models)
-    fig = go.Figure(
-        go.Heatmap(
-            z=grid.to_numpy(),
-            x=models,
-            y=layers,
-            colorscale="Viridis",
-            colorbar=dict(title="‖τ‖₂"),
-            hovertemplate="%{x}<br>%{y}<br>‖τ‖₂ = %{z:.4g}<extra></extra>",
-        )
+    grid = _pivot(norms, "layer", "model", "norm", layers, _ordered(norms["model"], order))
+    return _heatmap(
+        grid,
+        title,
+        max(320, 22 * len(layers) + 140),
+        colorscale="Viridis",
+        colorbar="‖τ‖₂",
+        hover="%{x}<br>%{y}<br>‖τ‖₂ = %{z:.4g}<extra></extra>",
+        x_title="checkpoint",
+        y_title="layer",
     )
-    fig.update_layout(xaxis_title="checkpoint", yaxis_title="layer", yaxis_autorange="reversed")
-    return _layout(fig, title, height=max(320, 22 * len(layers) + 140))
 
 
 def _ordered(names: Sequence[str], order: Sequence[str] | None) -> list[str]:
@@ -171,23 +222,16 @@ def cosine_heatmap(
     if pairs.empty:
         return empty_figure("Need at least two checkpoints for cosines", title)
     mat = cosine_matrix(pairs, order)
-    text = [[("" if np.isnan(v) else f"{v:.2f}") for v in row] for row in mat.to_numpy()]
-    fig = go.Figure(
-        go.Heatmap(
-            z=mat.to_numpy(),
-            x=list(mat.columns),
-            y=list(mat.index),
-            zmin=-1,
-            zmax=1,
-            colorscale="RdBu",
-            text=text,
-            texttemplate="%{text}",
-            colorbar=dict(title="cos"),
-            hovertemplate="%{y} · %{x}<br>cos = %{z:.4f}<extra></extra>",
-        )
+    return _heatmap(
+        mat,
+        title,
+        max(320, 40 * len(mat) + 160),
+        colorscale="RdBu",
+        colorbar="cos",
+        hover="%{y} · %{x}<br>cos = %{z:.4f}<extra></extra>",
+        cell_format=".2f",
+        zrange=(-1, 1),
     )
-    fig.update_layout(yaxis_autorange="reversed")
-    return _layout(fig, title, height=max(320, 40 * len(mat) + 160))
 
 
 def sign_conflict_bars(
@@ -419,14 +463,11 @@ def spectra_chart(spectra: pd.DataFrame, title: str | None = None) -> go.Figure:
             hovertemplate="σ_%{x} = %{y:.4g}<extra>" + str(source) + "</extra>",
         )
     fig = _layout(fig, title, height=460)
-    # Legend entries carry effective ranks and are long: below the plot they never cover the title.
     fig.update_layout(
         xaxis_title="singular value index",
         yaxis=dict(title="σ (log scale)", type="log", exponentformat="power", minor=dict(showgrid=False)),
-        legend=dict(orientation="h", yanchor="top", y=-0.22, xanchor="left", x=0),
-        margin=dict(b=120),
     )
-    return fig
+    return _legend_below(fig, -0.22, bottom=120)  # entries carry effective ranks and are long
 
 
 def format_cell(success: float | None, gain: float | None) -> str:
@@ -463,8 +504,7 @@ def score_matrix(scores: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame()
     models = list(dict.fromkeys(scores["model"]))
     tasks = list(dict.fromkeys(scores["task"]))
-    mat = scores.pivot_table(index="task", columns="model", values="score", aggfunc="mean", sort=False)
-    mat = mat.reindex(index=tasks, columns=models)
+    mat = _pivot(scores, "task", "model", "score", tasks, models)
     mat.loc["average"] = mat.mean(axis=0)
     return mat
 

@@ -11,7 +11,17 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from ui.charts import BASE_COLOR, BEST_COLOR, PALETTE, _layout, _require, empty_figure
+from ui.charts import (
+    BASE_COLOR,
+    BEST_COLOR,
+    PALETTE,
+    _heatmap,
+    _layout,
+    _legend_below,
+    _pivot,
+    _require,
+    empty_figure,
+)
 
 
 def _method_colors(methods: list[str]) -> dict[str, str]:
@@ -33,10 +43,7 @@ def scores_figure(
     shown = scores[scores["role"] != "checkpoint"]
     avg = shown.groupby(["model", "role"], as_index=False, sort=False)["score"].mean().assign(task="average")
     fig = score_bars(pd.concat([shown, avg], ignore_index=True), base=base, best=best, title=title)
-    fig.update_layout(
-        legend=dict(orientation="h", yanchor="top", y=-0.3, xanchor="left", x=0), margin=dict(b=140)
-    )
-    return fig
+    return _legend_below(fig, -0.3, bottom=140)
 
 
 def gain_heatmap(gains: pd.DataFrame, value: str = "vs_base", title: str | None = None) -> go.Figure:
@@ -48,28 +55,20 @@ def gain_heatmap(gains: pd.DataFrame, value: str = "vs_base", title: str | None 
         return empty_figure("No scored merges yet", title)
     methods = list(dict.fromkeys(rows["method"]))
     tasks = list(dict.fromkeys(rows["task"]))
-    grid = rows.pivot_table(index="method", columns="task", values=value, aggfunc="mean", sort=False)
-    grid = grid.reindex(index=methods, columns=tasks)
+    grid = _pivot(rows, "method", "task", value, methods, tasks)
     grid["average"] = grid.mean(axis=1)
-    z = grid.to_numpy()
-    bound = max(1.0, float(pd.Series(z.ravel()).abs().max()))
-    text = [["" if pd.isna(v) else f"{v:+.1f}" for v in row] for row in z]
-    fig = go.Figure(
-        go.Heatmap(
-            z=z,
-            x=list(grid.columns),
-            y=methods,
-            zmin=-bound,
-            zmax=bound,
-            colorscale="RdYlGn",
-            text=text,
-            texttemplate="%{text}",
-            colorbar=dict(title="pp"),
-            hovertemplate="%{y} · %{x}<br>%{z:+.2f} pp<extra></extra>",
-        )
+    bound = max(1.0, float(pd.Series(grid.to_numpy().ravel()).abs().max()))
+    return _heatmap(
+        grid,
+        title,
+        max(260, 46 * len(methods) + 150),
+        colorscale="RdYlGn",
+        colorbar="pp",
+        hover="%{y} · %{x}<br>%{z:+.2f} pp<extra></extra>",
+        cell_format="+.1f",
+        zrange=(-bound, bound),
+        x_title="task",
     )
-    fig.update_layout(yaxis_autorange="reversed", xaxis_title="task")
-    return _layout(fig, title, height=max(260, 46 * len(methods) + 150))
 
 
 def geometry_bars(summary: pd.DataFrame, title: str | None = None) -> go.Figure:
@@ -146,9 +145,7 @@ def geometry_bars(summary: pd.DataFrame, title: str | None = None) -> go.Figure:
     fig.update_layout(barmode="stack")
     fig.update_yaxes(range=[0, 100], row=1, col=2)
     fig.update_yaxes(range=[0, 100], row=2, col=1)
-    fig = _layout(fig, title, height=640)
-    fig.update_layout(legend=dict(orientation="h", yanchor="top", y=-0.12, xanchor="left", x=0))
-    return fig
+    return _legend_below(_layout(fig, title, height=640), -0.12)
 
 
 def kept_heatmap(kept: pd.DataFrame, title: str | None = None, order: list[str] | None = None) -> go.Figure:
@@ -161,27 +158,18 @@ def kept_heatmap(kept: pd.DataFrame, title: str | None = None, order: list[str] 
     cks = [c for c in (order or []) if c in set(kept["checkpoint"])] or list(
         dict.fromkeys(kept["checkpoint"])
     )
-    grid = kept.pivot_table(index="method", columns="checkpoint", values="kept", aggfunc="mean", sort=False)
-    grid = grid.reindex(index=methods, columns=cks)
-    z = grid.to_numpy()
-    text = [["" if pd.isna(v) else f"{v:.0f}" for v in row] for row in z]
-    fig = go.Figure(
-        go.Heatmap(
-            z=z,
-            x=cks,
-            y=methods,
-            zmin=0,
-            zmax=max(100.0, float(pd.Series(z.ravel()).max())),
-            zmid=None,
-            colorscale="Blues",
-            text=text,
-            texttemplate="%{text}",
-            colorbar=dict(title="% kept"),
-            hovertemplate="%{y} · %{x}<br>weight %{z:.1f}% of τ in Δ<extra></extra>",
-        )
+    grid = _pivot(kept, "method", "checkpoint", "kept", methods, cks)
+    return _heatmap(
+        grid,
+        title,
+        max(260, 46 * len(methods) + 150),
+        colorscale="Blues",
+        colorbar="% kept",
+        hover="%{y} · %{x}<br>weight %{z:.1f}% of τ in Δ<extra></extra>",
+        cell_format=".0f",
+        zrange=(0, max(100.0, float(pd.Series(grid.to_numpy().ravel()).max()))),
+        x_title="checkpoint",
     )
-    fig.update_layout(yaxis_autorange="reversed", xaxis_title="checkpoint")
-    return _layout(fig, title, height=max(260, 46 * len(methods) + 150))
 
 
 def layer_heatmap(layers: pd.DataFrame, title: str | None = None) -> go.Figure:
@@ -192,20 +180,17 @@ def layer_heatmap(layers: pd.DataFrame, title: str | None = None) -> go.Figure:
         return empty_figure("No per-layer geometry recorded", title)
     methods = list(dict.fromkeys(rows["method"]))
     order = list(dict.fromkeys(rows["layer"]))
-    grid = rows.pivot_table(index="layer", columns="method", values="relative", aggfunc="mean", sort=False)
-    grid = grid.reindex(index=order, columns=methods)
-    fig = go.Figure(
-        go.Heatmap(
-            z=grid.to_numpy(),
-            x=methods,
-            y=order,
-            colorscale="Viridis",
-            colorbar=dict(title="‖Δ‖/‖Στ‖"),
-            hovertemplate="%{x}<br>%{y}<br>‖Δ‖ / ‖Σ τ‖ = %{z:.3f}<extra></extra>",
-        )
+    grid = _pivot(rows, "layer", "method", "relative", order, methods)
+    return _heatmap(
+        grid,
+        title,
+        max(320, 24 * len(order) + 160),
+        colorscale="Viridis",
+        colorbar="‖Δ‖/‖Στ‖",
+        hover="%{x}<br>%{y}<br>‖Δ‖ / ‖Σ τ‖ = %{z:.3f}<extra></extra>",
+        x_title="method",
+        y_title="layer",
     )
-    fig.update_layout(xaxis_title="method", yaxis_title="layer", yaxis_autorange="reversed")
-    return _layout(fig, title, height=max(320, 24 * len(order) + 160))
 
 
 def disagreement_bars(dis: pd.DataFrame, top: int = 8, title: str | None = None) -> go.Figure:

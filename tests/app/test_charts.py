@@ -185,3 +185,21 @@ def test_sweep_curve_draws_mean_band_subsets_and_references():
     assert sorted(s.y0 for s in fig.layout.shapes) == [45.0, 48.0]
     empty = charts.sweep_curve(points.iloc[0:0], "lambda")
     assert "No scored merges" in empty.layout.annotations[0].text
+
+
+def test_heatmap_helper_writes_cells_orders_axes_and_lays_out_like_the_pages():
+    long = pd.DataFrame({"r": ["y", "x", "y"], "c": ["b", "a", "b"], "v": [1.0, 2.0, 3.0]})
+    grid = charts._pivot(long, "r", "c", "v", rows=["y", "x"], cols=["b", "a"])
+    assert grid.loc["y", "b"] == 2.0 and pd.isna(grid.loc["y", "a"])  # mean of the two (y, b) rows
+    fig = charts._heatmap(
+        grid, "T", 300, colorscale="Blues", colorbar="u", hover="h", cell_format="+.1f", zrange=(-3, 3)
+    )
+    heat = fig.data[0]
+    assert list(heat.x) == ["b", "a"] and list(heat.y) == ["y", "x"]
+    assert [list(row) for row in heat.text] == [["+2.0", ""], ["", "+2.0"]]
+    assert (heat.zmin, heat.zmax, heat.colorbar.title.text) == (-3, 3, "u")
+    assert fig.layout.yaxis.autorange == "reversed" and fig.layout.height == 300
+    assert fig.layout.title.text == "T" and fig.layout.xaxis.title.text is None
+    plain = charts._heatmap(grid, None, 300, colorscale="Blues", colorbar="u", hover="h", x_title="c")
+    assert plain.data[0].text is None and plain.data[0].zmin is None
+    assert plain.layout.xaxis.title.text == "c" and plain.layout.margin.t == 30
