@@ -9,6 +9,37 @@ from __future__ import annotations
 
 import duckdb
 
+# The evaluation rows' columns as version 1 created them. Version 5 rebuilds the table with these and two
+# more, so they are spelled once here; this list is part of released migrations: never change it.
+_EVAL_ROWS_V1_COLUMNS = (
+    ("fingerprint", "VARCHAR NOT NULL"),
+    ("model_name", "VARCHAR"),
+    ("suite", "VARCHAR NOT NULL"),
+    ("suite_version", "VARCHAR NOT NULL"),
+    ("task", "VARCHAR NOT NULL"),
+    ("metric", "VARCHAR NOT NULL"),
+    ("value", "DOUBLE"),
+    ("stderr", "DOUBLE"),
+    ("n", "INTEGER"),
+    ('"limit"', "INTEGER"),
+    ("limit_key", "INTEGER NOT NULL"),
+    ("lm_eval_version", "VARCHAR"),
+    ("seconds", "DOUBLE"),
+    ("created_at", "TIMESTAMP NOT NULL"),
+    ("position", "INTEGER NOT NULL DEFAULT 0"),
+)
+_EVAL_ROWS_V1_KEY = "fingerprint, suite_version, task, metric, limit_key"
+_EVAL_ROWS_V1_NAMES = ", ".join(name for name, _ in _EVAL_ROWS_V1_COLUMNS)
+
+
+def _create_eval_rows(
+    table: str, extra: tuple[tuple[str, str], ...] = (), key: str = _EVAL_ROWS_V1_KEY
+) -> str:
+    """CREATE TABLE for the evaluation rows: version 1's columns, then `extra` ones, unique on `key`."""
+    columns = "".join(f"    {name} {definition},\n" for name, definition in _EVAL_ROWS_V1_COLUMNS + extra)
+    return f"CREATE TABLE {table} (\n{columns}    UNIQUE ({key})\n)"
+
+
 # Version 1: models, merges, evaluation rows, engine geometry, jobs.
 _V1 = [
     """
@@ -47,26 +78,7 @@ _V1 = [
         job_id VARCHAR
     )
     """,
-    """
-    CREATE TABLE eval_rows (
-        fingerprint VARCHAR NOT NULL,
-        model_name VARCHAR,
-        suite VARCHAR NOT NULL,
-        suite_version VARCHAR NOT NULL,
-        task VARCHAR NOT NULL,
-        metric VARCHAR NOT NULL,
-        value DOUBLE,
-        stderr DOUBLE,
-        n INTEGER,
-        "limit" INTEGER,
-        limit_key INTEGER NOT NULL,
-        lm_eval_version VARCHAR,
-        seconds DOUBLE,
-        created_at TIMESTAMP NOT NULL,
-        position INTEGER NOT NULL DEFAULT 0,
-        UNIQUE (fingerprint, suite_version, task, metric, limit_key)
-    )
-    """,
+    _create_eval_rows("eval_rows"),
     """
     CREATE TABLE tensor_stats (
         merge_id VARCHAR NOT NULL,
@@ -200,35 +212,13 @@ _V4 = [
 # - studies.inputs_json: the fingerprints of the base and pool the study last ran on (ref -> fingerprint).
 # - jobs.group_id: the launch that created a job (a merge and the evaluations it queued share one).
 _V5 = [
-    """
-    CREATE TABLE eval_rows_v5 (
-        fingerprint VARCHAR NOT NULL,
-        model_name VARCHAR,
-        suite VARCHAR NOT NULL,
-        suite_version VARCHAR NOT NULL,
-        task VARCHAR NOT NULL,
-        metric VARCHAR NOT NULL,
-        value DOUBLE,
-        stderr DOUBLE,
-        n INTEGER,
-        "limit" INTEGER,
-        limit_key INTEGER NOT NULL,
-        lm_eval_version VARCHAR,
-        seconds DOUBLE,
-        created_at TIMESTAMP NOT NULL,
-        position INTEGER NOT NULL DEFAULT 0,
-        dtype VARCHAR NOT NULL DEFAULT '',
-        device VARCHAR NOT NULL DEFAULT '',
-        UNIQUE (fingerprint, suite_version, task, metric, limit_key, dtype, device)
-    )
-    """,
-    """
-    INSERT INTO eval_rows_v5 (fingerprint, model_name, suite, suite_version, task, metric, value, stderr, n,
-        "limit", limit_key, lm_eval_version, seconds, created_at, position, dtype, device)
-    SELECT fingerprint, model_name, suite, suite_version, task, metric, value, stderr, n, "limit", limit_key,
-        lm_eval_version, seconds, created_at, position, '', ''
-    FROM eval_rows
-    """,
+    _create_eval_rows(
+        "eval_rows_v5",
+        extra=(("dtype", "VARCHAR NOT NULL DEFAULT ''"), ("device", "VARCHAR NOT NULL DEFAULT ''")),
+        key=f"{_EVAL_ROWS_V1_KEY}, dtype, device",
+    ),
+    f"INSERT INTO eval_rows_v5 ({_EVAL_ROWS_V1_NAMES}, dtype, device) "
+    f"SELECT {_EVAL_ROWS_V1_NAMES}, '', '' FROM eval_rows",
     "DROP TABLE eval_rows",
     "ALTER TABLE eval_rows_v5 RENAME TO eval_rows",
     "ALTER TABLE merges ADD COLUMN superseded_at TIMESTAMP",
