@@ -4,9 +4,11 @@ row blocks to stay within it.
 The budget is a property of the plan: `plan_blocks` gives every planned tensor the rows per block that fit
 (`PlannedTensor.block_rows`; None: the whole tensor at once). A tensor's cost per row counts the engine's
 own buffers (the float32 stack of T task vectors and the base, twice: the block being merged and the one
-the reader prefetches), the method's temporaries and the geometry pass, and the output block. Methods that
-cannot cut a tensor (an SVD needs the whole matrix) get one block; when even one row, or a tensor that must
-stay whole, does not fit, the merge is refused before anything is read (MemoryBudgetError).
+the reader prefetches), the method's temporaries and the geometry pass, and the output block. The SVD
+methods gather what their SVD needs from row blocks (methods/gathered.py): their few matrix-sized buffers
+are a fixed cost beside the blocks, whatever T is. Methods that cannot cut a tensor get one block; when even
+one row (plus the fixed cost), or a tensor that must stay whole, does not fit, the merge is refused before
+anything is read (MemoryBudgetError).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import torch
 from merging.errors import MemoryBudgetError
 from merging.methods.base import MethodSpec
 from merging.methods.blocks import TensorContext, merger_for, tensor_rows
+from merging.methods.gathered import whole_bytes
 from merging.plan import MergePlan, PlannedTensor
 
 _UNITS = {
@@ -101,22 +104,29 @@ class TensorCost:
     rows: int
     cuttable: bool
     stack_per_row: int = 0  # one (T + 1) float32 input stack's share of per_row
+    fixed: int = 0  # held whatever the block size: matrix-sized buffers of a gathered SVD method
 
     @property
     def whole(self) -> int:
-        return self.per_row * self.rows
+        return self.per_row * self.rows + self.fixed
 
     @property
     def whole_alone(self) -> int:
         """The whole tensor without a second stack being read ahead (prefetch off for this unit)."""
-        return (self.per_row - self.stack_per_row) * self.rows
+        return (self.per_row - self.stack_per_row) * self.rows + self.fixed
+
+    def blocked(self, rows: int) -> int:
+        """Bytes at once when `rows` rows are merged at a time."""
+        return self.per_row * min(rows, self.rows) + self.fixed
 
 
 # float32 copies of a block's (T, rows) stack and of one block row, beyond the engine's own buffers, that a
 # method holds at once (measured from the code paths: TIES clones the stack; subspace SVDs need ~6 matrices).
 STACK_COPIES_BLOCKED = 1.0
 BLOCK_COPIES_BLOCKED = 6.0
-WHOLE_EXTRA_COPIES = 14.0  # measured: iso_c at 12 checkpoints of 14336 x 4096 peaked at 28 copies
+# Methods that merge whole (sce, karcher, arcee_fusion). Measured when iso_c still merged whole: at 12
+# checkpoints of 14336 x 4096 it peaked at 28 copies.
+WHOLE_EXTRA_COPIES = 14.0
 GEOMETRY_COPIES = 4.0  # a block's geometry; a large whole tensor's is summed over row chunks (engine.py)
 GEOMETRY_COPIES_WHOLE = 1.0
 
@@ -130,7 +140,8 @@ def tensor_cost(planned: PlannedTensor, spec: MethodSpec, n_models: int, seed: i
         for src in [planned.base, *(i.source for i in planned.inputs)]
         if src is not None
     )  # a merged tokenizer's rows are completed from whole-tensor means: merged whole
-    cuttable = rows > 1 and not permuted and _can_cut(planned, spec, n_models, seed)
+    merger = None if rows <= 1 or permuted else _merger(planned, spec, n_models, seed)
+    cuttable = merger is not None
     f32 = 4 * row_elems
     out = planned.dtype.itemsize * row_elems if hasattr(planned.dtype, "itemsize") else f32
     if cuttable:
@@ -138,12 +149,13 @@ def tensor_cost(planned: PlannedTensor, spec: MethodSpec, n_models: int, seed: i
         copies = 2 * (n_models + 1) + STACK_COPIES_BLOCKED * n_models + BLOCK_COPIES_BLOCKED + GEOMETRY_COPIES
     else:
         copies = 2 * (n_models + 1) + WHOLE_EXTRA_COPIES + GEOMETRY_COPIES_WHOLE
-    return TensorCost(int(copies * f32 + out), rows, cuttable, (n_models + 1) * f32)
+    fixed = whole_bytes(merger) if merger is not None else 0
+    return TensorCost(int(copies * f32 + out), rows, cuttable, (n_models + 1) * f32, fixed)
 
 
-def _can_cut(planned: PlannedTensor, spec: MethodSpec, n_models: int, seed: int) -> bool:
+def _merger(planned: PlannedTensor, spec: MethodSpec, n_models: int, seed: int):
     ctx = TensorContext(planned.name, planned.shape, planned.params, planned.model_params, n_models, seed)
-    return merger_for(spec, ctx) is not None
+    return merger_for(spec, ctx)
 
 
 def plan_blocks(plan: MergePlan, spec: MethodSpec, budget: int) -> MergePlan:
@@ -162,16 +174,18 @@ def plan_blocks(plan: MergePlan, spec: MethodSpec, budget: int) -> MergePlan:
         if not cost.cuttable and cost.whole_alone <= usable:  # whole, but nothing read ahead meanwhile
             tensors.append(replace(planned, block_rows=None, prefetch=False))
             continue
-        unit = cost.per_row if cost.cuttable else cost.whole_alone
+        unit = cost.blocked(1) if cost.cuttable else cost.whole_alone
         if unit > usable:
             what = "one row of" if cost.cuttable else f"{spec.name} merges whole"
+            if cost.fixed:
+                what = f"{spec.name}'s whole-matrix SVD buffers and one row of"
             need = format_bytes(unit + BASE_OVERHEAD)
             raise MemoryBudgetError(
                 unit + BASE_OVERHEAD,
                 f"memory budget {format_bytes(budget)} is too small: {what} {planned.name!r} "
                 f"{tuple(planned.shape)} with {n_models} checkpoints needs {need}; raise --max-memory",
             )
-        tensors.append(replace(planned, block_rows=max(1, usable // cost.per_row)))
+        tensors.append(replace(planned, block_rows=max(1, (usable - cost.fixed) // cost.per_row)))
     return replace(plan, tensors=tuple(tensors), budget=budget)
 
 
@@ -182,5 +196,5 @@ def peak_estimate(plan: MergePlan, spec: MethodSpec) -> int:
         cost = tensor_cost(planned, spec, len(planned.inputs))
         rows = planned.block_rows if planned.block_rows is not None else cost.rows
         per_row = cost.per_row if planned.prefetch else cost.per_row - cost.stack_per_row
-        peak = max(peak, per_row * min(rows, cost.rows))
+        peak = max(peak, per_row * min(rows, cost.rows) + cost.fixed)
     return peak + BASE_OVERHEAD

@@ -10,10 +10,11 @@ import re
 
 import torch
 
-from merging.methods.base import ParamSpec, TensorInputs
-from merging.methods.blocks import TensorContext, context_of, run_in_blocks
+from merging.methods.base import ParamSpec
+from merging.methods.blocks import TensorContext, merge_whole
+from merging.methods.gathered import BoostedMerger
 from merging.methods.subspace import svd
-from merging.methods.task_vectors import Preset, TaskVectorMerger, task_vector_delta
+from merging.methods.task_vectors import Preset, TaskVectorMerger
 
 BOOSTED = re.compile(r"self_attn\.[qkvo]_proj|mlp\.(gate|up|down)_proj")
 
@@ -62,35 +63,24 @@ def boost(delta: torch.Tensor, beta: float, cumsum: bool) -> torch.Tensor:
     return (u * torch.clamp_min(s, floor)) @ vh
 
 
-# Rows of a boosted matrix's Δ formed at a time: the base method's temporaries (TIES clones the stack)
-# then scale with this many rows, not with the matrix; the result is the same (blocks.py).
-DELTA_BLOCK_BYTES = 64 << 20
-
-
-def boosted_merge(preset: Preset):
-    """Per-tensor merge of a task-vector preset followed by Subspace Boosting of its Δ (after λ)."""
-
-    def merge(inputs: TensorInputs) -> torch.Tensor:
-        base = inputs.base
-        if base is not None and is_boosted(inputs.name, base):
-            merger = TaskVectorMerger(preset, context_of(inputs))
-            per_row = base.shape[1] * 4 * max(1, len(inputs.models))
-            delta = run_in_blocks(merger, inputs, max(1, DELTA_BLOCK_BYTES // per_row), merger.delta)
-            delta = boost(delta, float(inputs.params["svd_thresh"]), bool(inputs.params["cumsum"]))
-        else:
-            delta = task_vector_delta(preset, inputs)
-        return delta.add_(inputs.base)
-
-    return merge
+def _boost_params(delta: torch.Tensor, params) -> torch.Tensor:
+    return boost(delta, float(params["svd_thresh"]), bool(params["cumsum"]))
 
 
 def boosted_block_factory(preset: Preset):
-    """`MethodSpec.block_merger`: boosted matrices need their whole Δ for the SVD; every other tensor is the
-    base method's, block by block."""
+    """`MethodSpec.block_merger`: a boosted matrix's Δ is gathered from row blocks of the base method, then
+    boosted whole (gathered.py); every other tensor is the base method's, block by block."""
 
     def factory(ctx: TensorContext):
+        inner = TaskVectorMerger(preset, ctx)
         if len(ctx.shape) == 2 and BOOSTED.search(ctx.name) is not None:
-            return None
-        return TaskVectorMerger(preset, ctx)
+            return BoostedMerger(inner, ctx, _boost_params)
+        return inner
 
     return factory
+
+
+def boosted_merge(preset: Preset):
+    """Per-tensor merge of a task-vector preset followed by Subspace Boosting of its Δ (after λ): one block
+    of the same merger as the blocked path."""
+    return merge_whole(boosted_block_factory(preset))

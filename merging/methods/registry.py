@@ -159,7 +159,7 @@ _METHODS: tuple[MethodSpec, ...] = (
         ),
         params=(subspace.LAMBDA,),
         merge=subspace.merge_tsvm,
-        block_merger=subspace.block_factory,
+        block_merger=subspace.tsvm_blocks,
     ),
     MethodSpec(
         name="iso_c",
@@ -168,7 +168,7 @@ _METHODS: tuple[MethodSpec, ...] = (
         reference=REF_ISO,
         params=(subspace.LAMBDA,),
         merge=subspace.merge_iso_c,
-        block_merger=subspace.block_factory,
+        block_merger=subspace.iso_c_blocks,
     ),
     MethodSpec(
         name="iso_cts",
@@ -177,7 +177,7 @@ _METHODS: tuple[MethodSpec, ...] = (
         reference=REF_ISO,
         params=(subspace.LAMBDA, subspace.COMMON_SPACE_FRACTION),
         merge=subspace.merge_iso_cts,
-        block_merger=subspace.block_factory,
+        block_merger=subspace.iso_cts_blocks,
     ),
     _boosted(
         "task_arithmetic_sb",

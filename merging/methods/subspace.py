@@ -9,7 +9,8 @@ from __future__ import annotations
 import torch
 
 from merging.errors import RecipeError
-from merging.methods.base import ParamSpec, TensorInputs, task_vector_stack
+from merging.methods.base import ParamSpec, TensorInputs
+from merging.methods.blocks import merge_whole
 
 SKIP_NAMES = ("embed_tokens", "lm_head")
 
@@ -104,34 +105,70 @@ def _mean_delta(inputs: TensorInputs) -> torch.Tensor:
     return out.div_(len(inputs.models)).sub_(inputs.base)
 
 
-def tsvm_delta(tv: torch.Tensor) -> torch.Tensor:
-    """TSV-M: each task's k = floor(r/T) leading singular triplets, blocks orthogonalised by polar factors.
+def task_sum(tv: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Σ τ_i over the first axis, added in task order (into `out` when given): each entry's sum is the same
+    whether the rows come whole or in blocks (gathered.py)."""
+    out = torch.empty_like(tv[0]) if out is None else out
+    out.copy_(tv[0])
+    for i in range(1, tv.shape[0]):
+        out.add_(tv[i])
+    return out
+
+
+class TsvmParts:
+    """TSV-M built one task at a time: `add(i, τ_i)` keeps task i's k = floor(r/T) leading singular
+    triplets, `delta()` orthogonalises the blocks by polar factors.
 
     The zero-padded tail of Ucat/scat/Vcat (when T does not divide r) carries zero singular values and
-    does not change the polar factor of the used columns, so only the T·k used columns are formed. One
-    task's SVD at a time (same LAPACK call per matrix as a batched SVD), so only its k columns are kept:
-    at 8B shapes a batched SVD of 12 MLP matrices would hold 12 full U factors at once.
+    does not change the polar factor of the used columns, so only the T·k used columns are formed. Only one
+    task's SVD exists at a time: at 8B shapes 12 full U factors of an MLP matrix would not fit.
     """
+
+    def __init__(self, m: int, n: int, n_tasks: int):
+        self.m, self.n, self.n_tasks = m, n, n_tasks
+        self.k = min(m, n) // n_tasks
+        self.ucat = self.vcat = self.scat = None
+
+    def add(self, i: int, tau: torch.Tensor) -> None:
+        k = self.k
+        if k == 0:
+            return
+        if self.ucat is None:
+            like = {"dtype": tau.dtype, "device": tau.device}
+            self.ucat = torch.empty((self.m, self.n_tasks * k), **like)
+            self.vcat = torch.empty((self.n, self.n_tasks * k), **like)
+            self.scat = torch.empty(self.n_tasks * k, **like)
+        u, s, vh = svd(tau)
+        self.ucat[:, i * k : (i + 1) * k] = u[:, :k]
+        self.scat[i * k : (i + 1) * k] = s[:k]
+        self.vcat[:, i * k : (i + 1) * k] = vh[:k].T
+
+    def delta(self, like: torch.Tensor) -> torch.Tensor:
+        if self.ucat is None:
+            return torch.zeros((self.m, self.n), dtype=like.dtype, device=like.device)
+        out = (polar(self.ucat) * self.scat) @ polar(self.vcat).T
+        self.ucat = self.vcat = self.scat = None
+        return out
+
+
+def tsvm_delta(tv: torch.Tensor) -> torch.Tensor:
+    """TSV-M: each task's k = floor(r/T) leading singular triplets, blocks orthogonalised by polar factors."""
     n_tasks, m, n = tv.shape
-    k = min(m, n) // n_tasks
-    if k == 0:
-        return torch.zeros((m, n), dtype=tv.dtype, device=tv.device)
-    ucat = torch.empty((m, n_tasks * k), dtype=tv.dtype, device=tv.device)
-    vcat = torch.empty((n, n_tasks * k), dtype=tv.dtype, device=tv.device)
-    scat = torch.empty(n_tasks * k, dtype=tv.dtype, device=tv.device)
+    parts = TsvmParts(m, n, n_tasks)
     for i in range(n_tasks):
-        u, s, vh = svd(tv[i])
-        ucat[:, i * k : (i + 1) * k] = u[:, :k]
-        scat[i * k : (i + 1) * k] = s[:k]
-        vcat[:, i * k : (i + 1) * k] = vh[:k].T
-        del u, s, vh
-    return (polar(ucat) * scat) @ polar(vcat).T
+        parts.add(i, tv[i])
+    return parts.delta(tv)
+
+
+def iso_c_from_sum(total: torch.Tensor) -> torch.Tensor:
+    """Iso-C from Σ τ_i: its spectrum flattened to the mean singular value, Δ = σ̄ U Vᵀ."""
+    u, s, vh = svd(total)
+    return (u @ vh).mul_(s.mean())
 
 
 def iso_c_delta(tv: torch.Tensor) -> torch.Tensor:
     """Iso-C: flatten the spectrum of Σ τ_i to its mean singular value, Δ = σ̄ U Vᵀ."""
-    u, s, vh = svd(tv.sum(0))
-    return (u @ vh).mul_(s.mean())
+    return iso_c_from_sum(task_sum(tv))
 
 
 def iso_cts_sizes(r: int, n_tasks: int, fraction: float) -> tuple[int, int]:
@@ -146,57 +183,68 @@ def iso_cts_sizes(r: int, n_tasks: int, fraction: float) -> tuple[int, int]:
     return c, (r - c) // n_tasks
 
 
+class IsoCtsParts:
+    """Iso-CTS built from Σ τ_i (`common`) and then one task at a time (`add(τ_i)`): the common subspace of
+    the sum plus each task's top d directions orthogonal to it, made isotropic in `delta()`. One task's
+    residual at a time: a (T, m, n) residual stack would double the memory."""
+
+    def __init__(self, m: int, n: int, n_tasks: int, fraction: float):
+        self.m, self.n = m, n
+        self.c, self.d = iso_cts_sizes(min(m, n), n_tasks, fraction)
+        self.us: list[torch.Tensor] = []
+        self.ss: list[torch.Tensor] = []
+        self.vhs: list[torch.Tensor] = []
+
+    def common(self, total: torch.Tensor) -> None:
+        u, s, vh = svd(total)
+        c = self.c
+        self.us, self.ss, self.vhs = [u[:, :c].clone()], [s[:c]], [vh[:c].clone()]
+
+    def add(self, tau: torch.Tensor) -> None:
+        if self.d <= 0:
+            return
+        u_c = self.us[0]
+        resid = tau - u_c @ (u_c.T @ tau)
+        ut, st, vht = svd(resid)
+        del resid
+        self.us.append(ut[:, : self.d].clone())
+        self.ss.append(st[: self.d])
+        self.vhs.append(vht[: self.d].clone())
+
+    def delta(self, like: torch.Tensor) -> torch.Tensor:
+        u_all = torch.cat(self.us, dim=1)
+        s_all = torch.cat(self.ss)
+        vh_all = torch.cat(self.vhs, dim=0)
+        self.us, self.ss, self.vhs = [], [], []
+        if s_all.numel() == 0:
+            return torch.zeros((self.m, self.n), dtype=like.dtype, device=like.device)
+        return (polar(u_all) @ polar(vh_all)).mul_(s_all.mean())
+
+
 def iso_cts_delta(tv: torch.Tensor, fraction: float) -> torch.Tensor:
     """Iso-CTS: common subspace of Σ τ_i plus each task's top directions orthogonal to it, isotropic."""
     n_tasks, m, n = tv.shape
-    r = min(m, n)
-    c, d = iso_cts_sizes(r, n_tasks, fraction)
-    u, s, vh = svd(tv.sum(0))
-    u_c, s_c, vh_c = u[:, :c], s[:c], vh[:c]
-    del u, s, vh
-    us, ss, vhs = [u_c], [s_c], [vh_c]
-    if d > 0:  # one task's residual at a time: a (T, m, n) residual stack would double the memory
-        for i in range(n_tasks):
-            resid = tv[i] - u_c @ (u_c.T @ tv[i])
-            ut, st, vht = svd(resid)
-            del resid
-            us.append(ut[:, :d])
-            ss.append(st[:d])
-            vhs.append(vht[:d])
-            del ut, st, vht
-    u_all = torch.cat(us, dim=1)
-    s_all = torch.cat(ss)
-    vh_all = torch.cat(vhs, dim=0)
-    if s_all.numel() == 0:
-        return torch.zeros((m, n), dtype=tv.dtype, device=tv.device)
-    return (polar(u_all) @ polar(vh_all)).mul_(s_all.mean())
+    parts = IsoCtsParts(m, n, n_tasks, fraction)
+    parts.common(task_sum(tv))
+    for i in range(n_tasks):
+        parts.add(tv[i])
+    return parts.delta(tv)
 
 
-def _subspace_merge(delta_fn):
-    def merge(inputs: TensorInputs) -> torch.Tensor:
-        base = inputs.base
-        if base is None:
-            raise RecipeError(f"tensor {inputs.name}: this method needs a base model")
-        if uses_svd(inputs.name, base):
-            delta = delta_fn(task_vector_stack(inputs), inputs.params)
-        else:
-            delta = _mean_delta(inputs)
-        lam = float(inputs.params["lambda"])
-        if lam != 1.0:
-            delta.mul_(lam)
-        return delta.add_(base)
+def block_factory(method: str):
+    """`MethodSpec.block_merger` of tsvm, iso_c or iso_cts: a matrix that takes the SVD path gathers what
+    the method needs from row blocks (gathered.py); the embeddings, LM head and vectors get the mean of the
+    task vectors, which treats rows independently."""
 
-    return merge
+    def factory(ctx):
+        from merging.methods import gathered
+        from merging.methods.blocks import RowwiseMerger
 
+        if len(ctx.shape) == 2 and not any(s in ctx.name for s in SKIP_NAMES):
+            return gathered.SUBSPACE[method](ctx)
+        return RowwiseMerger(_mean_merge)
 
-def block_factory(ctx):
-    """`MethodSpec.block_merger`: matrices that take the SVD path are merged whole; the embeddings, LM
-    head and vectors get the mean of the task vectors, which treats rows independently."""
-    from merging.methods.blocks import RowwiseMerger
-
-    if len(ctx.shape) == 2 and not any(s in ctx.name for s in SKIP_NAMES):
-        return None
-    return RowwiseMerger(_mean_merge)
+    return factory
 
 
 def _mean_merge(inputs: TensorInputs) -> torch.Tensor:
@@ -209,6 +257,8 @@ def _mean_merge(inputs: TensorInputs) -> torch.Tensor:
     return delta.add_(inputs.base)
 
 
-merge_tsvm = _subspace_merge(lambda tv, params: tsvm_delta(tv))
-merge_iso_c = _subspace_merge(lambda tv, params: iso_c_delta(tv))
-merge_iso_cts = _subspace_merge(lambda tv, params: iso_cts_delta(tv, float(params["common_space_fraction"])))
+# One code path whole or blocked: a whole tensor is one block of the same merger (blocks.merge_whole).
+tsvm_blocks, iso_c_blocks, iso_cts_blocks = (block_factory(m) for m in ("tsvm", "iso_c", "iso_cts"))
+merge_tsvm = merge_whole(tsvm_blocks)
+merge_iso_c = merge_whole(iso_c_blocks)
+merge_iso_cts = merge_whole(iso_cts_blocks)
