@@ -13,7 +13,7 @@ import torch
 from merging.methods.base import ParamSpec
 from merging.methods.blocks import TensorContext, merge_whole
 from merging.methods.gathered import BoostedMerger
-from merging.methods.subspace import svd
+from merging.methods.subspace import GramEigh, svd
 from merging.methods.task_vectors import Preset, TaskVectorMerger
 
 BOOSTED = re.compile(r"self_attn\.[qkvo]_proj|mlp\.(gate|up|down)_proj")
@@ -55,7 +55,15 @@ def cutoff_index(s: torch.Tensor, beta: float, cumsum: bool) -> int:
 
 
 def boost(delta: torch.Tensor, beta: float, cumsum: bool) -> torch.Tensor:
-    """Δ' = U diag(max(σ, σ_{j*})) Vᵀ; an all-zero Δ is returned unchanged."""
+    """Δ' = U diag(max(σ, σ_{j*})) Vᵀ; an all-zero Δ is returned unchanged.
+
+    Through the Gram matrix Δ' = Δ V diag(max(σ, σ_{j*})/σ) Vᵀ, unless Δ is (close to) rank-deficient:
+    the directions it lifts from zero are then LAPACK's choice, so the SVD's are taken."""
+    g = GramEigh.of(delta)
+    if g is not None and g.resolves(len(g.lam)):
+        s = g.lam.sqrt()
+        floor = s[cutoff_index(s, beta, cumsum)]
+        return g.apply(torch.clamp_min(s, floor) / s)
     u, s, vh = svd(delta)
     if not bool(s.sum() > 0):
         return delta

@@ -1,10 +1,17 @@
-"""Subspace methods of methods.md §3: TSV-M, Iso-C, Iso-CTS (per matrix, SVD in float32).
+"""Subspace methods of methods.md §3: TSV-M, Iso-C, Iso-CTS (per matrix, float32 results).
 
 Embedding/LM-head tensors and every non-matrix tensor get the plain mean of the task vectors, as in the
 paper's mergekit fork. Weights are not used (the fork ignores them); `lambda` scales the update.
+
+The decompositions take the cheaper exact route where it is safe: the eigendecomposition of the smaller
+Gram matrix in float64 (about half an SVD's time), which gives the polar factor, the singular values and
+the leading triplets to float32 accuracy or better while the matrix is not close to rank-deficient; there,
+where the result depends on which null-space basis LAPACK picks, they fall back to the SVD.
 """
 
 from __future__ import annotations
+
+from contextlib import contextmanager
 
 import torch
 
@@ -38,6 +45,31 @@ def uses_svd(name: str, t: torch.Tensor) -> bool:
     return t.dim() == 2 and not any(s in name for s in SKIP_NAMES)
 
 
+# A LAPACK decomposition of a matrix up to this size (smaller side) runs on one thread on the CPU: its
+# reductions synchronise the threads once per column, so when another process holds a core each of those
+# barriers waits for the scheduler (1024 x 1024 on 2 shared cores: eigh 0.16 s on one thread, 0.9-1.2 s
+# on two). Larger matrices keep torch's thread count: there the parallel work outweighs the barriers.
+SINGLE_THREAD_MAX_SIDE = 2048
+
+# The Gram route squares the condition number: in float64 its error is about 1e-16·κ², so it is taken only
+# while λ_min/λ_max of the Gram matrix (1/κ²) stays above this (κ < 1e5, error < 1e-6).
+GRAM_RCOND = 1e-10
+
+
+@contextmanager
+def decomposition_threads(a: torch.Tensor):
+    """Run a LAPACK decomposition of `a` on one thread when it is a small CPU matrix (see above)."""
+    threads = torch.get_num_threads()
+    if a.device.type != "cpu" or threads == 1 or min(a.shape[-2:]) > SINGLE_THREAD_MAX_SIDE:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def svd(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Thin SVD in float32 (batched over leading dims); U, S, Vh with S descending.
 
@@ -48,6 +80,11 @@ def svd(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     relies on).
     """
     a = a.float()
+    with decomposition_threads(a):
+        return _robust_svd(a)
+
+
+def _robust_svd(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     try:
         return _lapack_svd(a)
     except torch.linalg.LinAlgError:
@@ -89,10 +126,95 @@ def svd_via_eigh(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
     return q, s, other
 
 
+# Rows of the tall side converted to float64 at a time: the Gram route's temporaries stay this size instead
+# of two float64 copies of the matrix (at 8B shapes, 14336 × 4096, that is 32 MiB against 940 MiB).
+GRAM_BLOCK_BYTES = 32 << 20
+
+
+class GramEigh:
+    """The eigenpairs of a matrix's smaller Gram matrix in float64, descending. With m = A or Aᵀ, whichever
+    is tall: mᵀm = Q diag(λ) Qᵀ, so A's singular values are √λ and m's right singular vectors are Q.
+    A must be 2-D; it is read in row blocks of m, converted to float64 one block at a time."""
+
+    def __init__(self, a: torch.Tensor):
+        self.a = a
+        self.wide = a.shape[-2] < a.shape[-1]
+        self.m = a.mT if self.wide else a
+        cols = self.m.shape[1]
+        self.block = max(1, GRAM_BLOCK_BYTES // (8 * cols))
+        gram = torch.zeros((cols, cols), dtype=torch.float64, device=a.device)
+        for rows in self._blocks():
+            mb = rows.double()
+            gram.addmm_(mb.mT, mb)
+        with decomposition_threads(gram):
+            lam, q = torch.linalg.eigh(gram)  # ascending; raises LinAlgError if it fails to converge
+        self.lam = lam.flip(-1).clamp_min(0)
+        self.q = q.flip(-1)
+
+    @classmethod
+    def of(cls, a: torch.Tensor) -> GramEigh | None:
+        """The decomposition, or None when LAPACK does not converge (callers then take the SVD)."""
+        try:
+            return cls(a)
+        except torch.linalg.LinAlgError:
+            return None
+
+    def _blocks(self):
+        for start in range(0, self.m.shape[0], self.block):
+            yield self.m[start : start + self.block]
+
+    def _times(self, x: torch.Tensor) -> torch.Tensor:
+        """m · x for a float64 x, in A's dtype, formed in float64 one row block at a time."""
+        out = torch.empty((self.m.shape[0], x.shape[1]), dtype=self.a.dtype, device=self.a.device)
+        for start in range(0, self.m.shape[0], self.block):
+            out[start : start + self.block] = self.m[start : start + self.block].double() @ x
+        return out
+
+    def resolves(self, k: int) -> bool:
+        """True when the k leading singular values are far enough above zero (λ_k > GRAM_RCOND·λ_1) for
+        the Gram route to give them, and their vectors, to float32 accuracy."""
+        return 0 < k <= self.lam.shape[0] and bool(self.lam[k - 1] > self.lam[0] * GRAM_RCOND)
+
+    def singular_values(self) -> torch.Tensor:
+        return self.lam.sqrt().to(self.a.dtype)
+
+    def apply(self, f: torch.Tensor) -> torch.Tensor:
+        """A · V diag(f) Vᵀ (V: A's right singular vectors; f per singular value, float64), A's dtype."""
+        out = self._times((self.q * f) @ self.q.T)
+        return out.T.contiguous() if self.wide else out
+
+    def top(self, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The k leading triplets (U_k, s_k, V_k) of A, in A's dtype; needs resolves(k)."""
+        s = self.lam[:k].sqrt()
+        q = self.q[:, :k]
+        x = self._times(q / s)  # m's left singular vectors
+        q = q.to(self.a.dtype)
+        u, v = (q, x) if self.wide else (x, q)
+        return u, s.to(self.a.dtype), v
+
+
+def polar_and_singular_values(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(P Qᵀ, s) for A = P diag(s) Qᵀ; through the Gram matrix unless A is (close to) rank-deficient."""
+    g = GramEigh.of(a)
+    if g is not None and g.resolves(len(g.lam)):
+        return g.apply(g.lam.rsqrt()), g.singular_values()
+    p, s, qh = svd(a)
+    return p @ qh, s
+
+
 def polar(a: torch.Tensor) -> torch.Tensor:
     """Orthogonal polar factor P Qᵀ of A = P D Qᵀ: the nearest matrix with orthonormal columns."""
-    p, _, qh = svd(a)
-    return p @ qh
+    return polar_and_singular_values(a)[0]
+
+
+def top_triplets(a: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The k leading singular triplets (U_k, s_k, V_k), V_k as columns; the SVD's when the k-th singular
+    value is (close to) zero, since its vectors are then LAPACK's choice of a null-space basis."""
+    g = GramEigh.of(a)
+    if g is not None and g.resolves(k):
+        return g.top(k)
+    u, s, vh = svd(a)
+    return u[..., :k].clone(), s[..., :k].clone(), vh[..., :k, :].mT.clone()  # not views holding all of U
 
 
 def _mean_delta(inputs: TensorInputs) -> torch.Tensor:
@@ -121,7 +243,7 @@ class TsvmParts:
 
     The zero-padded tail of Ucat/scat/Vcat (when T does not divide r) carries zero singular values and
     does not change the polar factor of the used columns, so only the T·k used columns are formed. Only one
-    task's SVD exists at a time: at 8B shapes 12 full U factors of an MLP matrix would not fit.
+    task's decomposition exists at a time: at 8B shapes 12 full U factors of an MLP matrix would not fit.
     """
 
     def __init__(self, m: int, n: int, n_tasks: int):
@@ -138,10 +260,10 @@ class TsvmParts:
             self.ucat = torch.empty((self.m, self.n_tasks * k), **like)
             self.vcat = torch.empty((self.n, self.n_tasks * k), **like)
             self.scat = torch.empty(self.n_tasks * k, **like)
-        u, s, vh = svd(tau)
-        self.ucat[:, i * k : (i + 1) * k] = u[:, :k]
-        self.scat[i * k : (i + 1) * k] = s[:k]
-        self.vcat[:, i * k : (i + 1) * k] = vh[:k].T
+        u, s, v = top_triplets(tau, k)
+        self.ucat[:, i * k : (i + 1) * k] = u
+        self.scat[i * k : (i + 1) * k] = s
+        self.vcat[:, i * k : (i + 1) * k] = v
 
     def delta(self, like: torch.Tensor) -> torch.Tensor:
         if self.ucat is None:
@@ -162,8 +284,8 @@ def tsvm_delta(tv: torch.Tensor) -> torch.Tensor:
 
 def iso_c_from_sum(total: torch.Tensor) -> torch.Tensor:
     """Iso-C from Σ τ_i: its spectrum flattened to the mean singular value, Δ = σ̄ U Vᵀ."""
-    u, s, vh = svd(total)
-    return (u @ vh).mul_(s.mean())
+    p, s = polar_and_singular_values(total)
+    return p.mul_(s.mean())
 
 
 def iso_c_delta(tv: torch.Tensor) -> torch.Tensor:
@@ -193,32 +315,34 @@ class IsoCtsParts:
         self.c, self.d = iso_cts_sizes(min(m, n), n_tasks, fraction)
         self.us: list[torch.Tensor] = []
         self.ss: list[torch.Tensor] = []
-        self.vhs: list[torch.Tensor] = []
+        self.vs: list[torch.Tensor] = []
 
     def common(self, total: torch.Tensor) -> None:
-        u, s, vh = svd(total)
-        c = self.c
-        self.us, self.ss, self.vhs = [u[:, :c].clone()], [s[:c]], [vh[:c].clone()]
+        if self.c > 0:
+            u, s, v = top_triplets(total, self.c)
+        else:
+            u, s, v = total.new_zeros((self.m, 0)), total.new_zeros(0), total.new_zeros((self.n, 0))
+        self.us, self.ss, self.vs = [u], [s], [v]
 
     def add(self, tau: torch.Tensor) -> None:
         if self.d <= 0:
             return
         u_c = self.us[0]
         resid = tau - u_c @ (u_c.T @ tau)
-        ut, st, vht = svd(resid)
+        ut, st, vt = top_triplets(resid, self.d)
         del resid
-        self.us.append(ut[:, : self.d].clone())
-        self.ss.append(st[: self.d])
-        self.vhs.append(vht[: self.d].clone())
+        self.us.append(ut)
+        self.ss.append(st)
+        self.vs.append(vt)
 
     def delta(self, like: torch.Tensor) -> torch.Tensor:
         u_all = torch.cat(self.us, dim=1)
         s_all = torch.cat(self.ss)
-        vh_all = torch.cat(self.vhs, dim=0)
-        self.us, self.ss, self.vhs = [], [], []
+        v_all = torch.cat(self.vs, dim=1)
+        self.us, self.ss, self.vs = [], [], []
         if s_all.numel() == 0:
             return torch.zeros((self.m, self.n), dtype=like.dtype, device=like.device)
-        return (polar(u_all) @ polar(vh_all)).mul_(s_all.mean())
+        return (polar(u_all) @ polar(v_all).T).mul_(s_all.mean())
 
 
 def iso_cts_delta(tv: torch.Tensor, fraction: float) -> torch.Tensor:
