@@ -5,11 +5,17 @@ The family (cached under $MERGELAB_HOME/cache/bench/) has 8B's full-size tensors
 of 128256 x 4096, one full decoder layer (q/o 4096 x 4096, k/v 1024 x 4096, gate/up 14336 x 4096, down
 4096 x 14336, norms), bf16, about 2.5 GB per checkpoint. Checkpoints are the base plus seeded dense noise.
 
-Peak RSS is what the OS counts for the merging process (mapped file pages included), from wait4()'s
-rusage of that one child: the same figure for MergeLab and for mergekit.
+Peak RSS is what the OS counts for the merging process (mapped file pages included): its VmHWM, sampled
+from /proc every 0.1 s until it exits (exec starts a fresh count, so the bench's own memory is not in it);
+wait4()'s ru_maxrss, which Linux carries over from the forking bench process, is logged as an upper bound.
+The same figures for MergeLab and for mergekit. Each row also gives the load average at the start and the
+end of the merge (the machine is shared), and with --check-load whether transformers loads the output
+(AutoModelForCausalLM in bfloat16 on CPU, one forward pass, finite logits). --log appends every figure as
+one JSON line.
 
     python bench/scale_bench.py [--n 12] [--methods task_arithmetic,ties] [--max-memory 5GiB]
-                                [--mergekit-python /work/mk-venv/bin/python] [--device cpu]
+                                [--mergekit-python /work/mk-venv/bin/python] [--engines mergelab,mergekit]
+                                [--check-load] [--log runs.jsonl] [--device cpu]
 
 Disk: (N + 1) x 2.5 GB for the family plus one output at a time; the script checks free space first and
 says how many checkpoints fit when N does not.
@@ -173,49 +179,94 @@ def recipe(method: str, base: Path, cks: list[Path]) -> str:
     return yaml.safe_dump(doc, sort_keys=False)
 
 
-def _rss(pid: int) -> int:
+def _status(pid: int, key: str) -> int:
+    """A size field of /proc/<pid>/status (VmRSS, VmHWM) in bytes; 0 once the process is gone."""
     try:
         with open(f"/proc/{pid}/status") as fh:
             for line in fh:
-                if line.startswith("VmRSS:"):
+                if line.startswith(key + ":"):
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
     return 0
 
 
-def run(
-    cmd: list[str], timeout: float, rss_limit: int, env: dict | None = None
-) -> tuple[float | None, float, str]:
-    """(wall seconds or None on failure, peak RSS GiB of that child from wait4, why it failed).
+def run(cmd: list[str], timeout: float, rss_limit: int, env: dict | None = None) -> dict:
+    """Run one merge as a child: {"seconds" (None on failure), "peak_gib" (the child's own VmHWM),
+    "maxrss_gib" (wait4's, an upper bound), "why" (why it failed), "load" (1-min load at start and end)}.
 
     A child over `rss_limit` bytes is stopped (the machine is shared: an OOM kill could take others'
     processes with it); its peak is then reported as at least the limit."""
     start = time.perf_counter()
+    load0 = os.getloadavg()[0]
     err_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"scale-bench-{os.getpid()}.err"
-    why = ""
+    why, hwm = "", 0
     with open(err_path, "w") as err:
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=env, cwd=REPO)
         while True:
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
             if pid:
                 break
+            hwm = max(hwm, _status(proc.pid, "VmHWM"))
             if time.perf_counter() - start > timeout:
                 why = f"stopped after {timeout:.0f} s"
-            elif _rss(proc.pid) > rss_limit:
-                why = f"stopped above {rss_limit / 2**30:.0f} GiB RSS"
+            elif _status(proc.pid, "VmRSS") > rss_limit:
+                why = (
+                    f"stopped above {rss_limit / 2**30:.0f} GiB RSS after {time.perf_counter() - start:.0f} s"
+                )
             if why:
                 proc.kill()
                 _, status, usage = os.wait4(proc.pid, 0)
-                return None, usage.ru_maxrss / 2**20, why
-            time.sleep(0.2)
+                break
+            time.sleep(0.1)
     seconds = time.perf_counter() - start
-    tail = err_path.read_text(errors="replace").strip()
+    result = {
+        "seconds": None if why else seconds,
+        "peak_gib": hwm / 2**30,
+        "maxrss_gib": usage.ru_maxrss / 2**20,
+        "why": why,
+        "load": [round(load0, 1), round(os.getloadavg()[0], 1)],
+    }
     code = os.waitstatus_to_exitcode(status)
-    if code != 0:
+    if not why and code != 0:
+        tail = err_path.read_text(errors="replace").strip()
         last = tail.splitlines()[-1] if tail else ""
-        return None, usage.ru_maxrss / 2**20, f"exit {code}: {last[-200:]}"
-    return seconds, usage.ru_maxrss / 2**20, ""
+        result["seconds"], result["why"] = None, f"exit {code}: {last[-200:]}"
+    return result
+
+
+LOAD_CHECK = """
+import sys, torch
+from transformers import AutoModelForCausalLM
+model = AutoModelForCausalLM.from_pretrained(sys.argv[1], torch_dtype=torch.bfloat16)
+with torch.no_grad():
+    logits = model(torch.tensor([[1, 2, 3, 4]])).logits
+assert logits.shape == (1, 4, model.config.vocab_size), logits.shape
+assert torch.isfinite(logits.float()).all(), "non-finite logits"
+print(type(model).__name__, model.dtype, tuple(logits.shape))
+"""
+
+
+def check_load(out: Path) -> str:
+    """Whether transformers loads a merged output and runs it: 'yes (…)' or 'no: <why>'."""
+    proc = subprocess.run(
+        [sys.executable, "-c", LOAD_CHECK, str(out)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        cwd=REPO,
+    )
+    if proc.returncode == 0:
+        return f"yes ({proc.stdout.strip()})"
+    tail = (proc.stderr.strip().splitlines() or [""])[-1]
+    return f"no: {tail[-200:]}"
+
+
+def _cell(r: dict | None) -> tuple[str, str]:
+    if r is None:
+        return "—", "—"
+    secs = f"{r['seconds']:.0f}" if r["seconds"] is not None else f"failed ({r['why']})"
+    return f"{secs} (load {r['load'][0]}-{r['load'][1]})", f"{r['peak_gib']:.2f}"
 
 
 def main() -> None:
@@ -227,6 +278,9 @@ def main() -> None:
     ap.add_argument("--mergekit-python", default=os.environ.get("MERGEKIT_PYTHON"))
     ap.add_argument("--timeout", type=float, default=3600, help="seconds per merge before it is stopped")
     ap.add_argument("--build-only", action="store_true")
+    ap.add_argument("--engines", default="mergelab,mergekit", help="which to run (default both)")
+    ap.add_argument("--check-load", action="store_true", help="load each MergeLab output with transformers")
+    ap.add_argument("--log", help="append every figure as one JSON line to this file")
     ap.add_argument(
         "--rss-limit",
         default="14GiB",
@@ -257,31 +311,49 @@ def main() -> None:
         f"{args.n} checkpoints of {CHECKPOINT_BYTES / 1e9:.2f} GB; MergeLab --max-memory {args.max_memory} "
         f"on {args.device}\n"
     )
-    print("| method | MergeLab s | MergeLab peak RSS GiB | mergekit 0.1.5 s | mergekit peak RSS GiB |")
-    print("|---|---|---|---|---|", flush=True)
+    engines = set(args.engines.split(","))
+    limit = parse_memory(args.rss_limit)
+    print(
+        "| method | MergeLab s | MergeLab peak RSS GiB | loads | mergekit 0.1.5 s | mergekit peak RSS GiB |"
+    )
+    print("|---|---|---|---|---|---|", flush=True)
     for method in args.methods.split(","):
         cfg = work / f"{method}.yml"
         cfg.write_text(recipe(method, base, cks))
-        out = work / f"out-{method}"
-        shutil.rmtree(out, ignore_errors=True)
-        ours = [sys.executable, "-m", "merging", str(cfg), str(out), "--device", args.device, "--quiet"]
-        ours += ["--max-memory", args.max_memory]
-        limit = parse_memory(args.rss_limit)
-        secs, rss, err = run(ours, args.timeout, limit)
-        shutil.rmtree(out, ignore_errors=True)
-        ours_s = f"{secs:.0f}" if secs is not None else f"failed ({err})"
-        mk_s = mk_rss = "—"
-        if args.mergekit_python and method in IN_MERGEKIT:
+        ours = mk = None
+        loads = "—"
+        if "mergelab" in engines:
+            out = work / f"out-{method}"
+            shutil.rmtree(out, ignore_errors=True)
+            cmd = [sys.executable, "-m", "merging", str(cfg), str(out), "--device", args.device, "--quiet"]
+            cmd += ["--max-memory", args.max_memory]
+            ours = run(cmd, args.timeout, limit)
+            if args.check_load and ours["seconds"] is not None:
+                loads = check_load(out)
+            shutil.rmtree(out, ignore_errors=True)
+        if args.mergekit_python and "mergekit" in engines and method in IN_MERGEKIT:
             mk_out = work / f"mk-{method}"
             shutil.rmtree(mk_out, ignore_errors=True)
-            mk = [args.mergekit_python, "-m", "mergekit.scripts.run_yaml", str(cfg), str(mk_out), "--quiet"]
+            cmd = [args.mergekit_python, "-m", "mergekit.scripts.run_yaml", str(cfg), str(mk_out), "--quiet"]
             if args.device.startswith("cuda"):
-                mk.append("--cuda")
-            m_secs, m_rss, m_err = run(mk, args.timeout, limit, {**os.environ, "HF_HUB_OFFLINE": "1"})
+                cmd.append("--cuda")
+            mk = run(cmd, args.timeout, limit, {**os.environ, "HF_HUB_OFFLINE": "1"})
             shutil.rmtree(mk_out, ignore_errors=True)
-            mk_s = f"{m_secs:.0f}" if m_secs is not None else f"failed ({m_err})"
-            mk_rss = f"{m_rss:.2f}"
-        print(f"| {method} | {ours_s} | {rss:.2f} | {mk_s} | {mk_rss} |", flush=True)
+        (ours_s, ours_rss), (mk_s, mk_rss) = _cell(ours), _cell(mk)
+        print(f"| {method} | {ours_s} | {ours_rss} | {loads} | {mk_s} | {mk_rss} |", flush=True)
+        if args.log:
+            entry = {
+                "method": method,
+                "n": args.n,
+                "max_memory": args.max_memory,
+                "device": args.device,
+                "mergelab": ours,
+                "loads": loads,
+                "mergekit": mk,
+                "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            }
+            with open(args.log, "a") as fh:
+                fh.write(json.dumps(entry) + "\n")
 
 
 if __name__ == "__main__":

@@ -187,19 +187,22 @@ class RankCut:
         return self.j <= 0 or self.j >= self.n
 
     def observe(self, pass_no: int, bits: torch.Tensor) -> None:
+        """Count a block's entries: `bits` are int32 bit patterns of |x| (magnitude_bits) or of x itself."""
         if self.trivial:
             return
         if not self._hi.numel():
             self._hi = torch.zeros(1 << 16, dtype=torch.int64)
             self._lo = torch.zeros(1 << 16, dtype=torch.int64)
+        keys = bits >> 16  # int32 keys (bincount takes them without an int64 copy); sign bit dropped:
+        keys &= 0x7FFF  # `bits` may be a float32 tensor's raw bits, |x| and x share the other 31
         if pass_no == 0:
-            _count_into(self._hi, (bits >> 16).long())
+            _count_into(self._hi, keys)
         else:
             if self.bucket < 0:
                 self._find_bucket()
-            sel = bits[(bits >> 16) == self.bucket]
+            sel = bits[keys == self.bucket]
             if sel.numel():
-                _count_into(self._lo, (sel & 0xFFFF).long())
+                _count_into(self._lo, sel & 0xFFFF)
 
     def _find_bucket(self) -> None:
         cum = torch.cumsum(self._hi, 0)

@@ -93,7 +93,7 @@ class TaskVectorMerger:
         if pass_no < self._rescale_pass:
             for i, cuts in enumerate(self.cuts):
                 if cuts:
-                    bits = magnitude_bits(tv[i])
+                    bits = tv[i].reshape(-1).view(torch.int32)  # raw bits: RankCut drops the sign itself
                     for cut in cuts:
                         cut.observe(pass_no, bits)
             return

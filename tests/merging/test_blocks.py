@@ -210,15 +210,16 @@ def test_rank_cut_over_blocks_equals_the_whole_tensor_mask(j):
     t = (torch.randn(40, 25, generator=gen) * 4).round() / 4  # few distinct values: ties everywhere
     flat = t.reshape(-1)
     expected = smallest_mask(flat.abs(), j)
-    cut = RankCut(j, flat.numel())
     blocks = [t[a : a + 7] for a in range(0, 40, 7)]
-    for p in range(2):
-        for b in blocks:
-            cut.observe(p, magnitude_bits(b))
-    cut.restart()
-    got = torch.cat([cut.mask(magnitude_bits(b)) for b in blocks])
-    assert torch.equal(got, expected)
-    assert int(got.sum()) == j
+    for counted in (magnitude_bits, lambda b: b.reshape(-1).view(torch.int32)):  # |x|'s bits or x's own
+        cut = RankCut(j, flat.numel())
+        for p in range(2):
+            for b in blocks:
+                cut.observe(p, counted(b))
+        cut.restart()
+        got = torch.cat([cut.mask(magnitude_bits(b)) for b in blocks])
+        assert torch.equal(got, expected)
+        assert int(got.sum()) == j
 
 
 def test_every_registered_method_declares_how_it_blocks():
