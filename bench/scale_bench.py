@@ -191,7 +191,9 @@ def _status(pid: int, key: str) -> int:
     return 0
 
 
-def run(cmd: list[str], timeout: float, rss_limit: int, env: dict | None = None) -> dict:
+def run(
+    cmd: list[str], timeout: float, rss_limit: int, env: dict | None = None, log: Path | None = None
+) -> dict:
     """Run one merge as a child: {"seconds" (None on failure), "peak_gib" (the child's own VmHWM),
     "maxrss_gib" (wait4's, an upper bound), "why" (why it failed), "load" (1-min load at start and end)}.
 
@@ -199,7 +201,7 @@ def run(cmd: list[str], timeout: float, rss_limit: int, env: dict | None = None)
     processes with it); its peak is then reported as at least the limit."""
     start = time.perf_counter()
     load0 = os.getloadavg()[0]
-    err_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"scale-bench-{os.getpid()}.err"
+    err_path = log or Path(os.environ.get("TMPDIR", "/tmp")) / f"scale-bench-{os.getpid()}.err"
     why, hwm = "", 0
     with open(err_path, "w") as err:
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=env, cwd=REPO)
@@ -282,6 +284,9 @@ def main() -> None:
     ap.add_argument("--check-load", action="store_true", help="load each MergeLab output with transformers")
     ap.add_argument("--log", help="append every figure as one JSON line to this file")
     ap.add_argument(
+        "--progress", action="store_true", help="keep MergeLab's progress bar in <runs>/<method>-mergelab.log"
+    )
+    ap.add_argument(
         "--rss-limit",
         default="14GiB",
         help="stop a merge whose RSS passes this (shared machine; default 14GiB)",
@@ -325,9 +330,11 @@ def main() -> None:
         if "mergelab" in engines:
             out = work / f"out-{method}"
             shutil.rmtree(out, ignore_errors=True)
-            cmd = [sys.executable, "-m", "merging", str(cfg), str(out), "--device", args.device, "--quiet"]
-            cmd += ["--max-memory", args.max_memory]
-            ours = run(cmd, args.timeout, limit)
+            cmd = [sys.executable, "-m", "merging", str(cfg), str(out), "--device", args.device]
+            cmd += ["--max-memory", args.max_memory] + ([] if args.progress else ["--quiet"])
+            ours = run(
+                cmd, args.timeout, limit, log=work / f"{method}-mergelab.log" if args.progress else None
+            )
             if args.check_load and ours["seconds"] is not None:
                 loads = check_load(out)
             shutil.rmtree(out, ignore_errors=True)

@@ -144,7 +144,48 @@ def stream_key(seed: int, stream: int) -> int:
 
 def uniform_at(key: int, offset: int, shape: Sequence[int], device: torch.device) -> torch.Tensor:
     """float32 uniforms in [0, 1) for the entries at flat positions offset, offset+1, ...: a hash of (key,
-    position), so any cut of a tensor into blocks draws the same number for the same entry, on any device."""
+    position), so any cut of a tensor into blocks draws the same number for the same entry, on any device.
+
+    Hashed in int32 lanes, in place, a cache-sized piece at a time (5x faster than int64 temporaries:
+    DARE's keeps over 8B embeddings were the merge's slowest part); the bits are those of `_uniform_at_64`,
+    which still hashes pieces that reach past 2^32 positions."""
+    n = math.prod(shape)
+    out = torch.empty(n, dtype=torch.float32, device=device)
+    step = min(n, _PIECE)
+    h = torch.empty(step, dtype=torch.int32, device=device)
+    tmp = torch.empty_like(h)
+    ramp = torch.arange(step, dtype=torch.int32, device=device)
+    for lo in range(0, n, step):
+        hi = min(n, lo + step)
+        a = lo // _CHUNK * _CHUNK  # the int64 path's chunk, which decides how positions past 2^32 mix
+        b = min(n, a + _CHUNK)
+        if offset + b > M32:
+            out[lo:hi] = _uniform_at_64(key, offset + a, (b - a,), device)[lo - a : hi - a]
+            continue
+        hh, tt = h[: hi - lo], tmp[: hi - lo]
+        torch.add(ramp[: hi - lo], _signed32(offset + lo), out=hh)  # positions, wrapping like & M32
+        hh.bitwise_xor_(_signed32(key))
+        for shift, mul in ((16, 0x85EBCA6B), (13, 0xC2B2AE35), (16, None)):  # _fmix32, logical shifts
+            torch.bitwise_right_shift(hh, shift, out=tt)
+            hh.bitwise_xor_(tt.bitwise_and_((1 << (32 - shift)) - 1))
+            if mul is not None:
+                hh.mul_(_signed32(mul))  # int32 products wrap: the low 32 bits of the int64 product
+        hh.bitwise_right_shift_(8).bitwise_and_(0xFFFFFF)
+        out[lo:hi].copy_(hh).mul_(1.0 / (1 << 24))
+    return out.view(*shape)
+
+
+_PIECE = 1 << 16  # int32 entries hashed at a time by uniform_at: two 256 KiB buffers stay in cache
+
+
+def _signed32(x: int) -> int:
+    """The int32 whose bits are x mod 2^32."""
+    x &= M32
+    return x - (1 << 32) if x >= 1 << 31 else x
+
+
+def _uniform_at_64(key: int, offset: int, shape: Sequence[int], device: torch.device) -> torch.Tensor:
+    """uniform_at in int64 temporaries, chunk by chunk (the definition; also positions past 2^32)."""
     n = math.prod(shape)
     out = torch.empty(n, dtype=torch.float32, device=device)
     for lo in range(0, n, _CHUNK):

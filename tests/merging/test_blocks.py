@@ -203,6 +203,38 @@ def test_uniforms_are_a_function_of_key_and_position():
     assert abs(float(big.mean()) - 0.5) < 0.01 and abs(float((big < 0.3).float().mean()) - 0.3) < 0.01
 
 
+def _fmix32_py(h: int) -> int:
+    """MurmurHash3's finaliser in plain Python integers: the reference the tensor versions must match."""
+    h ^= h >> 16
+    h = (h * 0x85EBCA6B) & 0xFFFFFFFF
+    h ^= h >> 13
+    h = (h * 0xC2B2AE35) & 0xFFFFFFFF
+    return h ^ (h >> 16)
+
+
+@pytest.mark.parametrize(
+    ("key", "offset", "n"),
+    [
+        (0xDEADBEEF, 7, 200_003),
+        (1, 2**31 - 70_000, 150_001),
+        (0x7FFFFFFF, 0, 65_537),
+        (5, 2**32 - 90_000, 100_000),
+    ],
+)
+def test_uniforms_in_int32_lanes_are_the_int64_definition_bit_for_bit(key, offset, n):
+    """The fast int32 hash equals the int64 one everywhere (odd piece tails, positions past 2^31 where
+    int32 wraps, a chunk reaching past 2^32), and both equal the hash computed in plain Python."""
+    from merging.methods.blocks import _uniform_at_64
+
+    cpu = torch.device("cpu")
+    fast = uniform_at(key, offset, (n,), cpu)
+    assert torch.equal(fast, _uniform_at_64(key, offset, (n,), cpu))
+    if offset + n <= 2**32:
+        for i in (0, 1, n // 2, n - 1):
+            expected = (_fmix32_py(((offset + i) & 0xFFFFFFFF) ^ key) >> 8) / 2**24
+            assert float(fast[i]) == expected
+
+
 @pytest.mark.parametrize("j", [0, 1, 17, 500, 999, 1000])
 def test_rank_cut_over_blocks_equals_the_whole_tensor_mask(j):
     """Exact j smallest |entries|, ties broken by position, even with many ties (bf16-like values)."""
