@@ -241,14 +241,29 @@ def read_units(plan: MergePlan, spec: MethodSpec, opened: _Inputs, seed: int) ->
         base = (opened.base, planned.base) if opened.base is not None and planned.base is not None else None
         inputs = tuple((opened.by_ref[i.checkpoint], i.source) for i in planned.inputs)
         reread = passes if len(blocks) > 1 else 0  # one block: its passes reuse the stack already read
+        backward = _backward_passes(merger, reread)
         for pass_no in [*range(reread), -1]:
-            for start, stop in blocks:
+            for start, stop in blocks[::-1] if pass_no >= 0 and backward[pass_no] else blocks:
                 shape = (stop - start, *planned.shape[1:]) if len(planned.shape) >= 2 else planned.shape
                 units.append(
                     ReadUnit(index, planned.name, start, stop, shape, base, inputs, planned.prefetch)
                 )
                 works.append((work, pass_no))
     return units, works
+
+
+def _backward_passes(merger, passes: int) -> list[bool]:
+    """Which statistic passes read their blocks last to first. A pass whose statistic does not depend on
+    the order (`merger.orderless`) runs against the direction of the pass after it, so it ends on the
+    blocks that pass reads first, while they are still in the page cache (with LRU, a forward rescan of a
+    tensor larger than the cache hits nothing). The merge pass is always first to last."""
+    orderless = getattr(merger, "orderless", None)
+    backward = [False] * passes
+    after = False  # the merge pass: forward
+    for p in reversed(range(passes)):
+        backward[p] = orderless is not None and orderless(p) and not after
+        after = backward[p]
+    return backward
 
 
 def _merger_for(spec: MethodSpec, planned: PlannedTensor, seed: int, n_blocks: int):

@@ -91,6 +91,10 @@ class WholeTensorStock:
         self._parts: list[torch.Tensor] = []
         self._t: float | None = None
 
+    def orderless(self, pass_no: int) -> bool:
+        """The Gram pass is exactly summed (math.fsum), so it may see the blocks in any order."""
+        return True
+
     def observe(self, pass_no: int, block: Block) -> None:
         tv = _task_vectors(block.inputs)
         rows = tv.reshape(self.n, tv.shape[1], -1) if tv.dim() >= 3 else tv.reshape(self.n, 1, -1)

@@ -88,6 +88,11 @@ class TaskVectorMerger:
         return []
 
     # --- passes -----------------------------------------------------------------------------------
+    def orderless(self, pass_no: int) -> bool:
+        """Whether a pass may see the blocks in any order (the engine then may read them backwards): the
+        rank counts are; the L1 pass is (exactly summed) unless a rank mask assigns ties in order."""
+        return pass_no < self._rescale_pass or not any(self.cuts)
+
     def observe(self, pass_no: int, block: Block) -> None:
         tv = task_vector_stack(block.inputs)
         if pass_no < self._rescale_pass:

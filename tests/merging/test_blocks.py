@@ -461,6 +461,41 @@ def test_twelve_8b_checkpoints_plan_within_five_and_a_half_gib(method):
         assert 0 < fixed[12] < 12 * 14336 * 4096 * 4  # fewer than T whole task vectors
 
 
+@pytest.mark.parametrize(
+    ("method", "params", "expected"),
+    [
+        ("ties", {}, {0: "forward", 1: "backward"}),
+        ("ties", {"rescale": True}, {0: "forward", 1: "backward", 2: "forward"}),  # L1 pass: ordered ties
+        ("dare_ties", {}, {0: "backward"}),
+        ("model_stock", {}, {0: "backward"}),
+    ],
+)
+def test_orderless_statistic_passes_alternate_direction(wide_vocab_family, method, params, expected):
+    """A statistic pass that may see blocks in any order reads them against the next pass's direction (so
+    a reread starts on the blocks still in the page cache); the merge pass reads first to last."""
+    from merging.engine import _Inputs, read_units
+    from merging.planner import plan_recipe, validate_recipe
+
+    base, cks = wide_vocab_family
+    r = _recipe(method, base, cks, **params)
+    spec, _, _ = validate_recipe(r)
+    planned = plan_recipe(r, spec, open_checkpoint)
+    try:
+        plan = plan_blocks(planned.plan, spec, BASE_OVERHEAD + SMALL)
+        opened = _Inputs(planned.base, planned.checkpoints, tuple(planned.geometry_refs))
+        units, works = read_units(plan, spec, opened, 5)
+    finally:
+        planned.cleanup()
+    starts: dict[int, list[int]] = {}
+    for unit, (_, pass_no) in zip(units, works, strict=True):
+        if unit.name == "lm_head.weight":
+            starts.setdefault(pass_no, []).append(unit.start)
+    assert len(starts[-1]) >= 2 and starts[-1] == sorted(starts[-1])
+    got = {p: "forward" if s == sorted(s) else "backward" for p, s in starts.items() if p >= 0}
+    assert got == expected
+    assert all(sorted(s) == starts[-1] for s in starts.values())  # every pass sees every block once
+
+
 def test_large_whole_tensor_geometry_summed_over_row_chunks(tmp_path, wide_vocab_family, monkeypatch):
     import merging.engine as engine
 
