@@ -19,6 +19,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
+from evaluation import shared_prefix
 from evaluation.errors import EvaluationCancelled, EvaluationError
 from evaluation.suites import Suite
 
@@ -205,6 +206,13 @@ def _reusing_hflm_class():
         def loglikelihood(self, requests, disable_tqdm: bool = True):
             """Without lm-eval's per-call progress bars: jobs and studies report one line of their own."""
             return super().loglikelihood(requests, disable_tqdm=True)
+
+        def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs=None):
+            """Each distinct context run once for all its continuations (evaluation/shared_prefix.py) where
+            that applies; otherwise lm-eval's own loop."""
+            if override_bs is None and shared_prefix.applies(self, requests):
+                return shared_prefix.loglikelihoods(self, requests, self._should_cancel)
+            return super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm, override_bs=override_bs)
 
         def _model_call(self, inps, attn_mask=None, labels=None):
             if self._should_cancel is not None and self._should_cancel():
