@@ -60,7 +60,7 @@ def boost(delta: torch.Tensor, beta: float, cumsum: bool) -> torch.Tensor:
     Through the Gram matrix Δ' = Δ V diag(max(σ, σ_{j*})/σ) Vᵀ, unless Δ is (close to) rank-deficient:
     the directions it lifts from zero are then LAPACK's choice, so the SVD's are taken."""
     g = GramEigh.of(delta)
-    if g is not None and g.resolves(len(g.lam)):
+    if g is not None:
         s = g.lam.sqrt()
         floor = s[cutoff_index(s, beta, cumsum)]
         return g.apply(torch.clamp_min(s, floor) / s)

@@ -4,9 +4,10 @@ Embedding/LM-head tensors and every non-matrix tensor get the plain mean of the 
 paper's mergekit fork. Weights are not used (the fork ignores them); `lambda` scales the update.
 
 The decompositions take the cheaper exact route where it is safe: the eigendecomposition of the smaller
-Gram matrix in float64 (about half an SVD's time), which gives the polar factor, the singular values and
-the leading triplets to float32 accuracy or better while the matrix is not close to rank-deficient; there,
-where the result depends on which null-space basis LAPACK picks, they fall back to the SVD.
+Gram matrix (float32 where it is well conditioned, else float64; a fraction of an SVD's time), which gives
+the polar factor, the singular values and the leading triplets to float32 accuracy or better while the
+matrix is not close to rank-deficient; there, where the result depends on which null-space basis LAPACK
+picks, they fall back to the SVD.
 """
 
 from __future__ import annotations
@@ -50,10 +51,6 @@ def uses_svd(name: str, t: torch.Tensor) -> bool:
 # barriers waits for the scheduler (1024 x 1024 on 2 shared cores: eigh 0.16 s on one thread, 0.9-1.2 s
 # on two). Larger matrices keep torch's thread count: there the parallel work outweighs the barriers.
 SINGLE_THREAD_MAX_SIDE = 2048
-
-# The Gram route squares the condition number: in float64 its error is about 1e-16·κ², so it is taken only
-# while λ_min/λ_max of the Gram matrix (1/κ²) stays above this (κ < 1e5, error < 1e-6).
-GRAM_RCOND = 1e-10
 
 
 @contextmanager
@@ -126,25 +123,35 @@ def svd_via_eigh(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
     return q, s, other
 
 
-# Rows of the tall side converted to float64 at a time: the Gram route's temporaries stay this size instead
-# of two float64 copies of the matrix (at 8B shapes, 14336 × 4096, that is 32 MiB against 940 MiB).
+# The Gram route squares the condition number κ = √(λ_1/λ_k) over the singular values it must give, so
+# it is taken in a precision only while λ_k > rcond·λ_1 there; below float64's bound, the SVD. float64:
+# error about 1e-16·κ², under 1e-6 for κ < 1e5. float32 (half float64's time): for all singular values
+# (the polar factor, boosting: smooth functions of the spectrum) error about 6e-8·κ², ≲ 1e-5 for κ < 10;
+# for leading triplets the vectors' error at the cut grows as 1/gap like the float32 SVD's own, and by κ/2
+# more through the Gram matrix, so κ < 3.2 keeps it within 1.6x the SVD's.
+F64_RCOND = 1e-10
+F32_RCOND_ALL = 1e-2
+F32_RCOND_LEADING = 1e-1
+
+# Rows of the tall side converted at a time: the Gram route's temporaries stay this size instead of two
+# float64 copies of the matrix (at 8B shapes, 14336 × 4096, that is 32 MiB against 940 MiB).
 GRAM_BLOCK_BYTES = 32 << 20
 
 
 class GramEigh:
-    """The eigenpairs of a matrix's smaller Gram matrix in float64, descending. With m = A or Aᵀ, whichever
+    """The eigenpairs of a matrix's smaller Gram matrix, descending, in `dtype`. With m = A or Aᵀ, whichever
     is tall: mᵀm = Q diag(λ) Qᵀ, so A's singular values are √λ and m's right singular vectors are Q.
-    A must be 2-D; it is read in row blocks of m, converted to float64 one block at a time."""
+    A must be 2-D; it is read in row blocks of m, converted to `dtype` one block at a time."""
 
-    def __init__(self, a: torch.Tensor):
+    def __init__(self, a: torch.Tensor, dtype: torch.dtype = torch.float64, left: bool = False):
         self.a = a
-        self.wide = a.shape[-2] < a.shape[-1]
+        self.wide = a.shape[-2] < a.shape[-1] or (left and a.shape[-2] == a.shape[-1])  # Q: A's left vectors
         self.m = a.mT if self.wide else a
         cols = self.m.shape[1]
-        self.block = max(1, GRAM_BLOCK_BYTES // (8 * cols))
-        gram = torch.zeros((cols, cols), dtype=torch.float64, device=a.device)
-        for rows in self._blocks():
-            mb = rows.double()
+        self.block = max(1, GRAM_BLOCK_BYTES // (dtype.itemsize * cols))
+        gram = torch.zeros((cols, cols), dtype=dtype, device=a.device)
+        for start in range(0, self.m.shape[0], self.block):
+            mb = self.m[start : start + self.block].to(dtype)
             gram.addmm_(mb.mT, mb)
         with decomposition_threads(gram):
             lam, q = torch.linalg.eigh(gram)  # ascending; raises LinAlgError if it fails to converge
@@ -152,34 +159,46 @@ class GramEigh:
         self.q = q.flip(-1)
 
     @classmethod
-    def of(cls, a: torch.Tensor) -> GramEigh | None:
-        """The decomposition, or None when LAPACK does not converge (callers then take the SVD)."""
-        try:
-            return cls(a)
-        except torch.linalg.LinAlgError:
+    def of(cls, a: torch.Tensor, k: int | None = None, left: bool = False) -> GramEigh | None:
+        """The decomposition that resolves A's k leading singular values (None: all of them): float32 when
+        its Gram matrix is well conditioned over them, else float64; None when neither resolves them or
+        LAPACK does not converge (callers then take the SVD). `left`: a square A's Gram matrix is A Aᵀ."""
+        r = min(a.shape)
+        k = r if k is None else k
+        if not 0 < k <= r:
             return None
-
-    def _blocks(self):
-        for start in range(0, self.m.shape[0], self.block):
-            yield self.m[start : start + self.block]
-
-    def _times(self, x: torch.Tensor) -> torch.Tensor:
-        """m · x for a float64 x, in A's dtype, formed in float64 one row block at a time."""
-        out = torch.empty((self.m.shape[0], x.shape[1]), dtype=self.a.dtype, device=self.a.device)
-        for start in range(0, self.m.shape[0], self.block):
-            out[start : start + self.block] = self.m[start : start + self.block].double() @ x
-        return out
+        for dtype in (torch.float32, torch.float64):
+            if dtype.itemsize < a.dtype.itemsize or (dtype == torch.float32 and not _float32_first(a, k)):
+                continue
+            try:
+                g = cls(a, dtype, left)
+            except torch.linalg.LinAlgError:
+                continue
+            if g.resolves(k):
+                return g
+        return None
 
     def resolves(self, k: int) -> bool:
-        """True when the k leading singular values are far enough above zero (λ_k > GRAM_RCOND·λ_1) for
-        the Gram route to give them, and their vectors, to float32 accuracy."""
-        return 0 < k <= self.lam.shape[0] and bool(self.lam[k - 1] > self.lam[0] * GRAM_RCOND)
+        """True when λ_k > rcond·λ_1 (this precision's, above): the k leading singular values, their
+        vectors and (for k = all) the polar factor come out to float32 accuracy."""
+        if self.lam.dtype == torch.float64:
+            rcond = F64_RCOND
+        else:
+            rcond = F32_RCOND_LEADING if k < self.lam.shape[0] else F32_RCOND_ALL
+        return 0 < k <= self.lam.shape[0] and bool(self.lam[k - 1] > self.lam[0] * rcond)
+
+    def _times(self, x: torch.Tensor) -> torch.Tensor:
+        """m · x, formed in this precision one row block at a time, as A's dtype."""
+        out = torch.empty((self.m.shape[0], x.shape[1]), dtype=self.a.dtype, device=self.a.device)
+        for start in range(0, self.m.shape[0], self.block):
+            out[start : start + self.block] = self.m[start : start + self.block].to(x.dtype) @ x
+        return out
 
     def singular_values(self) -> torch.Tensor:
         return self.lam.sqrt().to(self.a.dtype)
 
     def apply(self, f: torch.Tensor) -> torch.Tensor:
-        """A · V diag(f) Vᵀ (V: A's right singular vectors; f per singular value, float64), A's dtype."""
+        """A · V diag(f) Vᵀ (V: A's right singular vectors; f per singular value, as λ), in A's dtype."""
         out = self._times((self.q * f) @ self.q.T)
         return out.T.contiguous() if self.wide else out
 
@@ -193,10 +212,18 @@ class GramEigh:
         return u, s.to(self.a.dtype), v
 
 
+def _float32_first(a: torch.Tensor, k: int) -> bool:
+    """Whether float32 is worth a try: leading values only, or all of a clearly tall matrix. A square-ish
+    matrix's smallest singular values reach down towards zero (a random n×n one's to about σ_1/n), so
+    when all are needed it goes straight to float64."""
+    r = min(a.shape)
+    return k < r or max(a.shape) >= 2 * r
+
+
 def polar_and_singular_values(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(P Qᵀ, s) for A = P diag(s) Qᵀ; through the Gram matrix unless A is (close to) rank-deficient."""
     g = GramEigh.of(a)
-    if g is not None and g.resolves(len(g.lam)):
+    if g is not None:
         return g.apply(g.lam.rsqrt()), g.singular_values()
     p, s, qh = svd(a)
     return p @ qh, s
@@ -210,11 +237,22 @@ def polar(a: torch.Tensor) -> torch.Tensor:
 def top_triplets(a: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The k leading singular triplets (U_k, s_k, V_k), V_k as columns; the SVD's when the k-th singular
     value is (close to) zero, since its vectors are then LAPACK's choice of a null-space basis."""
-    g = GramEigh.of(a)
-    if g is not None and g.resolves(k):
+    g = GramEigh.of(a, k)
+    if g is not None:
         return g.top(k)
     u, s, vh = svd(a)
     return u[..., :k].clone(), s[..., :k].clone(), vh[..., :k, :].mT.clone()  # not views holding all of U
+
+
+def leading_and_rest(a: torch.Tensor, k: int) -> tuple[torch.Tensor, ...]:
+    """For A with no more rows than columns: its k leading triplets (U_k, s_k, V_k) and an orthonormal basis
+    of the rest of its column space, the other m − k left singular vectors (all m come out of A Aᵀ)."""
+    g = GramEigh.of(a, k, left=True)
+    if g is not None:
+        u, s, v = g.top(k)
+        return u, s, v, g.q[:, k:].to(a.dtype)
+    u, s, vh = svd(a)
+    return u[:, :k].clone(), s[:k].clone(), vh[:k].mT.clone(), u[:, k:].clone()
 
 
 def _mean_delta(inputs: TensorInputs) -> torch.Tensor:
@@ -308,7 +346,11 @@ def iso_cts_sizes(r: int, n_tasks: int, fraction: float) -> tuple[int, int]:
 class IsoCtsParts:
     """Iso-CTS built from Σ τ_i (`common`) and then one task at a time (`add(τ_i)`): the common subspace of
     the sum plus each task's top d directions orthogonal to it, made isotropic in `delta()`. One task's
-    residual at a time: a (T, m, n) residual stack would double the memory."""
+    residual at a time: a (T, m, n) residual stack would double the memory.
+
+    When m ≤ n the residual (I − U_c U_cᵀ) τ_i is U_r (U_rᵀ τ_i), with U_r the other m − c left singular
+    vectors of the sum, so only the small (m − c) × n factor is decomposed. The task blocks lie in the
+    complement of U_c, so the polar factor of [U_c, U_tasks] is [U_c, polar(U_tasks)]: (r − c) columns."""
 
     def __init__(self, m: int, n: int, n_tasks: int, fraction: float):
         self.m, self.n = m, n
@@ -316,9 +358,13 @@ class IsoCtsParts:
         self.us: list[torch.Tensor] = []
         self.ss: list[torch.Tensor] = []
         self.vs: list[torch.Tensor] = []
+        self.u_rest: torch.Tensor | None = None
 
     def common(self, total: torch.Tensor) -> None:
-        if self.c > 0:
+        self.u_rest = None
+        if self.c > 0 and self.m <= self.n and self.d > 0:
+            u, s, v, self.u_rest = leading_and_rest(total, self.c)
+        elif self.c > 0:
             u, s, v = top_triplets(total, self.c)
         else:
             u, s, v = total.new_zeros((self.m, 0)), total.new_zeros(0), total.new_zeros((self.n, 0))
@@ -327,22 +373,27 @@ class IsoCtsParts:
     def add(self, tau: torch.Tensor) -> None:
         if self.d <= 0:
             return
-        u_c = self.us[0]
-        resid = tau - u_c @ (u_c.T @ tau)
-        ut, st, vt = top_triplets(resid, self.d)
-        del resid
+        if self.u_rest is not None:
+            w, st, vt = top_triplets(self.u_rest.T @ tau, self.d)
+            ut = self.u_rest @ w
+        else:
+            u_c = self.us[0]
+            resid = tau - u_c @ (u_c.T @ tau)
+            ut, st, vt = top_triplets(resid, self.d)
+            del resid
         self.us.append(ut)
         self.ss.append(st)
         self.vs.append(vt)
 
     def delta(self, like: torch.Tensor) -> torch.Tensor:
-        u_all = torch.cat(self.us, dim=1)
+        u_c, u_tasks = self.us[0], self.us[1:]
+        u_all = torch.cat([u_c, polar(torch.cat(u_tasks, dim=1))], dim=1) if u_tasks else u_c
         s_all = torch.cat(self.ss)
         v_all = torch.cat(self.vs, dim=1)
-        self.us, self.ss, self.vs = [], [], []
+        self.us, self.ss, self.vs, self.u_rest = [], [], [], None
         if s_all.numel() == 0:
             return torch.zeros((self.m, self.n), dtype=like.dtype, device=like.device)
-        return (polar(u_all) @ polar(v_all).T).mul_(s_all.mean())
+        return (u_all @ polar(v_all).T).mul_(s_all.mean())
 
 
 def iso_cts_delta(tv: torch.Tensor, fraction: float) -> torch.Tensor:

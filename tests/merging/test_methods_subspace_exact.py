@@ -157,6 +157,29 @@ def test_top_triplets_match_svd(shape, no_svd):
         assert_near(torch.outer(u[:, j], v[:, j]), torch.outer(ru[:, j], rvh[j]))
 
 
+def test_precision_follows_the_conditioning(no_svd):
+    tall = torch.randn(120, 40, generator=gen(21))  # κ about 4: float32 resolves all singular values
+    assert GramEigh.of(tall).lam.dtype == torch.float32
+    assert GramEigh.of(tall.T).lam.dtype == torch.float32
+    assert_near(polar(tall.T), ref_polar(tall.T))
+    square = torch.randn(40, 40, generator=gen(22))  # smallest singular values near zero: float64
+    assert GramEigh.of(square).lam.dtype == torch.float64
+    assert GramEigh.of(square, 10).lam.dtype == torch.float32  # its leading quarter is well separated
+    s = torch.logspace(0, -0.95, 40, dtype=torch.float64)  # κ = 8.9: float32 for all
+    a = with_spectrum(120, 40, s, seed=23)
+    assert GramEigh.of(a).lam.dtype == torch.float32
+    assert_near(polar(a), ref_polar(a))
+    s = torch.logspace(0, -2, 40, dtype=torch.float64)  # κ = 100: float64 for all, and for 30 leading
+    a = with_spectrum(120, 40, s, seed=24)
+    assert GramEigh.of(a).lam.dtype == torch.float64
+    assert GramEigh.of(a, 30).lam.dtype == torch.float64
+    assert GramEigh.of(a, 5).lam.dtype == torch.float32
+    assert_near(polar(a), ref_polar(a))
+    u, sv, v = top_triplets(a, 30)
+    ru, rs, rvh = ref_svd(a)
+    assert_near((u * sv) @ v.T, (ru[:, :30] * rs[:30]) @ rvh[:30])
+
+
 def test_rank_deficient_matrix_takes_the_svd(monkeypatch):
     a = torch.randn(30, 3, generator=gen(4)) @ torch.randn(3, 20, generator=gen(5))  # rank 3
     assert GramEigh(a).resolves(3) and not GramEigh(a).resolves(4)
@@ -225,7 +248,7 @@ def test_tsvm_more_tasks_than_rank_is_zero():
 def test_tsvm_low_rank_task_vectors_fall_back_to_the_svd(monkeypatch):
     tv = low_rank_tvs(2, 20, 16, rank=3, seed=11)  # k = 8 > rank: null-space directions in Ucat
     fast = tsvm_delta(tv)
-    monkeypatch.setattr(subspace.GramEigh, "of", classmethod(lambda cls, a: None))
+    monkeypatch.setattr(subspace.GramEigh, "of", classmethod(lambda cls, *args, **kwargs: None))
     torch.testing.assert_close(fast, tsvm_delta(tv))
 
 
@@ -244,7 +267,7 @@ def test_iso_c_ill_conditioned(no_svd):
 def test_iso_c_rank_deficient_sum_falls_back_to_the_svd(monkeypatch):
     tv = low_rank_tvs(2, 20, 16, rank=2, seed=14)
     fast = iso_c_delta(tv)
-    monkeypatch.setattr(subspace.GramEigh, "of", classmethod(lambda cls, a: None))
+    monkeypatch.setattr(subspace.GramEigh, "of", classmethod(lambda cls, *args, **kwargs: None))
     torch.testing.assert_close(fast, iso_c_delta(tv))
 
 
@@ -258,6 +281,25 @@ def test_iso_cts_random(shape, n_tasks, fraction, no_svd):
 def test_iso_cts_decaying_spectra(no_svd):
     tv = decaying_tvs(4, 48, 40, cond=1e3, seed=16)
     assert_near(iso_cts_delta(tv, 0.8), ref_iso_cts(tv, 0.8))
+
+
+@pytest.mark.parametrize("shape", [(20, 20), (20, 32), (32, 20)])
+def test_iso_cts_rank_deficient_sum_falls_back_to_the_svd(monkeypatch, shape):
+    tv = random_tvs(4, *shape, seed=25)
+    tv[3] = low_rank_tvs(1, *shape, rank=2, seed=26)[0] - tv[:3].sum(0)
+    # Σ τ_i has rank 2 < c = 16: the common block's tail is the SVD's null-space basis, on both routes
+    fast = iso_cts_delta(tv, 0.8)
+    monkeypatch.setattr(subspace.GramEigh, "of", classmethod(lambda cls, *args, **kwargs: None))
+    torch.testing.assert_close(fast, iso_cts_delta(tv, 0.8), rtol=1e-4, atol=1e-4 * fast.abs().max().item())
+
+
+def test_leading_and_rest_completes_the_column_space(no_svd):
+    a = torch.randn(12, 30, generator=gen(26))
+    u, s, v, rest = subspace.leading_and_rest(a, 5)
+    basis = torch.cat([u, rest], dim=1)
+    torch.testing.assert_close(basis.T @ basis, torch.eye(12), atol=1e-5, rtol=0)
+    ru, rs, rvh = ref_svd(a)
+    assert_near((u * s) @ v.T, (ru[:, :5] * rs[:5]) @ rvh[:5])
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -275,7 +317,7 @@ def test_boost_ill_conditioned(no_svd):
 def test_boost_rank_deficient_falls_back_to_the_svd(monkeypatch):
     delta = low_rank_tvs(1, 16, 12, rank=4, seed=19)[0]
     fast = boost(delta, 0.2, True)
-    monkeypatch.setattr(boosting.GramEigh, "of", classmethod(lambda cls, a: None))
+    monkeypatch.setattr(boosting.GramEigh, "of", classmethod(lambda cls, *args, **kwargs: None))
     torch.testing.assert_close(fast, boost(delta, 0.2, True))
 
 
