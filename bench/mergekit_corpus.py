@@ -21,12 +21,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-import torch
 import yaml
-from safetensors.torch import load_file
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _mergekit import load_dir  # noqa: E402
 
 from merging import DirectorySink, MergeError, Recipe, run_merge  # noqa: E402
 from tests.merging.corpus_family import build_corpus_family, config_text, corpus_files  # noqa: E402
@@ -55,13 +55,6 @@ def float32_variant(text: str) -> str:
     doc["dtype"] = "float32"
     doc.pop("out_dtype", None)
     return yaml.safe_dump(doc, sort_keys=False)
-
-
-def load_dir(d: Path) -> dict[str, torch.Tensor]:
-    out: dict[str, torch.Tensor] = {}
-    for f in sorted(d.glob("*.safetensors")):
-        out.update(load_file(f))
-    return out
 
 
 def ours(cfg: Path, out: Path) -> str | None:

@@ -29,12 +29,12 @@ from pathlib import Path
 
 import torch
 import yaml
-from safetensors.torch import load_file
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _family import build_family  # noqa: E402
+from _mergekit import merge_both, relative_difference, worst_difference  # noqa: E402
 
 from merging.methods import get_method, resolve_params  # noqa: E402
 from merging.methods.base import ModelsFromTaskVectors, TensorInputs  # noqa: E402
@@ -139,10 +139,6 @@ def ours(method: str, base, models, params, model_params, repeat: int):
     return out, statistics.median(times)
 
 
-def rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-12)).item()
-
-
 def kernels(mk_python: str, work: Path) -> None:
     jobs, keys = [], []
     for case, (method, base, n, params, mps) in CASES.items():
@@ -186,17 +182,22 @@ def kernels(mk_python: str, work: Path) -> None:
         differing = int(((out - theirs_out).abs() > 1e-5 * theirs_out.abs().max()).sum())
         per_case.setdefault(key, []).append(
             (
-                rel(out, mk["out"]),
+                relative_difference(out, mk["out"]),
                 secs,
                 mk["seconds"],
                 differing,
                 out.numel(),
-                rel(out, ex["out"]),
-                rel(theirs_out, ex["out"]),
+                relative_difference(out, ex["out"]),
+                relative_difference(theirs_out, ex["out"]),
             )
         )
         if os.environ.get("PARITY_VERBOSE"):
-            print(job["name"], f"{rel(out, mk['out']):.2e}", int((out != mk["out"]).sum()), out.numel())
+            print(
+                job["name"],
+                f"{relative_difference(out, mk['out']):.2e}",
+                int((out != mk["out"]).sum()),
+                out.numel(),
+            )
     print("## per-tensor kernels (shapes " + ", ".join(str(s) for s in SHAPES) + ")\n")
     print(
         "| case | worst relative difference | entries off by > 1e-5 relative "
@@ -223,13 +224,6 @@ def kernels(mk_python: str, work: Path) -> None:
     print(f"\nworst kernel difference (methods without a threshold): {worst_all:.2e} ({verdict})\n")
 
 
-def load_dir(d: Path) -> dict[str, torch.Tensor]:
-    out: dict[str, torch.Tensor] = {}
-    for f in sorted(d.glob("*.safetensors")):
-        out.update(load_file(f))
-    return out
-
-
 def end_to_end(mk_python: str, work: Path) -> None:
     base, cks = build_family(
         "methods-parity-f32",
@@ -241,7 +235,6 @@ def end_to_end(mk_python: str, work: Path) -> None:
         dtype=torch.float32,
         noise=0.02,
     )
-    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
     print("## end to end (tiny Llama family, float32)\n")
     print("| case | tensors | worst relative difference | wall ours / mergekit (s) |")
     print("|---|---|---|---|")
@@ -263,28 +256,10 @@ def end_to_end(mk_python: str, work: Path) -> None:
         cfg = work / f"{slug}.yml"
         cfg.write_text(yaml.safe_dump(doc, sort_keys=False))
         mine, theirs = work / f"ours-{slug}", work / f"mk-{slug}"
-        t0 = time.perf_counter()
-        subprocess.run(
-            [sys.executable, "-m", "merging", str(cfg), str(mine), "--device", "cpu", "--quiet"],
-            env=env,
-            check=True,
-            stdout=subprocess.DEVNULL,
-        )
-        t1 = time.perf_counter()
-        subprocess.run(
-            [mk_python, "-m", "mergekit.scripts.run_yaml", str(cfg), str(theirs), "--quiet"],
-            env={**os.environ, "HF_HUB_OFFLINE": "1"},
-            check=True,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        t2 = time.perf_counter()
-        a, b = load_dir(mine), load_dir(theirs)
-        if set(a) != set(b):
-            raise SystemExit(f"{case}: tensor sets differ: {sorted(set(a) ^ set(b))[:5]}")
-        worst = max(rel(a[k].float(), b[k].float()) for k in a)
+        t_ours, t_mk = merge_both(mk_python, cfg, mine, theirs)
+        tensors, worst = worst_difference(case, mine, theirs)
         worst_all = max(worst_all, worst)
-        print(f"| {case} | {len(a)} | {worst:.2e} | {t1 - t0:.1f} / {t2 - t1:.1f} |")
+        print(f"| {case} | {tensors} | {worst:.2e} | {t_ours:.1f} / {t_mk:.1f} |")
     print(f"\nworst end-to-end difference: {worst_all:.2e} ({'OK' if worst_all <= 1e-5 else 'ABOVE 1e-5'})")
 
 

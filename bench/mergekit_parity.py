@@ -11,19 +11,17 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import torch
 import yaml
-from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _family import build_family  # noqa: E402
+from _mergekit import merge_both, worst_difference  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 WEIGHTS = [0.7, 1.3, 0.4]
 CASES: dict[str, tuple[dict, list[dict]]] = {
     # name: (global parameters, per-model parameters)
@@ -39,13 +37,6 @@ CASES: dict[str, tuple[dict, list[dict]]] = {
     "model_stock": ({}, [{} for _ in WEIGHTS]),
     "model_stock_filter_wise": ({"filter_wise": True}, [{} for _ in WEIGHTS]),
 }
-
-
-def load_dir(d: Path) -> dict[str, torch.Tensor]:
-    out: dict[str, torch.Tensor] = {}
-    for f in sorted(d.glob("*.safetensors")):
-        out.update(load_file(f))
-    return out
 
 
 def main() -> None:
@@ -64,7 +55,6 @@ def main() -> None:
         dtype=torch.float32,
         noise=0.02,
     )
-    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
     print("| method | tensors | worst relative difference |")
     print("|---|---|---|")
     worst_all = 0.0
@@ -88,29 +78,10 @@ def main() -> None:
             cfg = work / f"{case}.yml"
             cfg.write_text(yaml.safe_dump(doc, sort_keys=False))
             ours, theirs = work / f"ours-{case}", work / f"mk-{case}"
-            subprocess.run(
-                [sys.executable, "-m", "merging", str(cfg), str(ours), "--device", "cpu"],
-                env=env,
-                check=True,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-            subprocess.run(
-                [args.mergekit_python, "-m", "mergekit.scripts.run_yaml", str(cfg), str(theirs), "--quiet"],
-                env={**os.environ, "HF_HUB_OFFLINE": "1"},
-                check=True,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-            a, b = load_dir(ours), load_dir(theirs)
-            if set(a) != set(b):
-                raise SystemExit(f"{case}: tensor sets differ: {sorted(set(a) ^ set(b))[:5]}")
-            worst = max(
-                ((a[k].float() - b[k].float()).abs().max() / b[k].float().abs().max().clamp_min(1e-12)).item()
-                for k in a
-            )
+            merge_both(args.mergekit_python, cfg, ours, theirs)
+            tensors, worst = worst_difference(case, ours, theirs)
             worst_all = max(worst_all, worst)
-            print(f"| {case} | {len(a)} | {worst:.2e} |")
+            print(f"| {case} | {tensors} | {worst:.2e} |")
     print(f"\nworst over all methods: {worst_all:.2e} ({'OK' if worst_all <= 1e-5 else 'ABOVE 1e-5'})")
 
 
