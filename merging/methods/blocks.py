@@ -276,10 +276,10 @@ class RankCut:
         self.finish()
         mask = bits < self.value
         left = self.ties - self._seen
-        tied = torch.nonzero(bits == self.value).view(-1)
-        if left > 0 and tied.numel():
+        if left > 0:  # once every tie is placed, later blocks need no search for them (a full scan each)
+            tied = torch.nonzero(bits == self.value).view(-1)
             mask[tied[:left]] = True
-        self._seen += tied.numel()
+            self._seen += tied.numel()
         return mask
 
 
