@@ -60,7 +60,7 @@ def main() -> None:
         at = AppTest.from_file(str(REPO / "app.py"), default_timeout=120)
         at.run()  # Home, so the Jobs page timing below is the page, not the app's first imports
         start = time.perf_counter()
-        at.switch_page("pages/jobs.py").run()
+        at.switch_page("app_pages/jobs.py").run()
         first = time.perf_counter() - start
         polls = []
         for _ in range(args.polls):

@@ -28,7 +28,7 @@ def app_test(home: Path, page: str | None = None):
     at = AppTest.from_file(APP, default_timeout=60)
     at.run()
     if page and page != "home":
-        at.switch_page(f"pages/{page}.py").run()
+        at.switch_page(f"app_pages/{page}.py").run()
     return at
 
 

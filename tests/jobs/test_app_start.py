@@ -88,7 +88,7 @@ def test_app_script_starts_the_runner_on_its_first_run(tmp_path, monkeypatch, ti
     dead, queued, partial = _seed_workspace(home, base, cks, out)
     monkeypatch.setenv("MERGELAB_HOME", str(home))
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60)
-    at.switch_page("pages/results.py").run()  # a page that does not itself ask for the runner
+    at.switch_page("app_pages/results.py").run()  # a page that does not itself ask for the runner
 
     from ui import session
 
