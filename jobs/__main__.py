@@ -111,6 +111,15 @@ def _study(store: Store, args) -> int:
         "methods": _csv(args.methods),
         "sizes": _csv(args.sizes),
         "subsets": args.subsets,
+        **_run_params(args),
+        "save_merges": args.save_merges or None,
+    }
+    return _follow(store, args, "study", params)
+
+
+def _run_params(args) -> dict:
+    """The job parameters `study` and `sweep` take alike from the shared run options (and --suite)."""
+    return {
         "suite": args.suite,
         "seed": args.seed,
         "limit": args.limit,
@@ -119,9 +128,7 @@ def _study(store: Store, args) -> int:
         "zoo_root": args.zoo_root,
         "ray_address": args.ray_address,
         "ray_num_cpus": args.ray_num_cpus,
-        "save_merges": args.save_merges or None,
     }
-    return _follow(store, args, "study", params)
 
 
 def _zoo_family(zoo_root: str | None) -> tuple[str, list[str]]:
@@ -154,15 +161,7 @@ def _sweep(store: Store, args) -> int:
         "values": args.values,
         "n": args.n,
         "subsets": args.subsets,
-        "suite": args.suite,
-        "seed": args.seed,
-        "limit": args.limit,
-        "name": args.name,
-        "backend": args.backend,
-        "zoo_root": args.zoo_root,
-        "ray_address": args.ray_address,
-        "ray_num_cpus": args.ray_num_cpus,
-        "save_merges": getattr(args, "save_merges", False) or None,  # the sweep parser has no flag
+        **_run_params(args),
     }
     return _follow(store, args, "sweep", params)
 

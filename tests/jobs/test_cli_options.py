@@ -2,7 +2,7 @@
 
 import pytest
 
-from jobs.__main__ import _parser
+from jobs.__main__ import _parser, _run_params
 
 RUN = {
     "zoo_root": "/zoo",
@@ -27,6 +27,15 @@ SWEEP = ["sweep", "--method", "task_arithmetic", "--param", "lambda", "--values"
 def test_run_options_parse_the_same_in_study_and_sweep(head):
     args = _parser().parse_args(head + RUN_ARGV)
     assert {key: getattr(args, key) for key in RUN} == RUN
+
+
+@pytest.mark.parametrize(("head", "suite"), [(STUDY, "quick"), (SWEEP, "zoo")], ids=["study", "sweep"])
+def test_run_options_become_the_same_job_parameters(head, suite):
+    params = _run_params(_parser().parse_args(head + RUN_ARGV))
+    assert params == {
+        "suite": suite,
+        **{key: value for key, value in RUN.items() if key not in ("workers", "quiet")},
+    }
 
 
 @pytest.mark.parametrize("head", [STUDY, SWEEP], ids=["study", "sweep"])
