@@ -28,15 +28,7 @@ def _merge_geometry(db) -> None:
 
     stats = db.model_stats_df()
     st.subheader("Distance from the base against n (the paper's Figure 4)")
-    dist = merges.merge(stats, left_on="id", right_on="merge_id", how="inner")
-    dist = dist[dist["model_delta_norm"].notna()]
-    fig4 = pd.DataFrame(
-        {
-            "method": dist["config"].fillna(dist["method"]),
-            "n": dist["n"],
-            "distance": dist["model_delta_norm"],
-        }
-    )
+    fig4 = data.distance_per_merge(merges, stats)
     st.plotly_chart(charts.distance_vs_n(fig4, title="‖θ_merged − θ_base‖₂ per merge size"), key="geo:fig4")
 
     st.subheader("One merge")

@@ -275,4 +275,6 @@ with guard("Merge"):
             st.caption(
                 f"Also queued {n} evaluation(s) of the base and checkpoints not yet scored on this suite."
             )
-        st.page_link("app_pages/jobs.py", label="Follow it on the Jobs page", icon=":material/pending_actions:")
+        st.page_link(
+            "app_pages/jobs.py", label="Follow it on the Jobs page", icon=":material/pending_actions:"
+        )

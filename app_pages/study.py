@@ -152,15 +152,7 @@ with guard("Study"):
                     ),
                     key=f"{P}:fig3",
                 )
-                stats = db.model_stats_df(list(merges["id"]))
-                dist = merges.merge(stats, left_on="id", right_on="merge_id")
-                fig4 = pd.DataFrame(
-                    {
-                        "method": dist["config"].fillna(dist["method"]),
-                        "n": dist["n"],
-                        "distance": dist["model_delta_norm"],
-                    }
-                ).dropna()
+                fig4 = data.distance_per_merge(merges, db.model_stats_df(list(merges["id"])))
                 st.plotly_chart(
                     charts.distance_vs_n(fig4, title="‖θ_merged − θ_base‖₂ against n (the paper's Figure 4)"),
                     key=f"{P}:fig4",

@@ -42,20 +42,15 @@ def render(db: Any, runner: Any) -> None:
 def _launcher(db: Any, runner: Any) -> None:
     models = db.models_df()
     registered = models[models["kind"].isin(["base", "checkpoint"])] if len(models) else models
-    bases = list(registered.loc[registered["kind"] == "base", "ref"]) if len(registered) else []
+    bases = data.base_refs(registered)
     if not bases:
         st.info("Register a base and its checkpoints first (Models page), or build the demo zoo on Home.")
         return
     names = dict(zip(registered["ref"], registered["name"], strict=False))
-    arch = dict(zip(registered["ref"], registered["architecture"], strict=False))
     with st.container(border=True):
         c1, c2 = st.columns([1, 2])
         base = c1.selectbox("Base model", bases, format_func=lambda r: names.get(r) or r, key=f"{P}:base")
-        options = [
-            r
-            for r in registered.loc[registered["kind"] == "checkpoint", "ref"]
-            if r != base and arch.get(r) == arch.get(base)
-        ]
+        options = data.mergeable_checkpoints(registered, base)
         chosen = c2.multiselect(
             "Checkpoints",
             options,

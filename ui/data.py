@@ -253,6 +253,35 @@ def merge_table(merges: pd.DataFrame, averages: pd.DataFrame, models: pd.DataFra
     return pd.DataFrame(rows, columns=cols)
 
 
+def distance_per_merge(merges: pd.DataFrame, model_stats: pd.DataFrame) -> pd.DataFrame:
+    """The paper's Figure 4 points: each merge's configuration (else its method), n and distance from the
+    base ‖Δ‖₂ (model_stats' model_delta_norm); merges with no recorded distance are left out."""
+    dist = merges.merge(model_stats, left_on="id", right_on="merge_id")
+    return pd.DataFrame(
+        {
+            "method": dist["config"].fillna(dist["method"]),
+            "n": dist["n"],
+            "distance": dist["model_delta_norm"],
+        }
+    ).dropna()
+
+
+def base_refs(registered: pd.DataFrame) -> list[str]:
+    """The registered base models' refs, in registration order."""
+    return list(registered.loc[registered["kind"] == "base", "ref"]) if len(registered) else []
+
+
+def mergeable_checkpoints(registered: pd.DataFrame, base: str) -> list[str]:
+    """The registered checkpoints of `base`'s architecture (the others refuse to merge with it), the base
+    itself left out."""
+    arch = dict(zip(registered["ref"], registered["architecture"], strict=False))
+    return [
+        r
+        for r in registered.loc[registered["kind"] == "checkpoint", "ref"]
+        if r != base and arch.get(r) == arch.get(base)
+    ]
+
+
 def study_frames(
     merges: pd.DataFrame, eval_rows: pd.DataFrame, models: pd.DataFrame, base_ref: str, pool: Sequence[str]
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:

@@ -439,15 +439,7 @@ def study_report(db: Any, study_id: str, paper_model: str = "Average", n_boot: i
         best_acc = (
             float(singles.groupby("checkpoint")["value"].mean().max() * 100.0) if len(singles) else None
         )
-        stats = db.model_stats_df(list(merges["id"]))
-        dist = merges.merge(stats, left_on="id", right_on="merge_id")
-        fig4 = pd.DataFrame(
-            {
-                "method": dist["config"].fillna(dist["method"]),
-                "n": dist["n"],
-                "distance": dist["model_delta_norm"],
-            }
-        ).dropna()
+        fig4 = data.distance_per_merge(merges, db.model_stats_df(list(merges["id"])))
         tables_data["distances"] = fig4
         per_task = metrics.study_metrics(merged, base_rows, reference="base", per_task=True, n_boot=n_boot)
         tables_data["per_task"] = per_task

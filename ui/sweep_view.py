@@ -14,7 +14,7 @@ import streamlit as st
 
 import jobs
 import merging
-from ui import launch, sweep_report
+from ui import data, launch, sweep_report
 from ui.session import workspace_home
 
 P = "sweep"  # session-state prefix of this view's widgets
@@ -23,12 +23,11 @@ P = "sweep"  # session-state prefix of this view's widgets
 def launcher(db: Any, runner: Any, registered: pd.DataFrame) -> None:
     """The "Sweep a hyperparameter" form: base, method, parameter, values, the pool (checkpoints of the
     base's architecture), subset size n and number of subsets, suite, and where it runs."""
-    bases = list(registered.loc[registered["kind"] == "base", "ref"]) if len(registered) else []
+    bases = data.base_refs(registered)
     if not bases or int((registered["kind"] == "checkpoint").sum()) < 2:
         st.info("Register a base and at least two checkpoints first (or build the demo zoo on Home).")
         return
     names = dict(zip(registered["ref"], registered["name"], strict=False))
-    arch = dict(zip(registered["ref"], registered["architecture"], strict=False))
     methods = {m.name: m for m in merging.all_methods() if m.needs_base and jobs.sweepable_params(m.name)}
     c1, c2, c3 = st.columns([1, 1, 1])
     base = c1.selectbox("Base", bases, format_func=lambda r: names.get(r, r), key=f"{P}:base")
@@ -40,11 +39,7 @@ def launcher(db: Any, runner: Any, registered: pd.DataFrame) -> None:
         key=f"{P}:method",
     )
     param = c3.selectbox("Hyperparameter", jobs.sweepable_params(method), key=f"{P}:param:{method}")
-    pool_all = [
-        r
-        for r in registered.loc[registered["kind"] == "checkpoint", "ref"]
-        if r != base and arch.get(r) == arch.get(base)
-    ]
+    pool_all = data.mergeable_checkpoints(registered, base)
     pool = st.multiselect(
         "Checkpoint pool (the subsets are drawn from it)",
         pool_all,

@@ -182,3 +182,30 @@ def test_sweep_and_analysis_jobs_are_described_with_their_result():
     assert describe_job("analyse", analysis) == "3 checkpoints against zoo-llama"
     result = {"sign_conflict": 0.556, "most_conflicting": ["layer 00", "layer 01", "head"]}
     assert headline("analyse", result) == "sign conflict 55.6%, most in layer 00, layer 01"
+
+
+def test_distance_per_merge_labels_by_configuration_and_leaves_out_unrecorded_distances():
+    merges = pd.DataFrame(
+        {"id": ["m1", "m2", "m3"], "method": ["ties", "task_arithmetic", "ties"], "n": [2, 4, 3]}
+        | {"config": [None, "TA (sum)", "TIES"]}
+    )
+    stats = pd.DataFrame({"merge_id": ["m2", "m1", "m3"], "model_delta_norm": [2.5, 1.5, None]})
+    got = data.distance_per_merge(merges, stats)
+    assert got.to_dict("records") == [
+        {"method": "ties", "n": 2, "distance": 1.5},
+        {"method": "TA (sum)", "n": 4, "distance": 2.5},
+    ]
+
+
+def test_bases_and_the_checkpoints_that_can_merge_with_one():
+    registered = pd.DataFrame(
+        {
+            "ref": ["b-llama", "b-qwen", "ck1", "ck2", "ck3"],
+            "kind": ["base", "base", "checkpoint", "checkpoint", "checkpoint"],
+            "architecture": ["Llama", "Qwen3", "Llama", "Qwen3", "Llama"],
+        }
+    )
+    assert data.base_refs(registered) == ["b-llama", "b-qwen"]
+    assert data.base_refs(registered.iloc[:0]) == []
+    assert data.mergeable_checkpoints(registered, "b-llama") == ["ck1", "ck3"]
+    assert data.mergeable_checkpoints(registered, "b-qwen") == ["ck2"]
