@@ -58,6 +58,7 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (the issue's 2 cores)")
     ap.add_argument("--tiny", action="store_true", help="12 tiny random checkpoints instead of the zoo")
     ap.add_argument("--backend", choices=("local", "ray"), default="local")
+    ap.add_argument("--processes", default="auto", help="local backend: unit processes (1: inside the job)")
     args = ap.parse_args()
 
     import torch
@@ -94,6 +95,7 @@ def main() -> int:
         "zoo_root": str(zoo_root),
         "limit": args.limit,
         "backend": args.backend,
+        "processes": args.processes,
         "ray_num_cpus": args.threads,
     }
     with Store(work / "bench.duckdb") as store:
@@ -121,8 +123,8 @@ def main() -> int:
         print(f"pool: {len(pool)} checkpoints of {base}")
         print(f"units: {job.result['total']} ({len(merges)} merges, {len(pool) + 1} single models)")
         print(
-            f"wall time: {wall:.1f} s ({wall / 60:.2f} min) on {args.threads} CPU threads, "
-            f"backend {args.backend}"
+            f"wall time: {wall:.1f} s ({wall / 60:.2f} min), backend {args.backend}, "
+            f"processes {args.processes}, load average at the end {os.getloadavg()[0]:.2f}"
         )
         print(
             f"merge seconds: mean {merges.seconds.mean():.3f}, max {merges.seconds.max():.3f}, "

@@ -37,6 +37,12 @@ def _run_options() -> argparse.ArgumentParser:
     run.add_argument("--backend", choices=("local", "ray"), default="local")
     run.add_argument("--ray-address", help="address of a running Ray cluster (default: start one locally)")
     run.add_argument("--ray-num-cpus", type=int, help="CPUs of the local Ray instance")
+    run.add_argument(
+        "--processes",
+        default="auto",
+        help="local backend on CPU: processes running units side by side, each with its own copy of the base "
+        "(default auto: one per core, as many as the resident budget holds; 1: inside the job)",
+    )
     run.add_argument("--workers", type=int, help="CPU worker threads (default 1; one per GPU when present)")
     run.add_argument("--quiet", action="store_true", help="no log lines, only the progress bar")
     return run
@@ -128,6 +134,7 @@ def _run_params(args) -> dict:
         "zoo_root": args.zoo_root,
         "ray_address": args.ray_address,
         "ray_num_cpus": args.ray_num_cpus,
+        "processes": args.processes,
     }
 
 

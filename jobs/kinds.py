@@ -106,10 +106,13 @@ def validate_study(params: dict[str, Any]) -> dict[str, Any]:
     if params.get("backend", "local") not in ("local", "ray"):
         raise JobError(f"Unknown study backend {params.get('backend')!r}; use local or ray.")
     _suite(params)
+    from jobs.study_pool import parse_processes
+
+    parse_processes(params.get("processes"))
     out = definition.to_params()
     if params.get("save_merges") and params.get("backend", "local") == "ray":
         raise JobError("save_merges needs the local backend (Ray workers return scores, not folders).")
-    for key in ("zoo_root", "backend", "ray_address", "ray_num_cpus", "save_merges", "spectra"):
+    for key in ("zoo_root", "backend", "ray_address", "ray_num_cpus", "save_merges", "spectra", "processes"):
         if params.get(key) is not None:
             out[key] = params[key]
     out["study_id"] = definition.study_id
@@ -146,6 +149,11 @@ def validate_sweep(params: dict[str, Any]) -> dict[str, Any]:
         ray_address=params.get("ray_address"),
         ray_num_cpus=params.get("ray_num_cpus"),
     )
+    if params.get("processes") is not None:
+        from jobs.study_pool import parse_processes
+
+        parse_processes(params["processes"])
+        out["processes"] = params["processes"]
     # The request itself stays in the parameters, so a retried job validates to the same sweep.
     out.update(method=params["method"], param=params["param"], values=out["sweep"]["values"])
     out["n"] = definition.sizes[0]
@@ -283,11 +291,17 @@ def run_merge_evaluate_job(ctx: JobContext, params: dict[str, Any]) -> dict[str,
 
 
 def run_study_job(ctx: JobContext, params: dict[str, Any]) -> dict[str, Any]:
-    """A study (or sweep) on the chosen backend: here, locally, or on a Ray cluster."""
+    """A study (or sweep) on the chosen backend: locally (a process per core on CPU, else in this job), or on
+    a Ray cluster."""
     if params.get("backend", "local") == "ray":
         from jobs.ray_backend import run_study_ray
 
         return run_study_ray(ctx, params)
+    from jobs.study_pool import run_study_processes, study_processes
+
+    processes = study_processes(params, ctx.device)
+    if processes > 1:
+        return run_study_processes(ctx, params, processes)
     from jobs.study_run import run_study
 
     return run_study(ctx, params)

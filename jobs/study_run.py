@@ -95,6 +95,12 @@ def saved_merge_dir(study_id: str, config: str, subset_id: str) -> Path:
     return out
 
 
+def merge_log_line(label: str, outcome: dict[str, Any]) -> str:
+    """A finished merge in the study's log: its mean score and merge time."""
+    mean = sum(r["value"] for r in outcome["scores"]) / max(1, len(outcome["scores"]))
+    return f"{label}: mean {mean:.4f} ({outcome['seconds']:.2f} s merge)"
+
+
 def finish_study(ctx: JobContext, plan, failures: list[str], ran: int, skipped: int) -> dict[str, Any]:
     if failures:
         ctx.store.set_study_status(plan.study_id, "failed")
@@ -191,8 +197,7 @@ def run_study(ctx: JobContext, params: dict[str, Any]) -> dict[str, Any]:
                 else:
                     if output is not None:
                         ctx.drop_temp_path(output)
-                    mean = sum(r["value"] for r in outcome["scores"]) / max(1, len(outcome["scores"]))
-                    ctx.log(f"{label}: mean {mean:.4f} ({outcome['seconds']:.2f} s merge)")
+                    ctx.log(merge_log_line(label, outcome))
                 done += 1
                 ctx.progress(done / total, f"{done}/{total}: {label}", force=True)
     finally:

@@ -108,7 +108,7 @@ def worker_main(
     # Ctrl-C in a terminal reaches the whole process group: the app (or CLI) decides what it means and
     # cancels through the event; a KeyboardInterrupt here would kill the job as a crash instead.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _exit_with_parent(app_pid)
+    exit_with_parent(app_pid)
     residents = ResidentPool(capacity=resident_capacity, budget_share=budget_share)
     if warm:  # a prewarmed worker imports what every job needs while it waits for the first one
         for module in WARM_IMPORTS:
@@ -153,7 +153,7 @@ def _adopt_environment(environ: dict[str, str], cwd: str) -> None:
         os.chdir(cwd)
 
 
-def _exit_with_parent(app_pid: int) -> None:
+def exit_with_parent(app_pid: int) -> None:
     """Die with the app: nothing may keep writing a merge after the process that records it is gone
     (a kill -9 of the app or CLI). The kernel's parent-death signal covers a direct parent; a watcher
     thread covers the forkserver case, where the app is not our parent."""
