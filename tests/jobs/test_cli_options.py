@@ -12,12 +12,13 @@ RUN = {
     "backend": "ray",
     "ray_address": "10.0.0.1:6379",
     "ray_num_cpus": 2,
+    "processes": "2",
     "workers": 4,
     "quiet": True,
 }
 RUN_ARGV = [
     "--zoo-root", "/zoo", "--seed", "3", "--limit", "5", "--name", "night", "--backend", "ray",
-    "--ray-address", "10.0.0.1:6379", "--ray-num-cpus", "2", "--workers", "4", "--quiet",
+    "--ray-address", "10.0.0.1:6379", "--ray-num-cpus", "2", "--processes", "2", "--workers", "4", "--quiet",
 ]  # fmt: skip
 STUDY = ["study", "--base", "b", "--pool", "p1,p2", "--suite", "quick"]
 SWEEP = ["sweep", "--method", "task_arithmetic", "--param", "lambda", "--values", "0.5,1", "--n", "2"]
@@ -41,7 +42,7 @@ def test_run_options_become_the_same_job_parameters(head, suite):
 @pytest.mark.parametrize("head", [STUDY, SWEEP], ids=["study", "sweep"])
 def test_run_option_defaults(head):
     args = _parser().parse_args(head)
-    assert (args.zoo_root, args.seed, args.limit, args.name) == (None, 0, None, "")
+    assert (args.zoo_root, args.seed, args.limit, args.name, args.processes) == (None, 0, None, "", "auto")
     assert (args.backend, args.ray_address, args.ray_num_cpus, args.workers, args.quiet) == (
         "local", None, None, None, False
     )  # fmt: skip
