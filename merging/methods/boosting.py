@@ -13,7 +13,7 @@ import torch
 from merging.methods.base import ParamSpec
 from merging.methods.blocks import TensorContext, merge_whole
 from merging.methods.gathered import BoostedMerger
-from merging.methods.subspace import GramEigh, svd
+from merging.methods.subspace import GramEigh, single_threaded, svd
 from merging.methods.task_vectors import Preset, TaskVectorMerger
 
 BOOSTED = re.compile(r"self_attn\.[qkvo]_proj|mlp\.(gate|up|down)_proj")
@@ -54,6 +54,7 @@ def cutoff_index(s: torch.Tensor, beta: float, cumsum: bool) -> int:
     return int(hits[0]) if hits.numel() else r - 1
 
 
+@single_threaded
 def boost(delta: torch.Tensor, beta: float, cumsum: bool) -> torch.Tensor:
     """Δ' = U diag(max(σ, σ_{j*})) Vᵀ; an all-zero Δ is returned unchanged.
 

@@ -12,6 +12,7 @@ picks, they fall back to the SVD.
 
 from __future__ import annotations
 
+import functools
 from contextlib import contextmanager
 
 import torch
@@ -46,16 +47,18 @@ def uses_svd(name: str, t: torch.Tensor) -> bool:
     return t.dim() == 2 and not any(s in name for s in SKIP_NAMES)
 
 
-# A LAPACK decomposition of a matrix up to this size (smaller side) runs on one thread on the CPU: its
-# reductions synchronise the threads once per column, so when another process holds a core each of those
-# barriers waits for the scheduler (1024 x 1024 on 2 shared cores: eigh 0.16 s on one thread, 0.9-1.2 s
-# on two). Larger matrices keep torch's thread count: there the parallel work outweighs the barriers.
+# The linear algebra of a matrix up to this size (smaller side) runs on one CPU thread: LAPACK's reductions
+# synchronise the threads once per column, torch's small ops once per call, and when another process holds
+# a core each of those barriers waits for the scheduler. Measured on 2 shared cores under load: eigh of
+# 1024 x 1024, 0.16 s on one thread against 0.9-1.2 s on two; TSV-M of four 256 x 1024 task vectors,
+# 0.04-0.08 s against 0.47-0.66 s. Larger matrices keep torch's thread count: there the parallel work
+# outweighs the barriers.
 SINGLE_THREAD_MAX_SIDE = 2048
 
 
 @contextmanager
 def decomposition_threads(a: torch.Tensor):
-    """Run a LAPACK decomposition of `a` on one thread when it is a small CPU matrix (see above)."""
+    """One torch thread while working on `a` when it is a small CPU matrix (see above); nests."""
     threads = torch.get_num_threads()
     if a.device.type != "cpu" or threads == 1 or min(a.shape[-2:]) > SINGLE_THREAD_MAX_SIDE:
         yield
@@ -65,6 +68,18 @@ def decomposition_threads(a: torch.Tensor):
         yield
     finally:
         torch.set_num_threads(threads)
+
+
+def single_threaded(fn):
+    """Decorator: run `fn` under decomposition_threads of its first tensor argument."""
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        a = next(x for x in (*args, *kwargs.values()) if isinstance(x, torch.Tensor))
+        with decomposition_threads(a):
+            return fn(*args, **kwargs)
+
+    return run
 
 
 def svd(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -289,6 +304,7 @@ class TsvmParts:
         self.k = min(m, n) // n_tasks
         self.ucat = self.vcat = self.scat = None
 
+    @single_threaded
     def add(self, i: int, tau: torch.Tensor) -> None:
         k = self.k
         if k == 0:
@@ -303,6 +319,7 @@ class TsvmParts:
         self.scat[i * k : (i + 1) * k] = s
         self.vcat[:, i * k : (i + 1) * k] = v
 
+    @single_threaded
     def delta(self, like: torch.Tensor) -> torch.Tensor:
         if self.ucat is None:
             return torch.zeros((self.m, self.n), dtype=like.dtype, device=like.device)
@@ -320,6 +337,7 @@ def tsvm_delta(tv: torch.Tensor) -> torch.Tensor:
     return parts.delta(tv)
 
 
+@single_threaded
 def iso_c_from_sum(total: torch.Tensor) -> torch.Tensor:
     """Iso-C from Σ τ_i: its spectrum flattened to the mean singular value, Δ = σ̄ U Vᵀ."""
     p, s = polar_and_singular_values(total)
@@ -360,6 +378,7 @@ class IsoCtsParts:
         self.vs: list[torch.Tensor] = []
         self.u_rest: torch.Tensor | None = None
 
+    @single_threaded
     def common(self, total: torch.Tensor) -> None:
         self.u_rest = None
         if self.c > 0 and self.m <= self.n and self.d > 0:
@@ -370,6 +389,7 @@ class IsoCtsParts:
             u, s, v = total.new_zeros((self.m, 0)), total.new_zeros(0), total.new_zeros((self.n, 0))
         self.us, self.ss, self.vs = [u], [s], [v]
 
+    @single_threaded
     def add(self, tau: torch.Tensor) -> None:
         if self.d <= 0:
             return
@@ -385,6 +405,7 @@ class IsoCtsParts:
         self.ss.append(st)
         self.vs.append(vt)
 
+    @single_threaded
     def delta(self, like: torch.Tensor) -> torch.Tensor:
         u_c, u_tasks = self.us[0], self.us[1:]
         u_all = torch.cat([u_c, polar(torch.cat(u_tasks, dim=1))], dim=1) if u_tasks else u_c

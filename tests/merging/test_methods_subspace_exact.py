@@ -219,6 +219,29 @@ def test_decomposition_threads_single_for_small_cpu_matrices_and_restored():
     assert torch.get_num_threads() == before
 
 
+def test_methods_run_single_threaded_on_small_cpu_matrices(monkeypatch):
+    seen = []  # torch's thread count when each method asks for a decomposition (and forms its Gram matrix)
+    real_of = GramEigh.of.__func__
+
+    def of(cls, *args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return real_of(cls, *args, **kwargs)
+
+    monkeypatch.setattr(GramEigh, "of", classmethod(of))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        tv = random_tvs(3, 24, 16, seed=27)
+        tsvm_delta(tv)
+        iso_cts_delta(tv, 0.5)
+        iso_c_delta(tv)
+        boost(tv[0], 0.2, True)
+        assert seen and set(seen) == {1}
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 # ---- the methods -------------------------------------------------------------------------------------------
 
 
