@@ -7,6 +7,7 @@ import streamlit as st
 
 import merging
 from evaluation import metrics, paper
+from jobs.study_frames import study_frames
 from ui import charts, data, jobs_view, launch, report, report_view, sweep_view
 from ui.session import get_runner, get_store, guard, workspace_home
 
@@ -113,11 +114,8 @@ with guard("Study"):
             report.file_stem("sweep" if sweep_view.is_sweep(study) else "study", study_id),
             key=f"{P}:export",
         )
-        pool = list(study["pool"])
         merges = db.merges_df(study_id=study_id)
-        merged, base_rows, singles = data.study_frames(
-            merges, db.eval_rows_df(suite=study["suite"]), models, study["base"], pool
-        )
+        merged, base_rows, singles = study_frames(db, study)
         if merged.empty or base_rows.empty:
             st.info("No scored merges in this study yet; the report fills in as its merges finish.")
         else:

@@ -172,6 +172,23 @@ def get_suite(spec: str, *, zoo_root: Path | None = None) -> Suite:
     return _builtin_suite(spec, [SuiteTask(n, _builtin_metric(n)) for n in _validated(names)], None, spec)
 
 
+def declared_metrics(spec: str) -> dict[str, str]:
+    """task -> the metric a suite takes from it, for reading stored scores, told without lm-eval's task
+    index (seconds to build): `paper16`, `quick` and the paper's benchmarks in a task list from PAPER16, a
+    task folder (and `zoo`) from its YAMLs. A task it cannot tell (another lm-eval task, a folder no longer
+    there) is left out, so the caller applies its own rule to that task."""
+    spec = (spec or "").strip()
+    if spec in ("paper16", "quick"):
+        return {t.task: t.metric for t in get_suite(spec).tasks}
+    if spec == "zoo" or _looks_like_path(spec):
+        try:
+            return {t.task: t.metric for t in get_suite(spec).tasks}
+        except EvaluationError:
+            return {}
+    paper = dict(PAPER16)
+    return {name: paper[name] for name in (s.strip() for s in spec.split(",")) if name in paper}
+
+
 def _looks_like_path(spec: str) -> bool:
     return os.sep in spec or "/" in spec or spec.startswith((".", "~")) or Path(spec).is_dir()
 

@@ -1,10 +1,11 @@
 """A study's report, headless: `python -m jobs report [STUDY_ID|--latest] [--json]`.
 
-The same numbers as the Study page, computed from the store with `evaluation.metrics`: success rate and
-mean gain per configuration and n against the base (Tables 1 and 3), the best checkpoint of the pool
-(Table 2) and the best checkpoint of each subset; the base's and each checkpoint's aggregate; and the study
-beside the paper's Table 1 and 3 (their "Average" rows), with the Task Arithmetic reading that comparison
-uses and why. Scores are the unweighted mean over the suite's tasks, in percentage points.
+The same numbers as the Study page and its export (all three read `jobs.study_frames`), computed with
+`evaluation.metrics`: success rate and mean gain per configuration and n against the base (Tables 1 and
+3), the best checkpoint of the pool (Table 2) and the best checkpoint of each subset; the base's and each
+checkpoint's aggregate; and the study beside the paper's Table 1 and 3 (their "Average" rows), with the
+Task Arithmetic reading that comparison uses and why. Scores are the unweighted mean over the suite's
+tasks, in percentage points.
 """
 
 from __future__ import annotations
@@ -13,16 +14,14 @@ import json
 import math
 import textwrap
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from jobs.errors import JobError
 from jobs.study import TA_MEAN, TA_SUM
+from jobs.study_frames import short_ref, study_frames
 
-# One headline metric per task when a model has several (the app's order, ui/data.py PREFERRED_METRICS).
-PREFERRED_METRICS = ("acc", "acc_norm", "exact_match", "accuracy")
 REFERENCES = {
     "base": "vs the base (the paper's Tables 1 and 3)",
     "best_pool": "vs the best single checkpoint of the pool (Table 2)",
@@ -60,86 +59,6 @@ def resolve_study_id(store, study_id: str | None) -> str:
         what = "no study" if not matches else f"{len(matches)} studies"
         raise JobError(f"{what} match {study_id!r}; `python -m jobs report --latest` reads the newest one.")
     return str(matches[0])
-
-
-def _headline(rows: pd.DataFrame) -> pd.DataFrame:
-    """fingerprint, task, value: one metric per task, the latest row when a score was written twice."""
-    if rows.empty:
-        return pd.DataFrame(columns=["fingerprint", "task", "value"])
-    keep = []
-    for _, part in rows.groupby("task", sort=False):
-        metrics = [m for m in dict.fromkeys(part["metric"]) if not str(m).endswith("_stderr")]
-        metric = next((m for m in PREFERRED_METRICS if m in metrics), metrics[0] if metrics else None)
-        keep.append(part[part["metric"] == metric])
-    out = pd.concat(keep, ignore_index=True)
-    return out.drop_duplicates(["fingerprint", "task"], keep="last")[["fingerprint", "task", "value"]]
-
-
-def _as_list(value: Any) -> list:
-    """A stored list column (a numpy array, a list or None) as a list."""
-    return [] if value is None else list(value)
-
-
-def _short(ref: str) -> str:
-    return Path(str(ref).rstrip("/")).name or str(ref)
-
-
-def study_frames(store, study: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """(merges: method, n, subset_id, task, value, members; base: task, value; singles: checkpoint, task,
-    value) for `evaluation.metrics`. Fingerprints are the ones the study ran on (its recorded inputs, then
-    its merge records), falling back to the registered models for a study that has not started."""
-    merges = store.merges_df(study_id=study["id"])
-    rows = store.eval_rows_df(suite=study["suite"])
-    if len(rows):
-        limit = study.get("limit")
-        lim = rows["limit"]
-        rows = rows[lim.isna()] if limit is None or pd.isna(limit) else rows[lim == int(limit)]
-    scores = _headline(rows)
-    done = (
-        merges[(merges["status"] == "done") & merges["merged_fingerprint"].notna()] if len(merges) else merges
-    )
-    # The fingerprints this study ran on: its recorded inputs, else its merge records, else the registry.
-    fp_of: dict[str, str] = dict(study.get("inputs") or {})
-    base_fp = fp_of.get(study["base"])
-    for m in done.itertuples(index=False) if len(done) else []:
-        base_fp = base_fp or m.base_fingerprint
-        for ref, fp in zip(_as_list(m.checkpoint_refs), _as_list(m.checkpoint_fingerprints), strict=False):
-            if fp:
-                fp_of.setdefault(str(ref), str(fp))
-    models = store.models_df()
-    registered = dict(zip(models["ref"], models["fingerprint"], strict=False)) if len(models) else {}
-    base_fp = base_fp or registered.get(study["base"])
-    merged_rows = []
-    by_fp = {fp: part for fp, part in scores.groupby("fingerprint")}
-    for m in done.itertuples(index=False) if len(done) else []:
-        part = by_fp.get(m.merged_fingerprint)
-        if part is None:
-            continue
-        members = ",".join(_short(r) for r in _as_list(m.checkpoint_refs))
-        for r in part.itertuples(index=False):
-            merged_rows.append(
-                {
-                    "method": m.config or m.method,
-                    "n": int(m.n),
-                    "subset_id": m.subset_id or m.id,
-                    "task": r.task,
-                    "value": r.value,
-                    "members": members,
-                }
-            )
-    merged = pd.DataFrame(merged_rows, columns=["method", "n", "subset_id", "task", "value", "members"])
-    base = by_fp[base_fp][["task", "value"]].reset_index(drop=True) if base_fp in by_fp else scores.iloc[:0]
-    singles = []
-    for ref in study["pool"]:
-        fp = fp_of.get(ref) or registered.get(ref)
-        if fp in by_fp:
-            singles.append(by_fp[fp][["task", "value"]].assign(checkpoint=_short(ref)))
-    single_df = (
-        pd.concat(singles, ignore_index=True)[["checkpoint", "task", "value"]]
-        if singles
-        else pd.DataFrame(columns=["checkpoint", "task", "value"])
-    )
-    return merged, base[["task", "value"]], single_df
 
 
 def _records(df: pd.DataFrame) -> list[dict[str, Any]]:
@@ -198,7 +117,7 @@ def build_report(store, study_id: str | None = None, *, n_boot: int = 1000) -> d
         return report
     base_acc = float(base["value"].mean() * 100)
     report["base"] = {
-        "name": _short(study["base"]),
+        "name": short_ref(study["base"]),
         "aggregate": base_acc,
         "tasks": {r.task: float(r.value * 100) for r in base.itertuples(index=False)},
     }
@@ -297,7 +216,7 @@ def _grid(rows: list[dict], key: str, labels: Sequence[str]) -> list[str]:
 def format_report(report: dict[str, Any]) -> str:
     s = report["study"]
     out = [
-        f'study {s["id"]} "{s["name"]}" ({s["status"]}): base {_short(s["base"])}, {len(s["pool"])} '
+        f'study {s["id"]} "{s["name"]}" ({s["status"]}): base {short_ref(s["base"])}, {len(s["pool"])} '
         f"checkpoints, sizes {', '.join(map(str, s['sizes']))}, {s['subsets_per_size']} subsets per size, "
         f"suite {s['suite']}" + (f" (limit {s['limit']})" if s["limit"] else ""),
         f"{s['merges_done']} of {s['merges_planned']} merges scored",

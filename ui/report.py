@@ -350,15 +350,13 @@ def study_report(db: Any, study_id: str, paper_model: str = "Average", n_boot: i
     import yaml
 
     from evaluation import metrics
+    from jobs.study_frames import study_frames
     from ui import charts, data
 
     study = db.get_study(study_id)
-    models = db.models_df()
     pool = list(study["pool"])
     merges = db.merges_df(study_id=study_id)
-    merged, base_rows, singles = data.study_frames(
-        merges, db.eval_rows_df(suite=study["suite"]), models, study["base"], pool
-    )
+    merged, base_rows, singles = study_frames(db, study)
     configs = [c.get("name") if isinstance(c, Mapping) else str(c) for c in study["methods"]]
     definition = {
         "name": study["name"],

@@ -86,34 +86,6 @@ def test_spectra_long_names_sources_after_checkpoints():
     assert "τ ft0 (eff. rank 1.9)" in legend
 
 
-def test_study_frames_join_merges_scores_and_pool():
-    models = pd.DataFrame({"ref": ["/m/base", "/m/a", "/m/b"], "fingerprint": ["B", "A", "Bb"]})
-    merges = pd.DataFrame(
-        {
-            "id": ["m1", "m2"],
-            "config": ["ta", "ta"],
-            "method": ["task_arithmetic"] * 2,
-            "n": [2, 2],
-            "subset_id": ["s1", None],
-            "status": ["done", "failed"],
-            "merged_fingerprint": ["M1", None],
-            "checkpoint_refs": [["/m/a", "/m/b"], ["/m/a", "/m/b"]],
-        }
-    )
-    ev = pd.DataFrame(
-        {"fingerprint": ["M1", "B", "A", "Bb"], "task": ["t"] * 4, "value": [0.6, 0.5, 0.4, 0.55]}
-    )
-    merged, base, singles = data.study_frames(merges, ev, models, "/m/base", ["/m/a", "/m/b"])
-    assert merged.to_dict("records") == [
-        {"method": "ta", "n": 2, "subset_id": "s1", "task": "t", "value": 0.6, "members": "a,b"}
-    ]
-    assert base["value"].tolist() == [0.5]
-    assert singles.to_dict("records") == [
-        {"checkpoint": "a", "task": "t", "value": 0.4},
-        {"checkpoint": "b", "task": "t", "value": 0.55},
-    ]
-
-
 def test_short_names():
     assert data.short_name("/a/b/llama-ft1/") == "llama-ft1"
     assert data.short_name("owner/model") == "owner/model"

@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from evaluation import EvaluationError, get_suite
-from evaluation.suites import PAPER16
+from evaluation.suites import PAPER16, declared_metrics
 
 
 def test_zoo_suite_reads_the_zoo_task_folder(zoo_root, eval_home):
@@ -51,6 +51,18 @@ def test_paper16_metrics_and_quick_limit():
     quick = get_suite("quick")
     assert quick.default_limit == 100 and set(quick.task_names) <= set(metrics)
     assert quick.version != suite.version
+
+
+def test_declared_metrics_read_stored_scores_without_lm_evals_index(zoo_root, eval_home, tmp_path):
+    paper = declared_metrics("paper16")
+    assert paper == {t.task: t.metric for t in get_suite("paper16").tasks}
+    assert paper["leaderboard_gpqa"] == "acc_norm" and paper["arc_easy"] == "acc"
+    assert declared_metrics("quick") == {t: paper[t] for t in get_suite("quick").task_names}
+    # a task list: the paper's benchmarks are known, any other task is left to the caller
+    assert declared_metrics("leaderboard_bbh, some_other_task") == {"leaderboard_bbh": "acc_norm"}
+    assert declared_metrics(str(zoo_root / "tasks")) == {"zoo_add": "acc", "zoo_letters": "acc"}
+    assert declared_metrics("zoo") == {}  # no zoo in this workspace: nothing to tell, not an error
+    assert declared_metrics(str(tmp_path / "gone")) == {}
 
 
 def test_missing_task_folder_is_a_clear_error(tmp_path):
