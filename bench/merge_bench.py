@@ -5,6 +5,7 @@ Every figure is a ratio measured in this one run on this machine: each method's 
 Each merge runs as its own process (the CLI, as a user runs it) so its peak RSS is its own.
 
     python bench/merge_bench.py [--methods a,b] [--mergekit-python /path/to/venv/bin/python] [--gpu]
+                                [--repeat N] [--floor-each]
 
 mergekit is not a MergeLab dependency: pass the Python of a throwaway virtualenv that has mergekit installed.
 """
@@ -92,8 +93,9 @@ def recipe_yaml(method: str, base: Path, cks: list[Path]) -> str:
     return yaml.safe_dump(doc, sort_keys=False)
 
 
-def timed(cmd: list[str], env: dict | None = None) -> tuple[float, float]:
-    """Run cmd; return (wall seconds, peak RSS in GiB of that process tree's largest child)."""
+def timed(cmd: list[str], env: dict | None = None) -> tuple[float, float, float]:
+    """Run cmd; return (wall seconds, peak RSS in GiB of that process tree's largest child, its CPU
+    seconds: user + system)."""
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     _, status, usage = os.wait4(proc.pid, 0)
@@ -101,12 +103,13 @@ def timed(cmd: list[str], env: dict | None = None) -> tuple[float, float]:
     err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
     if os.waitstatus_to_exitcode(status) != 0:
         raise RuntimeError(f"{' '.join(cmd[:4])} failed:\n{err[-2000:]}")
-    return seconds, usage.ru_maxrss / 2**20
+    return seconds, usage.ru_maxrss / 2**20, usage.ru_utime + usage.ru_stime
 
 
-def median_of(runs: list[tuple[float, float]]) -> tuple[float, float]:
-    """Median wall time and the largest peak RSS of several (seconds, GiB) runs."""
-    return statistics.median(r[0] for r in runs), max(r[1] for r in runs)
+def median_of(runs: list[tuple[float, float, float]]) -> tuple[float, float, float]:
+    """Median wall time, the largest peak RSS and the median CPU time of several runs."""
+    wall, cpu = statistics.median(r[0] for r in runs), statistics.median(r[2] for r in runs)
+    return wall, max(r[1] for r in runs), cpu
 
 
 IO_FLOOR = """
@@ -132,6 +135,12 @@ def main() -> None:
     ap.add_argument("--checkpoints", type=int, default=4)
     ap.add_argument("--repeat", type=int, default=1, help="runs per measurement; the median is reported")
     ap.add_argument("--gpu", action="store_true", help="per-layer GPU timing at Llama-3.1-8B shapes instead")
+    ap.add_argument(
+        "--floor-each",
+        action="store_true",
+        help="measure the I/O floor again right before each method and take its ratio to that one (on a "
+        "shared machine whose load drifts, a floor from minutes earlier is no baseline)",
+    )
     args = ap.parse_args()
     if args.gpu:
         from gpu_layer_bench import main as gpu_main
@@ -160,18 +169,20 @@ def main() -> None:
             str(base),
             *map(str, cks),
         ]
-        floor, floor_rss = median_of([timed(floor_cmd, env) for _ in range(args.repeat)])
+        floor, floor_rss, floor_cpu = median_of([timed(floor_cmd, env) for _ in range(args.repeat)])
         # Header first, then each row as it is measured, so an interrupted run still reports what it did.
         print(
             f"machine: {platform.machine()}, {os.cpu_count()} cores; family: {base.parent.name}, bf16; "
             f"median of {args.repeat} run(s)"
         )
         print(
-            f"I/O floor (read {1 + len(cks)} models once, write one): {floor:.1f} s, "
-            f"peak RSS {floor_rss:.2f} GiB\n"
+            f"I/O floor (read {1 + len(cks)} models once, write one): {floor:.1f} s (CPU {floor_cpu:.1f} s), "
+            f"peak RSS {floor_rss:.2f} GiB; load average {os.getloadavg()[0]:.1f}\n"
         )
-        print("| method | seconds | × I/O floor | peak RSS (GiB) | mergekit 0.1.5 (s) | ours / mergekit |")
-        print("|---|---|---|---|---|---|", flush=True)
+        floor_col = " I/O floor before it (s) |" if args.floor_each else ""
+        head = "| method | seconds | × I/O floor | peak RSS (GiB) | CPU (s) "
+        print(head + "| mergekit 0.1.5 (s) | ours / mergekit |" + floor_col)
+        print("|---|---|---|---|---|---|---|" + ("---|" if args.floor_each else ""), flush=True)
         for method in methods:
             cfg = work / f"{method}.yml"
             cfg.write_text(recipe_yaml(method, base, cks))
@@ -187,6 +198,8 @@ def main() -> None:
                 "--quiet",
             ]
             compare = bool(args.mergekit_python) and method in MERGEKIT_COMPARED
+            if args.floor_each:
+                floor = median_of([timed(floor_cmd, env) for _ in range(args.repeat)])[0]
             ours_runs, mk_runs = [], []
             for _ in range(args.repeat):  # interleaved, so drift in machine load hits both alike
                 ours_runs.append(timed(ours_cmd, env))
@@ -194,11 +207,12 @@ def main() -> None:
                 if compare:
                     mk_runs.append(timed(mk_cmd, {**os.environ, "HF_HUB_OFFLINE": "1"}))
                     shutil.rmtree(mk_out, ignore_errors=True)
-            ours, rss = median_of(ours_runs)
+            ours, rss, cpu = median_of(ours_runs)
             mk = median_of(mk_runs)[0] if mk_runs else None
             mk_s = f"{mk:.1f}" if mk else "—"
             rel = f"{ours / mk:.2f}" if mk else "—"
-            print(f"| {method} | {ours:.1f} | {ours / floor:.2f} | {rss:.2f} | {mk_s} | {rel} |", flush=True)
+            row = f"| {method} | {ours:.1f} | {ours / floor:.2f} | {rss:.2f} | {cpu:.1f} | {mk_s} | {rel} |"
+            print(row + (f" {floor:.1f} |" if args.floor_each else ""), flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
