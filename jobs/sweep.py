@@ -192,20 +192,27 @@ def sweep_params(definition: StudyDefinition, **extra: Any) -> dict[str, Any]:
 def sweep_points(store: Any, study_id: str) -> pd.DataFrame:
     """One row per scored merge of a sweep: config, value, subset_id, accuracy (unweighted mean over the
     suite's tasks, percentage points). Empty when the study is not a sweep or nothing is scored yet."""
+    from jobs.study_frames import study_frames
+
+    study = store.get_study(study_id)
+    merged, _, _ = study_frames(store, study)
+    return _points(merged, sweep_axis(study["methods"]))
+
+
+def _points(merged: pd.DataFrame, axis: SweepAxis | None) -> pd.DataFrame:
+    """sweep_points from a study's merge frame (jobs.study_frames: the scores every study table reads)."""
     import pandas as pd
 
     columns = ["config", "value", "subset_id", "accuracy"]
-    axis = sweep_axis(store.get_study(study_id)["methods"])
-    results = store.study_results_df(study_id)
-    if axis is None or results.empty:
+    if axis is None or merged.empty:
         return pd.DataFrame(columns=columns)
     value_of = axis.value_of()
-    per_merge = results.groupby(["config", "subset_id"], as_index=False)["value"].mean()
-    per_merge = per_merge[per_merge["config"].isin(value_of)]
+    per_merge = merged.groupby(["method", "subset_id"], as_index=False)["value"].mean()
+    per_merge = per_merge[per_merge["method"].isin(value_of)]
     out = pd.DataFrame(
         {
-            "config": per_merge["config"],
-            "value": per_merge["config"].map(value_of),
+            "config": per_merge["method"],
+            "value": per_merge["method"].map(value_of),
             "subset_id": per_merge["subset_id"],
             "accuracy": per_merge["value"] * 100.0,
         }
@@ -217,23 +224,19 @@ def sweep_points(store: Any, study_id: str) -> pd.DataFrame:
 
 def sweep_curve(store: Any, study_id: str) -> tuple[pd.DataFrame, float | None]:
     """Per swept value: mean, min and max accuracy (%) over the subsets and the number of merges; plus the
-    base model's accuracy on the same suite, version and limit (None until it is scored)."""
+    base model's accuracy on the same tasks, metrics and limit (None until it is scored)."""
     import pandas as pd
 
-    points = sweep_points(store, study_id)
+    from jobs.study_frames import study_frames
+
+    study = store.get_study(study_id)
+    merged, base_rows, _ = study_frames(store, study)
+    points = _points(merged, sweep_axis(study["methods"]))
     if points.empty:
         curve = pd.DataFrame(columns=["value", "mean", "min", "max", "merges"])
     else:
         g = points.groupby("value", sort=True)["accuracy"]
         curve = g.agg(mean="mean", min="min", max="max", merges="count").reset_index()
     curve.attrs.update(points.attrs)
-    study = store.get_study(study_id)
-    results = store.study_results_df(study_id)
-    models = store.models_df()
-    base_fp = dict(zip(models["ref"], models["fingerprint"], strict=False)).get(study["base"])
-    base = None
-    if base_fp is not None and len(results):
-        rows = store.get_eval_rows(base_fp, results["suite_version"].iloc[0], study["limit"])
-        if rows:
-            base = 100.0 * sum(r["value"] for r in rows) / len(rows)
+    base = float(base_rows["value"].mean() * 100.0) if len(base_rows) else None
     return curve, base

@@ -1,6 +1,7 @@
-"""A study's numbers are the same on the Study page, in its exported report and in `python -m jobs report`,
-and they are the hand-computed ones: one metric per task (the suite's declared one, even when a task also
-stored another), only rows at the study's limit, and the fingerprints the study recorded for its inputs.
+"""A study's numbers are the same on the Study page, in its exported report, in `python -m jobs report` and
+on a sweep's curve, and they are the hand-computed ones: one metric per task (the suite's declared one, even
+when a task also stored another), only rows at the study's limit, and the fingerprints the study recorded
+for its inputs.
 
 The store holds decoys for each of those rules: paper16's tasks carry a second metric (arc_easy's acc_norm,
 leaderboard_gpqa's acc, which the suite does not take from it), rows scored on the whole test set (the
@@ -52,62 +53,65 @@ def _row(fp: str, task: str, metric: str, value: float, limit: int | None) -> di
     }
 
 
+def _decoyed_study(db, methods: list, merges: list[tuple[str, list[str], str | None]]) -> str:
+    """The models, a study of `methods` on paper16 at LIMIT with its recorded inputs, its `merges`
+    (configuration, members, merged fingerprint or None for a failed one) and every score row above."""
+    db.register_model("fB", "base", BASE, name="base")
+    db.register_model("fA-today", "checkpoint", "/m/a", name="a")  # a changed after the study ran
+    db.register_model("fBb", "checkpoint", "/m/b", name="b")
+    db.register_model("fC", "checkpoint", "/m/c", name="c")
+    sid = db.create_study(
+        name="decoyed",
+        base=BASE,
+        pool=POOL,
+        methods=methods,
+        sizes=[2],
+        subsets_per_size=2,
+        seed=0,
+        suite="paper16",
+        limit=LIMIT,
+    )
+    db.set_study_inputs(sid, INPUTS)
+    for k, (config, pair, merged) in enumerate(merges):
+        mid = db.begin_merge(
+            recipe_yaml="merge_method: task_arithmetic\n",
+            method="task_arithmetic",
+            config=config,
+            base_fingerprint="fB",
+            checkpoint_refs=pair,
+            checkpoint_fingerprints=[INPUTS[r] for r in pair],
+            study_id=sid,
+            subset_id=f"n2-{k}",
+        )
+        db.finish_merge(mid, "done" if merged else "failed", merged_fingerprint=merged)
+    rows = []
+    for fp, (arc, gpqa) in DECLARED.items():
+        rows += [
+            _row(fp, "arc_easy", "acc", arc, LIMIT),
+            _row(fp, "leaderboard_gpqa", "acc_norm", gpqa, LIMIT),
+        ]
+        # the whole test set: the base far below every model, so these rows would flip every gain
+        low = 0.10 if fp == "fB" else 0.90
+        rows += [_row(fp, "arc_easy", "acc", low, None), _row(fp, "leaderboard_gpqa", "acc_norm", low, None)]
+    for fp, (arc, gpqa) in OTHER_METRIC.items():
+        rows += [
+            _row(fp, "arc_easy", "acc_norm", arc, LIMIT),
+            _row(fp, "leaderboard_gpqa", "acc", gpqa, LIMIT),
+        ]
+    rows.append(_row("fA-today", "arc_easy", "acc", 0.99, LIMIT))
+    rows.append(_row("fA-today", "leaderboard_gpqa", "acc_norm", 0.99, LIMIT))
+    db.put_eval_rows(rows)
+    return sid
+
+
 @pytest.fixture(scope="module")
 def decoyed_home(tmp_path_factory):
     from store import Store
 
     home = tmp_path_factory.mktemp("study-numbers")
+    merges = [("TA", POOL[:2], "M1"), ("TA", POOL[1:], "M2"), ("TA", POOL[::2], None)]
     with Store(home / "mergelab.duckdb") as db:
-        db.register_model("fB", "base", BASE, name="base")
-        db.register_model(
-            "fA-today", "checkpoint", "/m/a", name="a"
-        )  # a's content changed after the study ran
-        db.register_model("fBb", "checkpoint", "/m/b", name="b")
-        db.register_model("fC", "checkpoint", "/m/c", name="c")
-        sid = db.create_study(
-            name="decoyed",
-            base=BASE,
-            pool=POOL,
-            methods=["TA"],
-            sizes=[2],
-            subsets_per_size=2,
-            seed=0,
-            suite="paper16",
-            limit=LIMIT,
-        )
-        db.set_study_inputs(sid, INPUTS)
-        for k, (pair, merged) in enumerate(((POOL[:2], "M1"), (POOL[1:], "M2"), (POOL[::2], None))):
-            mid = db.begin_merge(
-                recipe_yaml="merge_method: task_arithmetic\n",
-                method="task_arithmetic",
-                config="TA",
-                base_fingerprint="fB",
-                checkpoint_refs=pair,
-                checkpoint_fingerprints=[INPUTS[r] for r in pair],
-                study_id=sid,
-                subset_id=f"n2-{k}",
-            )
-            db.finish_merge(mid, "done" if merged else "failed", merged_fingerprint=merged)
-        rows = []
-        for fp, (arc, gpqa) in DECLARED.items():
-            rows += [
-                _row(fp, "arc_easy", "acc", arc, LIMIT),
-                _row(fp, "leaderboard_gpqa", "acc_norm", gpqa, LIMIT),
-            ]
-            # the whole test set: the base far below every model, so these rows would flip every gain
-            low = 0.10 if fp == "fB" else 0.90
-            rows += [
-                _row(fp, "arc_easy", "acc", low, None),
-                _row(fp, "leaderboard_gpqa", "acc_norm", low, None),
-            ]
-        for fp, (arc, gpqa) in OTHER_METRIC.items():
-            rows += [
-                _row(fp, "arc_easy", "acc_norm", arc, LIMIT),
-                _row(fp, "leaderboard_gpqa", "acc", gpqa, LIMIT),
-            ]
-        rows.append(_row("fA-today", "arc_easy", "acc", 0.99, LIMIT))
-        rows.append(_row("fA-today", "leaderboard_gpqa", "acc_norm", 0.99, LIMIT))
-        db.put_eval_rows(rows)
+        sid = _decoyed_study(db, ["TA"], merges)
     return home, sid
 
 
@@ -152,3 +156,21 @@ def test_page_export_and_cli_report_show_the_same_hand_computed_numbers(decoyed_
     tables = [d.value for d in at.dataframe if list(d.value.columns) == ["n=2"]]
     # the two success/gain tables in page order (vs the base, vs the best checkpoint), as the paper prints
     assert [t.loc["TA", "n=2"] for t in tables[:2]] == ["50% / +1.50", "50% / +0.50"]
+
+
+def test_a_sweep_curve_reads_the_same_scores(tmp_path):
+    from jobs.sweep import sweep_curve, sweep_points
+    from store import Store
+
+    configs = [
+        {"name": f"task_arithmetic lambda={v:g}", "method": "task_arithmetic", "params": {"lambda": v}}
+        for v in (0.5, 1.0)
+    ]
+    merges = [(configs[0]["name"], POOL[:2], "M1"), (configs[1]["name"], POOL[1:], "M2")]
+    with Store(tmp_path / "db.duckdb") as db:
+        sid = _decoyed_study(db, configs, merges)
+        points = sweep_points(db, sid)
+        curve, base = sweep_curve(db, sid)
+    assert points[["value", "accuracy"]].round(6).values.tolist() == [[0.5, 47.0], [1.0, 36.0]]
+    assert curve["mean"].round(6).tolist() == [47.0, 36.0] and curve["merges"].tolist() == [1, 1]
+    assert base == pytest.approx(40.0)
