@@ -13,7 +13,6 @@ picks, they fall back to the SVD.
 from __future__ import annotations
 
 import functools
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 import torch
@@ -250,20 +249,6 @@ def polar(a: torch.Tensor) -> torch.Tensor:
     return polar_and_singular_values(a)[0]
 
 
-def polars(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """polar(a), polar(b). Two small CPU matrices with more than one torch thread: `a`'s on a helper
-    thread, each on one torch thread, so the two independent decompositions use two cores where one
-    LAPACK call cannot (SINGLE_THREAD_MAX_SIDE)."""
-    small = max(min(a.shape), min(b.shape)) <= SINGLE_THREAD_MAX_SIDE
-    if a.device.type != "cpu" or torch.get_num_threads() < 2 or not small:
-        return polar(a), polar(b)
-    one_thread = single_threaded(polar)
-    with ThreadPoolExecutor(1, thread_name_prefix="mergelab-polar") as pool:
-        pa = pool.submit(one_thread, a)
-        pb = one_thread(b)
-        return pa.result(), pb
-
-
 def top_triplets(a: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The k leading singular triplets (U_k, s_k, V_k), V_k as columns; the SVD's when the k-th singular
     value is (close to) zero, since its vectors are then LAPACK's choice of a null-space basis."""
@@ -334,14 +319,12 @@ class TsvmParts:
         self.scat[i * k : (i + 1) * k] = s
         self.vcat[:, i * k : (i + 1) * k] = v
 
+    @single_threaded
     def delta(self, like: torch.Tensor) -> torch.Tensor:
         if self.ucat is None:
             return torch.zeros((self.m, self.n), dtype=like.dtype, device=like.device)
-        pu, pv = polars(self.ucat, self.vcat)
-        self.ucat = self.vcat = None
-        with decomposition_threads(like):
-            out = (pu * self.scat) @ pv.T
-        self.scat = None
+        out = (polar(self.ucat) * self.scat) @ polar(self.vcat).T
+        self.ucat = self.vcat = self.scat = None
         return out
 
 

@@ -242,31 +242,6 @@ def test_methods_run_single_threaded_on_small_cpu_matrices(monkeypatch):
         torch.set_num_threads(before)
 
 
-def test_polars_of_two_matrices_on_two_threads(monkeypatch):
-    import threading
-
-    seen = []
-    real_of = GramEigh.of.__func__
-
-    def of(cls, *args, **kwargs):
-        seen.append((threading.current_thread().name, torch.get_num_threads()))
-        return real_of(cls, *args, **kwargs)
-
-    monkeypatch.setattr(GramEigh, "of", classmethod(of))
-    a, b = torch.randn(30, 20, generator=gen(28)), torch.randn(20, 20, generator=gen(29))
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        pa, pb = subspace.polars(a, b)
-        assert torch.get_num_threads() == 2
-    finally:
-        torch.set_num_threads(before)
-    assert {n for n, _ in seen} == {threading.current_thread().name, "mergelab-polar_0"}
-    assert {t for _, t in seen} == {1}
-    assert_near(pa, ref_polar(a))
-    assert_near(pb, ref_polar(b))
-
-
 # ---- the methods -------------------------------------------------------------------------------------------
 
 
