@@ -311,6 +311,8 @@ def _limit_matches(rows: pd.DataFrame, limit: int | None) -> pd.DataFrame:
 
 def load_comparison(db: Any, study_id: str) -> Comparison:
     """Everything the Compare view and the report show about one comparison, from the store."""
+    from evaluation.suites import declared_metrics  # what each task contributes, as the study tables read
+
     study = db.get_study(study_id)
     models = db.models_df()
     by_ref = {r.ref: (r.fingerprint, r.name) for r in models.itertuples(index=False)} if len(models) else {}
@@ -354,15 +356,17 @@ def load_comparison(db: Any, study_id: str) -> Comparison:
             comp.recipes.setdefault(m.config or m.method, m.recipe_yaml)
     chosen_df = pd.DataFrame(chosen, columns=["method", "merge_id", "fingerprint"])
 
-    base_fp = by_ref.get(comp.base, (None,))[0]
-    ck_fps = {by_ref[r][0]: name(r) for r in pool if r in by_ref}
+    # the fingerprints the comparison ran on (its recorded inputs), else the registered ones
+    inputs = {**{ref: fp for ref, (fp, _) in by_ref.items()}, **dict(study.get("inputs") or {})}
+    base_fp = inputs.get(comp.base)
+    ck_fps = {inputs[r]: name(r) for r in pool if r in inputs}
     labels = {base_fp: comp.base_name, **ck_fps}
     labels.update({r.fingerprint: r.method for r in chosen_df.itertuples(index=False)})
     fps = [fp for fp in labels if fp]
     rows = _limit_matches(
         db.eval_rows_df(fingerprints=fps, suite=comp.suite) if fps else pd.DataFrame(), comp.limit
     )
-    scores = task_scores(rows, labels=labels)
+    scores = task_scores(rows, labels=labels, declared=declared_metrics(comp.suite) if len(rows) else {})
     averages = average_scores(scores)
     avg_of = dict(zip(averages["fingerprint"], averages["average"], strict=False))
     ck_avgs = {fp: avg_of[fp] for fp in ck_fps if fp in avg_of}

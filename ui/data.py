@@ -39,21 +39,26 @@ def pick_metric(metrics: Sequence[str]) -> str | None:
     return names[0] if names else None
 
 
-def task_scores(eval_rows: pd.DataFrame, labels: Mapping[str, str] | None = None) -> pd.DataFrame:
+def task_scores(
+    eval_rows: pd.DataFrame,
+    labels: Mapping[str, str] | None = None,
+    declared: Mapping[str, str] | None = None,
+) -> pd.DataFrame:
     """Eval rows (fingerprint, task, metric, value) -> model, fingerprint, task, metric, score.
 
     Scores are percentage points (the stored value times 100), the unit of the Study page, the paper and
     README, so every page compares the same numbers.
 
-    One headline metric per task (pick_metric) so every model is compared on the same number;
-    `labels` maps fingerprints to display names (default: the stored model_name, else the fingerprint).
+    One headline metric per task so every model is compared on the same number: the suite's `declared`
+    one (task -> metric, `evaluation.suites.declared_metrics`) when given, else pick_metric; `labels` maps
+    fingerprints to display names (default: the stored model_name, else the fingerprint).
     """
     cols = ["model", "fingerprint", "task", "metric", "score"]
     if eval_rows is None or eval_rows.empty:
         return pd.DataFrame(columns=cols)
     out = []
     for task, rows in eval_rows.groupby("task", sort=True):
-        metric = pick_metric(list(dict.fromkeys(rows["metric"])))
+        metric = (declared or {}).get(str(task)) or pick_metric(list(dict.fromkeys(rows["metric"])))
         chosen = rows[rows["metric"] == metric]
         for r in chosen.itertuples(index=False):
             fp = r.fingerprint

@@ -1,7 +1,7 @@
-"""A study's numbers are the same on the Study page, in its exported report, in `python -m jobs report` and
-on a sweep's curve, and they are the hand-computed ones: one metric per task (the suite's declared one, even
-when a task also stored another), only rows at the study's limit, and the fingerprints the study recorded
-for its inputs.
+"""A study's numbers are the same on the Study page, in its exported report, in `python -m jobs report`, on
+a sweep's curve and on Compare, and they are the hand-computed ones: one metric per task (the suite's
+declared one, even when a task also stored another), only rows at the study's limit, and the fingerprints
+the study recorded for its inputs.
 
 The store holds decoys for each of those rules: paper16's tasks carry a second metric (arc_easy's acc_norm,
 leaderboard_gpqa's acc, which the suite does not take from it), rows scored on the whole test set (the
@@ -174,3 +174,17 @@ def test_a_sweep_curve_reads_the_same_scores(tmp_path):
     assert points[["value", "accuracy"]].round(6).values.tolist() == [[0.5, 47.0], [1.0, 36.0]]
     assert curve["mean"].round(6).tolist() == [47.0, 36.0] and curve["merges"].tolist() == [1, 1]
     assert base == pytest.approx(40.0)
+
+
+def test_compare_reads_the_same_scores(decoyed_home):
+    from store import Store
+    from ui.compare import load_comparison
+
+    home, sid = decoyed_home
+    with Store(home / "mergelab.duckdb") as db:
+        comp = load_comparison(db, sid)
+    # Compare shows a study's last merge per configuration (M2 for TA) beside the base and the pool
+    averages = comp.scores.groupby("model")["score"].mean().round(6).to_dict()
+    assert averages == {"base": 40.0, "a": 40.0, "b": 41.0, "c": 35.0, "TA": 36.0}
+    assert comp.best_name == "b"
+    assert comp.gains.groupby("method")["vs_base"].mean().round(6).to_dict() == {"TA": -4.0}
