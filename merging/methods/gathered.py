@@ -14,9 +14,16 @@ from __future__ import annotations
 import torch
 
 from merging.errors import RecipeError
-from merging.methods.base import task_vector_stack
-from merging.methods.blocks import Block, TensorContext, sub_block
-from merging.methods.subspace import IsoCtsParts, TsvmParts, iso_c_from_sum, task_sum
+from merging.methods.base import TensorInputs, task_vector_stack
+from merging.methods.blocks import Block, RowwiseMerger, TensorContext, merge_whole, sub_block
+from merging.methods.subspace import (
+    SKIP_NAMES,
+    IsoCtsParts,
+    TsvmParts,
+    iso_c_from_sum,
+    mean_delta,
+    task_sum,
+)
 
 F32 = 4
 
@@ -213,3 +220,33 @@ class BoostedMerger(_Gathered):
 def whole_bytes(merger) -> int:
     """Bytes a block merger holds whatever the block size (matrix-sized buffers), 0 for most mergers."""
     return int(getattr(merger, "whole_bytes", 0) or 0)
+
+
+def subspace_block_factory(method: str):
+    """`MethodSpec.block_merger` of tsvm, iso_c or iso_cts: a matrix that takes the SVD path gathers what
+    the method needs from row blocks (above); the embeddings, LM head and vectors get the mean of the
+    task vectors, which treats rows independently."""
+
+    def factory(ctx):
+        if len(ctx.shape) == 2 and not any(s in ctx.name for s in SKIP_NAMES):
+            return SUBSPACE[method](ctx)
+        return RowwiseMerger(_mean_merge)
+
+    return factory
+
+
+def _mean_merge(inputs: TensorInputs) -> torch.Tensor:
+    if inputs.base is None:
+        raise RecipeError(f"tensor {inputs.name}: this method needs a base model")
+    delta = mean_delta(inputs)
+    lam = float(inputs.params["lambda"])
+    if lam != 1.0:
+        delta.mul_(lam)
+    return delta.add_(inputs.base)
+
+
+# One code path whole or blocked: a whole tensor is one block of the same merger (blocks.merge_whole).
+tsvm_blocks, iso_c_blocks, iso_cts_blocks = (subspace_block_factory(m) for m in ("tsvm", "iso_c", "iso_cts"))
+merge_tsvm = merge_whole(tsvm_blocks)
+merge_iso_c = merge_whole(iso_c_blocks)
+merge_iso_cts = merge_whole(iso_cts_blocks)

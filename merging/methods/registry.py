@@ -3,7 +3,17 @@
 from __future__ import annotations
 
 from merging.errors import RecipeError
-from merging.methods import boosting, linear, model_stock, passthrough, sce, selective, spherical, subspace
+from merging.methods import (
+    boosting,
+    gathered,
+    linear,
+    model_stock,
+    passthrough,
+    sce,
+    selective,
+    spherical,
+    subspace,
+)
 from merging.methods.base import MethodSpec
 from merging.methods.task_vectors import Preset, block_factory, della_check, merge_with, preset_params
 
@@ -158,8 +168,8 @@ _METHODS: tuple[MethodSpec, ...] = (
             "arXiv:2412.00081"
         ),
         params=(subspace.LAMBDA,),
-        merge=subspace.merge_tsvm,
-        block_merger=subspace.tsvm_blocks,
+        merge=gathered.merge_tsvm,
+        block_merger=gathered.tsvm_blocks,
     ),
     MethodSpec(
         name="iso_c",
@@ -167,8 +177,8 @@ _METHODS: tuple[MethodSpec, ...] = (
         summary="Sums the task vectors and flattens each matrix's spectrum to its mean singular value",
         reference=REF_ISO,
         params=(subspace.LAMBDA,),
-        merge=subspace.merge_iso_c,
-        block_merger=subspace.iso_c_blocks,
+        merge=gathered.merge_iso_c,
+        block_merger=gathered.iso_c_blocks,
     ),
     MethodSpec(
         name="iso_cts",
@@ -176,8 +186,8 @@ _METHODS: tuple[MethodSpec, ...] = (
         summary="Iso-C on a common subspace plus each task's own directions orthogonal to it",
         reference=REF_ISO,
         params=(subspace.LAMBDA, subspace.COMMON_SPACE_FRACTION),
-        merge=subspace.merge_iso_cts,
-        block_merger=subspace.iso_cts_blocks,
+        merge=gathered.merge_iso_cts,
+        block_merger=gathered.iso_cts_blocks,
     ),
     _boosted(
         "task_arithmetic_sb",

@@ -17,9 +17,7 @@ from contextlib import contextmanager
 
 import torch
 
-from merging.errors import RecipeError
 from merging.methods.base import ParamSpec, TensorInputs
-from merging.methods.blocks import merge_whole
 
 SKIP_NAMES = ("embed_tokens", "lm_head")
 
@@ -270,7 +268,7 @@ def leading_and_rest(a: torch.Tensor, k: int) -> tuple[torch.Tensor, ...]:
     return u[:, :k].clone(), s[:k].clone(), vh[:k].mT.clone(), u[:, k:].clone()
 
 
-def _mean_delta(inputs: TensorInputs) -> torch.Tensor:
+def mean_delta(inputs: TensorInputs) -> torch.Tensor:
     """Δ = (1/T) Σ τ_i = mean(θ_i) − θ0; without the engine's stack, accumulated without stacking."""
     if inputs.task_vectors is not None:
         return inputs.task_vectors.mean(0)
@@ -425,36 +423,3 @@ def iso_cts_delta(tv: torch.Tensor, fraction: float) -> torch.Tensor:
     for i in range(n_tasks):
         parts.add(tv[i])
     return parts.delta(tv)
-
-
-def block_factory(method: str):
-    """`MethodSpec.block_merger` of tsvm, iso_c or iso_cts: a matrix that takes the SVD path gathers what
-    the method needs from row blocks (gathered.py); the embeddings, LM head and vectors get the mean of the
-    task vectors, which treats rows independently."""
-
-    def factory(ctx):
-        from merging.methods import gathered
-        from merging.methods.blocks import RowwiseMerger
-
-        if len(ctx.shape) == 2 and not any(s in ctx.name for s in SKIP_NAMES):
-            return gathered.SUBSPACE[method](ctx)
-        return RowwiseMerger(_mean_merge)
-
-    return factory
-
-
-def _mean_merge(inputs: TensorInputs) -> torch.Tensor:
-    if inputs.base is None:
-        raise RecipeError(f"tensor {inputs.name}: this method needs a base model")
-    delta = _mean_delta(inputs)
-    lam = float(inputs.params["lambda"])
-    if lam != 1.0:
-        delta.mul_(lam)
-    return delta.add_(inputs.base)
-
-
-# One code path whole or blocked: a whole tensor is one block of the same merger (blocks.merge_whole).
-tsvm_blocks, iso_c_blocks, iso_cts_blocks = (block_factory(m) for m in ("tsvm", "iso_c", "iso_cts"))
-merge_tsvm = merge_whole(tsvm_blocks)
-merge_iso_c = merge_whole(iso_c_blocks)
-merge_iso_cts = merge_whole(iso_cts_blocks)
