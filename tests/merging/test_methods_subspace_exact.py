@@ -207,7 +207,8 @@ def test_gram_route_falls_back_when_eigh_fails(monkeypatch):
     assert_near(top_triplets(a, 2)[1], ref_svd(a)[1][:2])
 
 
-def test_decomposition_threads_single_for_small_cpu_matrices_and_restored():
+def test_decomposition_threads_single_for_small_cpu_matrices_and_restored(monkeypatch):
+    monkeypatch.setattr(subspace.os, "getloadavg", lambda: (0.0, 0.0, 0.0))
     before = torch.get_num_threads()
     with decomposition_threads(torch.zeros(64, 64)):
         assert torch.get_num_threads() == 1
@@ -217,6 +218,23 @@ def test_decomposition_threads_single_for_small_cpu_matrices_and_restored():
     with pytest.raises(RuntimeError), decomposition_threads(torch.zeros(4, 4)):
         raise RuntimeError("boom")
     assert torch.get_num_threads() == before
+
+
+def test_decomposition_threads_single_for_large_matrices_on_a_busy_machine(monkeypatch):
+    large = torch.zeros(1).expand(3000, subspace.SINGLE_THREAD_MAX_SIDE + 1)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        busy = 2.0 + (subspace.os.cpu_count() or 1)
+        monkeypatch.setattr(subspace.os, "getloadavg", lambda: (busy, 0.0, 0.0))
+        with decomposition_threads(large):
+            assert torch.get_num_threads() == 1
+        monkeypatch.setattr(subspace.os, "getloadavg", lambda: (0.5, 0.0, 0.0))
+        with decomposition_threads(large):
+            assert torch.get_num_threads() == 2
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_methods_run_single_threaded_on_small_cpu_matrices(monkeypatch):
