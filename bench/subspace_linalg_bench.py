@@ -36,14 +36,13 @@ METHODS = {
 @contextmanager
 def svd_route():
     """The route before the Gram matrices: every decomposition an SVD, on torch's thread count."""
-    saved = subspace.GramEigh.of, subspace.SINGLE_THREAD_MAX_SIDE, subspace._machine_busy
+    saved = subspace.GramEigh.of, subspace.SINGLE_THREAD_MAX_SIDE
     subspace.GramEigh.of = classmethod(lambda cls, *args, **kwargs: None)
     subspace.SINGLE_THREAD_MAX_SIDE = 0
-    subspace._machine_busy = lambda: False
     try:
         yield
     finally:
-        subspace.GramEigh.of, subspace.SINGLE_THREAD_MAX_SIDE, subspace._machine_busy = saved
+        subspace.GramEigh.of, subspace.SINGLE_THREAD_MAX_SIDE = saved
 
 
 def timed(fn, tv):

@@ -13,7 +13,6 @@ picks, they fall back to the SVD.
 from __future__ import annotations
 
 import functools
-import os
 from contextlib import contextmanager
 
 import torch
@@ -50,27 +49,18 @@ def uses_svd(name: str, t: torch.Tensor) -> bool:
 # synchronise the threads once per column, torch's small ops once per call, and when another process holds
 # a core each of those barriers waits for the scheduler. Measured on 2 shared cores under load: eigh of
 # 1024 x 1024, 0.16 s on one thread against 0.9-1.2 s on two; TSV-M of four 256 x 1024 task vectors,
-# 0.04-0.08 s against 0.47-0.66 s. Larger matrices keep torch's thread count while the machine has a core
-# to spare, where the parallel work outweighs the barriers; once the load average reaches the core count
-# plus one (more runnable threads than cores, ours counted) they take one thread too (eigh of 2048 x 2048
-# at load 8 on 2 cores: 1.0-1.2 s on one thread against 7.1-7.4 s on two).
+# 0.04-0.08 s against 0.47-0.66 s. Larger matrices keep torch's thread count, where the parallel work
+# outweighs the barriers on an otherwise idle machine. The rule depends on the shape alone, never on the
+# machine's load: LAPACK's eigh differs in the last bits between one and two threads, and a merge's bytes
+# (its fingerprint) must not depend on what else ran at the time.
 SINGLE_THREAD_MAX_SIDE = 2048
-
-
-def _machine_busy() -> bool:
-    try:
-        return os.getloadavg()[0] >= (os.cpu_count() or 1) + 1
-    except (AttributeError, OSError):  # no load average on this platform
-        return False
 
 
 @contextmanager
 def decomposition_threads(a: torch.Tensor):
-    """One torch thread while working on `a` when it is a small CPU matrix, or any CPU matrix on a busy
-    machine (see above); nests."""
+    """One torch thread while working on `a` when it is a small CPU matrix (see above); nests."""
     threads = torch.get_num_threads()
-    small = min(a.shape[-2:]) <= SINGLE_THREAD_MAX_SIDE
-    if a.device.type != "cpu" or threads == 1 or not (small or _machine_busy()):
+    if a.device.type != "cpu" or threads == 1 or min(a.shape[-2:]) > SINGLE_THREAD_MAX_SIDE:
         yield
         return
     torch.set_num_threads(1)
