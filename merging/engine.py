@@ -28,6 +28,7 @@ from merging.checkpoint import Checkpoint, open_checkpoint
 from merging.compat import CompatReport
 from merging.errors import DeviceError, MergeCancelled, NonFiniteError, RecipeError
 from merging.geometry import BlockGeometry, GeometryRecorder, MergeStats, wants_spectrum
+from merging.memory import return_large_frees_to_os
 from merging.methods.base import MethodSpec, ModelsFromTaskVectors, TensorInputs
 from merging.methods.blocks import Block, RowwiseMerger, TensorContext, merger_for
 from merging.plan import MergePlan, PlannedTensor
@@ -134,6 +135,7 @@ def run_merge(
     started = time.perf_counter()
     spec, _, _ = validate_recipe(recipe)
     dev = resolve_device(device)
+    return_large_frees_to_os()  # else freed blocks stay in the heap and the budget is not what RSS shows
     if isinstance(spectra, str) and spectra != "all":
         raise RecipeError(f"spectra must be 'all', a list of tensor names, or None; got {spectra!r}")
     budget = parse_memory(max_memory) if max_memory is not None else default_budget(dev)
