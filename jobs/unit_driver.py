@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from jobs.context import JobContext
-from jobs.errors import JobCancelled
+from jobs.errors import JobCancelled, JobError
 from jobs.study import build_recipe
 from jobs.study_run import finish_study, merge_log_line, merge_record, start_study
 from jobs.units import merge_task, score_task
@@ -57,7 +57,9 @@ def run_study_units(ctx: JobContext, params: dict[str, Any], executor: UnitExecu
                 unit = pending.pop(handle)
                 try:
                     value = executor.result(handle)
-                except Exception as exc:  # a worker crash or an unexpected error inside the unit
+                except JobError:  # the executor itself is gone (a unit process was killed): stop here
+                    raise
+                except Exception as exc:  # an unexpected error inside the unit
                     value = {"error": f"{type(exc).__name__}: {exc}"}
                 label, line = _record(ctx, definition, plan, cks, unit, value, failures)
                 done += 1

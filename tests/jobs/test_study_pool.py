@@ -3,6 +3,7 @@ and a cancel that stops the units in flight and leaves no merge record running."
 
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
@@ -106,3 +107,46 @@ def test_cancel_stops_the_pool(tmp_path, home, tiny_llama_family, zoo_tasks):
         merges = store.merges_df()
         assert "running" not in set(merges.status)
         assert len(merges) < 8 * 4  # the 8 default configurations on 4 subsets: it stopped before the end
+
+
+@pytest.mark.slow
+def test_a_killed_unit_process_fails_the_study_clearly_and_resume_finishes_it(
+    tmp_path, home, tiny_llama_family, zoo_tasks
+):
+    import os
+    import signal
+
+    import psutil
+
+    base, cks = tiny_llama_family
+    params = dict(
+        base=str(base),
+        pool=[str(c) for c in cks],
+        sizes=[2, 3],
+        subsets=3,
+        seed=2,
+        suite="zoo",
+        zoo_root=str(zoo_tasks),
+        processes=2,
+    )
+    with Store(tmp_path / "k.duckdb") as store:
+        runner = JobRunner(store)
+        try:
+            job_id = runner.submit("study", params)
+            deadline = time.monotonic() + 300
+            while " done" not in (log := runner.get(job_id).log or "") and "scored" not in log:
+                assert time.monotonic() < deadline, log
+                time.sleep(0.1)
+            worker = int(re.search(r"worker pid (\d+)", log).group(1))
+            units = [p for p in psutil.Process(worker).children() if "spawn" in " ".join(p.cmdline())]
+            os.kill(units[0].pid, signal.SIGKILL)
+            (job,) = runner.wait([job_id], timeout=300)
+            assert job.status == "failed" and "a study process died" in job.error, job.error
+            assert "running" not in set(store.merges_df().status)
+            (again,) = runner.wait([runner.submit("study", params)], timeout=600)
+        finally:
+            runner.shutdown()
+        assert again.status == "done", again.error
+        merges = store.merges_df()
+        done = merges[merges.status == "done"]
+        assert len(done) == 8 * 4 and not done.duplicated(["config", "subset_id"]).any()
