@@ -386,11 +386,6 @@ def _compute(
     return merged
 
 
-# Stack entries above which a whole tensor's geometry is summed over row chunks (its temporaries then
-# scale with a chunk, not with T copies of an 8B model's largest matrix).
-GEOMETRY_CHUNK_ELEMS = 1 << 24
-
-
 class _Observer:
     """Observe stage: geometry (whole tensors, or accumulated over blocks), progress and cancellation."""
 
@@ -419,34 +414,19 @@ class _Observer:
         has_base: bool,
         model_refs: tuple[str, ...],
     ) -> None:
-        """Record geometry (consuming the unit's stack and `merged` in place), then report progress."""
+        """Record geometry (consuming the unit's stack in place), then report progress."""
         planned = work.planned
-        stacked, base_t = stack[:-1], stack[-1]  # task vectors (or weights without a base), and the base
         geometry = tuple(i.checkpoint for i in planned.inputs) == model_refs  # the recipe's models only
         last = block.stop >= planned.rows
         if len(work.blocks) == 1:
-            if geometry and (
-                stacked.numel() < GEOMETRY_CHUNK_ELEMS
-                or len(planned.shape) < 2
-                or wants_spectrum(planned.name, len(planned.shape), self.recorder.spectra)
-            ):
-                self.recorder.record(planned.name, base_t, stacked, merged, task_vectors=has_base)
-            elif geometry:  # a large whole tensor: the same sums over row chunks, bounded temporaries
-                acc = BlockGeometry(self.recorder.n)
-                step = max(1, GEOMETRY_CHUNK_ELEMS // max(1, stacked[0].numel() // planned.rows))
-                step = max(1, step // max(1, stacked.shape[0]))
-                for a in range(0, planned.rows, step):
-                    b = min(planned.rows, a + step)
-                    acc.add(base_t[a:b], stacked[:, a:b], merged[a:b], task_vectors=has_base)
-                self.recorder.stats.tensors.append(acc.finish(self.recorder, planned.name, planned.shape))
+            if geometry:  # summed in column steps inside: small temporaries however large the tensor
+                self.recorder.record_stack(planned.name, stack, merged, task_vectors=has_base)
         elif geometry:
             if work.geometry is None:
                 work.geometry = BlockGeometry(self.recorder.n)
-            work.geometry.add(base_t, stacked, merged, task_vectors=has_base)
+            work.geometry.add(stack, merged, task_vectors=has_base)
             if last:
-                self.recorder.stats.tensors.append(
-                    work.geometry.finish(self.recorder, planned.name, planned.shape)
-                )
+                work.geometry.finish(self.recorder, planned.name, planned.shape)
                 work.geometry = None
         nbytes = self.tensor_bytes[planned.name]
         self.bytes_read += nbytes * block.stop // planned.rows - nbytes * block.start // planned.rows
@@ -459,9 +439,10 @@ class _Observer:
 
 
 def output_is_finite(merged: torch.Tensor) -> bool:
-    """No NaN/Inf in a merged tensor: one sum pass, a full scan only when the sum is not finite (a finite
-    tensor whose float64 sum overflows still passes)."""
-    return math.isfinite(float(merged.sum(dtype=torch.float64))) or bool(torch.isfinite(merged).all())
+    """No NaN/Inf in a merged tensor: one float32 sum pass (NaN and Inf propagate through it), a full scan
+    only when the sum is not finite (so a finite tensor whose sum overflows still passes). The float64 sum
+    this replaces cost as much as the merge of task arithmetic itself."""
+    return math.isfinite(float(merged.sum())) or bool(torch.isfinite(merged).all())
 
 
 def input_bytes(planned: PlannedTensor, base: Checkpoint | None, by_ref: Mapping[str, Checkpoint]) -> int:

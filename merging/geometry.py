@@ -14,6 +14,8 @@ from __future__ import annotations
 import fnmatch
 import math
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
@@ -145,12 +147,149 @@ def wants_spectrum(name: str, ndim: int, spectra: str | Sequence[str] | None) ->
     return any(name == pat or fnmatch.fnmatchcase(name, pat) for pat in spectra)
 
 
+_LANE: ThreadPoolExecutor | None = None
+
+
+def _lane() -> ThreadPoolExecutor:
+    """The worker thread that sums the second half of a tensor's columns (created on first use, so a
+    process that never merges on CPU has none)."""
+    global _LANE
+    if _LANE is None:
+        _LANE = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mergelab-geometry")
+    return _LANE
+
+
+def _on_one_thread(fn, *args) -> None:
+    torch.set_num_threads(1)  # per thread: a worker never inherits the caller's later setting
+    fn(*args)
+
+
+@contextmanager
+def _one_torch_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+# Columns of a (T + 1, numel) stack summed per step: the step's temporaries (masks, minima, maxima, Σ τ_i)
+# stay small enough to live in cache while the step's five passes read the same columns.
+GEOMETRY_STEP_ELEMS = 1 << 20
+
+
+@dataclass
+class _Sums:
+    """Every per-tensor statistic is a sum over entries, so it adds up over column steps, row blocks and
+    tensors alike. `gram` is the Gram matrix of (τ_1, …, τ_T, Δ): norms, cosines, ⟨Δ, τ_i⟩ and ‖Δ‖² from
+    one GEMM. Counts are exact integers."""
+
+    n: int
+    gram: torch.Tensor = None  # type: ignore[assignment]
+    numel: int = 0
+    task_l1: float = 0.0
+    dropped_l1: float = 0.0
+    conflicts: int = 0
+    conflict_dropped: int = 0
+    conflict_summed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.gram is None:
+            self.gram = torch.zeros(self.n + 1, self.n + 1, dtype=torch.float64)
+
+    def add(self, rows: torch.Tensor) -> None:
+        """rows: (T + 1, numel) with τ_1 … τ_T and then Δ; each row contiguous, rows may be strided.
+
+        On CPU the columns are summed in two halves, the second on a worker thread, every op on one torch
+        thread: small ops on two threads wait at a barrier per call, 10-60x slower when another process
+        holds a core (measured). The halves are always summed apart and then added, on any machine, so
+        the figures never depend on the core count or on which half finished first."""
+        cols = rows.shape[1]
+        step = max(1, GEOMETRY_STEP_ELEMS // rows.shape[0])
+        if rows.device.type != "cpu":
+            self._add_range(rows, 0, cols, step)
+            return
+        middle = min(cols, -(-(cols // 2) // step) * step)  # on a step boundary
+        second = _Sums(self.n)
+        with _one_torch_thread():
+            pending = _lane().submit(_on_one_thread, second._add_range, rows, middle, cols, step)
+            try:
+                self._add_range(rows, 0, middle, step)
+            finally:
+                pending.result()
+        self.absorb(second)
+
+    def absorb(self, other: _Sums) -> None:
+        self.gram += other.gram
+        self.numel += other.numel
+        self.task_l1 += other.task_l1
+        self.dropped_l1 += other.dropped_l1
+        self.conflicts += other.conflicts
+        self.conflict_dropped += other.conflict_dropped
+        self.conflict_summed += other.conflict_summed
+
+    def _add_range(self, rows: torch.Tensor, start: int, stop: int, step: int) -> None:
+        for a in range(start, stop, step):
+            self._add_step(rows[:, a : min(stop, a + step)])
+
+    def _add_step(self, x: torch.Tensor) -> None:
+        n = self.n
+        taus, delta = x[:n], x[n]
+        self.gram += (x @ x.T).double().cpu()
+        self.numel += delta.numel()
+        # row by row: no (T, step) |τ| temporary, and faster than vector_norm along dim 1 (measured)
+        self.task_l1 += sum(float(t.abs().sum(dtype=torch.float64)) for t in taus)
+        dropped = delta == 0
+        n_dropped = int(torch.count_nonzero(dropped))
+        if n_dropped:  # most updates drop nothing (task arithmetic, averaging): no gather then
+            self.dropped_l1 += float(taus[:, dropped].abs().sum(dtype=torch.float64))
+        if n < 2 or delta.numel() == 0:
+            return
+        conflict = _conflicts(taus)
+        n_conflict = int(torch.count_nonzero(conflict))
+        if not n_conflict:
+            return
+        self.conflicts += n_conflict
+        if n_dropped:
+            self.conflict_dropped += int(torch.count_nonzero(conflict & dropped))
+        # Δ non-zero with the strict sign of Σ τ_i: sign products are exact (-1, 0, 1), unlike Δ · Σ τ_i
+        same_sign = torch.sign(delta).mul_(torch.sign(taus.sum(0))) > 0
+        self.conflict_summed += int(torch.count_nonzero(same_sign.logical_and_(conflict)))
+
+    def finite(self) -> tuple[bool, bool]:
+        """(every ‖τ_i‖² is finite, ‖Δ‖² is finite): the inputs' and the output's NaN/Inf check."""
+        d = self.gram.diagonal()
+        return bool(torch.isfinite(d[: self.n]).all()), bool(math.isfinite(float(d[self.n])))
+
+    def stats(self, name: str, shape: tuple[int, ...]) -> TensorStats:
+        g = self.gram.tolist()
+        n = self.n
+        gram = [row[:n] for row in g[:n]]
+        return TensorStats(
+            name=name,
+            shape=tuple(shape),
+            numel=self.numel,
+            task_norms=[math.sqrt(max(gram[i][i], 0.0)) for i in range(n)],
+            delta_norm=math.sqrt(max(g[n][n], 0.0)),
+            cosines=_cosines(gram),
+            sign_conflict=self.conflicts / self.numel if self.numel else 0.0,
+            task_dots=[g[i][n] for i in range(n)],
+            task_l1=self.task_l1,
+            dropped_l1=self.dropped_l1,
+            conflict_dropped=self.conflict_dropped / self.conflicts if self.conflicts else 0.0,
+            conflict_summed=self.conflict_summed / self.conflicts if self.conflicts else 0.0,
+        )
+
+
 class GeometryRecorder:
     """Accumulates stats tensor by tensor while the engine streams.
 
-    Cost per tensor: one in-place subtraction turning the stacked inputs into task vectors, one Gram GEMM
-    (all norms and cosines at once), one `aminmax` pass (sign conflicts) and one dot product for ‖Δ‖. The
-    squared norms double as the NaN/Inf check of the inputs and the output, so no separate scan is needed.
+    Cost per tensor, over the (T + 1, numel) stack the engine read (checkpoints, then the base): one in-place
+    subtraction turning the checkpoints into task vectors, one for Δ in the base's row, then per column step
+    one Gram GEMM of (τ_1 … τ_T, Δ) (norms, cosines, ⟨Δ, τ_i⟩, ‖Δ‖²), the rows' L1 norms and the minima,
+    maxima and sum over checkpoints (sign conflicts and how they were resolved). The squared norms double as
+    the NaN/Inf check of the inputs and the output, so no separate scan is needed.
     """
 
     def __init__(
@@ -165,9 +304,7 @@ class GeometryRecorder:
         self.base_label = base_label
         self.spectra = spectra
         self.stats = MergeStats()
-        self._gram = torch.zeros(n_models, n_models, dtype=torch.float64)
-        self._delta_sq = 0.0
-        self._dots = [0.0] * n_models
+        self._model = _Sums(n_models)  # whole-model sums: the Gram of all tensors together
         self._merged = False  # a stats-only pass (record_task_vectors alone) has no merged update
 
     def record(
@@ -179,55 +316,67 @@ class GeometryRecorder:
         *,
         task_vectors: bool = False,
     ) -> TensorStats:
-        """Record one tensor. float32 inputs on one device, same shape; `models` stacked as (T, *shape),
-        holding the checkpoints' weights, or already their task vectors with `task_vectors=True`.
+        """Record one tensor from separate arguments: float32 on one device, same shape; `models` holding
+        the checkpoints' weights, or already their task vectors with `task_vectors=True`. Copies them into
+        one stack (the engine, which reads into a stack already, calls `record_stack`)."""
+        rows = [m.reshape(-1) for m in (models if not isinstance(models, torch.Tensor) else models)]
+        stack = torch.stack([*rows, base.reshape(-1)]).view(self.n + 1, *base.shape)
+        return self.record_stack(name, stack, merged, task_vectors=task_vectors)
 
-        Consumes its arguments: `models` becomes the task vectors and `merged` becomes Δ = θ_merged − θ0,
-        both in place (the engine has already written the output), which keeps peak memory at (T + 3)
-        tensors. Raises NonFiniteError naming the culprit when an input or the output holds NaN/Inf.
-        """
-        stacked = models if isinstance(models, torch.Tensor) else torch.stack(list(models))
-        taus = stacked.view(self.n, -1)
+    def record_stack(
+        self, name: str, stack: torch.Tensor, merged: torch.Tensor, *, task_vectors: bool = False
+    ) -> TensorStats:
+        """Record one tensor. `stack` is (T + 1, *shape), contiguous, float32: the checkpoints' weights (or
+        their task vectors with `task_vectors=True`) and then the base; `merged` the method's output.
+
+        Consumes `stack`: its rows become the task vectors and its last row Δ = θ_merged − θ0 (the engine has
+        already written the output). Raises NonFiniteError naming the culprit when an input or the output
+        holds NaN/Inf."""
+        n = self.n
+        flat = stack.view(n + 1, -1)
+        shape = tuple(stack.shape[1:])
         if not task_vectors:
-            taus.sub_(base.reshape(1, -1))
-        gram_t = (taus @ taus.T).double().cpu()
-        delta = merged.sub_(base)
-        delta_sq = float(torch.dot(delta.reshape(-1), delta.reshape(-1)))
-        if not bool(torch.isfinite(gram_t.diagonal()).all()):
-            self.refuse_nonfinite_inputs(name, base, taus)
-        if not math.isfinite(delta_sq) and not bool(torch.isfinite(delta).all()):
+            flat[:n].sub_(flat[n])
+        delta = flat[n]
+        torch.sub(merged.reshape(-1), delta, out=delta)  # Δ in the base's row: one stack, one GEMM
+        sums = _Sums(n)
+        sums.add(flat)
+        taus_finite, delta_finite = sums.finite()
+        if not taus_finite:
+            self._refuse_nonfinite_stack(name, flat, merged)
+        if not delta_finite and not bool(torch.isfinite(delta).all()):
             raise NonFiniteError(
                 f"the method produced NaN/Inf in tensor {name!r}; check its parameters "
                 "(e.g. weights summing to 0)"
             )
-        self._gram += gram_t
-        self._delta_sq += delta_sq
+        stats = self._fold(sums, name, shape)
+        if wants_spectrum(name, len(shape), self.spectra):
+            for i in range(n):
+                self._spectrum(name, "task", i, flat[i].view(shape))
+            self._spectrum(name, "delta", -1, delta.view(shape))
+        return stats
+
+    def _refuse_nonfinite_stack(self, name: str, flat: torch.Tensor, merged: torch.Tensor) -> None:
+        """A task vector is not finite: the base is the culprit when Δ = θ_merged − θ0 is not finite either
+        while θ_merged is (the engine checks the output before the stats), else the checkpoint whose τ_i is
+        not. Returns quietly when a finite vector's square merely overflowed."""
+        if bool(torch.isfinite(merged).all()) and not bool(torch.isfinite(flat[self.n]).all()):
+            raise NonFiniteError(
+                f"checkpoint {self.base_label!r}: tensor {name!r} holds NaN/Inf values; refusing to merge"
+            )
+        for label, tau in zip(self.labels, flat[: self.n], strict=True):
+            bad = int((~torch.isfinite(tau)).sum())
+            if bad:
+                raise NonFiniteError(
+                    f"checkpoint {label!r}: tensor {name!r} holds {bad} NaN/Inf values; refusing to merge"
+                )
+
+    def _fold(self, sums: _Sums, name: str, shape: tuple[int, ...]) -> TensorStats:
+        """A finished tensor's stats; its Gram joins the whole-model one."""
+        self._model.gram += sums.gram
         self._merged = True
-        gram = gram_t.tolist()
-        numel = base.numel()
-        flat = delta.reshape(-1)
-        dots = (taus @ flat).double().cpu().tolist()
-        self._dots = [a + b for a, b in zip(self._dots, dots, strict=True)]
-        kept = _kept(taus, flat, numel)
-        stats = TensorStats(
-            name=name,
-            shape=tuple(base.shape),
-            numel=numel,
-            task_norms=[math.sqrt(max(gram[i][i], 0.0)) for i in range(self.n)],
-            delta_norm=math.sqrt(max(delta_sq, 0.0)),
-            cosines=_cosines(gram),
-            sign_conflict=kept["sign_conflict"],
-            task_dots=dots,
-            task_l1=kept["task_l1"],
-            dropped_l1=kept["dropped_l1"],
-            conflict_dropped=kept["conflict_dropped"],
-            conflict_summed=kept["conflict_summed"],
-        )
+        stats = sums.stats(name, shape)
         self.stats.tensors.append(stats)
-        if wants_spectrum(name, base.ndim, self.spectra):
-            for i in range(self.n):
-                self._spectrum(name, "task", i, stacked[i])
-            self._spectrum(name, "delta", -1, delta)
         return stats
 
     def record_task_vectors(self, name: str, base: torch.Tensor, taus: torch.Tensor) -> TensorStats:
@@ -239,7 +388,7 @@ class GeometryRecorder:
         gram_t = (flat @ flat.T).double().cpu()
         if not bool(torch.isfinite(gram_t.diagonal()).all()):
             self.refuse_nonfinite_inputs(name, base, flat)
-        self._gram += gram_t
+        self._model.gram[: self.n, : self.n] += gram_t
         gram = gram_t.tolist()
         numel = base.numel()
         conflict = _conflicts(flat) if numel and self.n >= 2 else None
@@ -251,7 +400,7 @@ class GeometryRecorder:
             delta_norm=None,
             cosines=_cosines(gram),
             sign_conflict=int(torch.count_nonzero(conflict)) / numel if conflict is not None else 0.0,
-            task_l1=float(torch.linalg.vector_norm(flat, ord=1, dim=0).sum(dtype=torch.float64)),
+            task_l1=float(torch.linalg.vector_norm(flat, ord=1, dim=1).double().sum()),
         )
         self.stats.tensors.append(stats)
         if wants_spectrum(name, base.ndim, self.spectra):
@@ -274,72 +423,40 @@ class GeometryRecorder:
         )
 
     def finish(self) -> MergeStats:
-        gram = self._gram.tolist()
+        g = self._model.gram.tolist()
+        n = self.n
+        gram = [row[:n] for row in g[:n]]
         stats_only = bool(self.stats.tensors) and not self._merged
-        self.stats.model_delta_norm = None if stats_only else math.sqrt(max(self._delta_sq, 0.0))
-        self.stats.model_task_norms = [math.sqrt(max(gram[i][i], 0.0)) for i in range(self.n)]
+        self.stats.model_delta_norm = None if stats_only else math.sqrt(max(g[n][n], 0.0))
+        self.stats.model_task_norms = [math.sqrt(max(gram[i][i], 0.0)) for i in range(n)]
         self.stats.model_cosines = _cosines(gram)
-        self.stats.model_task_dots = [] if stats_only else list(self._dots)
+        self.stats.model_task_dots = [] if stats_only else [g[i][n] for i in range(n)]
         return self.stats
 
 
 class BlockGeometry:
-    """The per-tensor stats of `GeometryRecorder.record` for a tensor merged in row blocks: every quantity is
-    a sum over entries, so blocks add up (norms, cosines, ⟨Δ, τ_i⟩, L1 masses, conflict counts). Singular
-    spectra need the whole matrix and are not recorded for a blocked tensor."""
+    """The per-tensor stats of `GeometryRecorder.record_stack` for a tensor merged in row blocks: every
+    quantity is a sum over entries, so blocks add up. Singular spectra need the whole matrix and are not
+    recorded for a blocked tensor."""
 
     def __init__(self, n_models: int):
         self.n = n_models
-        self.gram = torch.zeros(n_models, n_models, dtype=torch.float64)
-        self.delta_sq = 0.0
-        self.dots = [0.0] * n_models
-        self.task_l1 = self.dropped_l1 = 0.0
-        self.numel = self.conflicts = self.conflict_dropped = self.conflict_summed = 0
+        self.sums = _Sums(n_models)
 
-    def add(
-        self, base: torch.Tensor, stacked: torch.Tensor, merged: torch.Tensor, *, task_vectors: bool
-    ) -> None:
-        """One block: base rows, (T, rows, ...) stack (weights, or task vectors with task_vectors=True) and
-        the merged rows; consumes them in place like `record`."""
-        taus = stacked.reshape(self.n, -1)
+    def add(self, stack: torch.Tensor, merged: torch.Tensor, *, task_vectors: bool) -> None:
+        """One block: the (T + 1, rows, ...) stack (checkpoints' weights, or task vectors with
+        task_vectors=True, then the base) and the merged rows; consumes the stack like `record_stack`."""
+        flat = stack.reshape(self.n + 1, -1)
+        if flat.data_ptr() != stack.data_ptr() or not flat[0].is_contiguous():
+            raise ValueError("BlockGeometry.add needs a stack whose rows are contiguous")
         if not task_vectors:
-            taus.sub_(base.reshape(1, -1))
-        delta = merged.sub_(base).reshape(-1)
-        self.gram += (taus @ taus.T).double().cpu()
-        self.delta_sq += float(torch.dot(delta, delta))
-        self.dots = [a + b for a, b in zip(self.dots, (taus @ delta).double().cpu().tolist(), strict=True)]
-        numel = delta.numel()
-        kept = _kept(taus, delta, numel)
-        self.numel += numel
-        self.task_l1 += kept["task_l1"]
-        self.dropped_l1 += kept["dropped_l1"]
-        n_conflict = round(kept["sign_conflict"] * numel)
-        self.conflicts += n_conflict
-        self.conflict_dropped += round(kept["conflict_dropped"] * n_conflict)
-        self.conflict_summed += round(kept["conflict_summed"] * n_conflict)
+            flat[: self.n].sub_(flat[self.n])
+        torch.sub(merged.reshape(-1), flat[self.n], out=flat[self.n])
+        self.sums.add(flat)
 
     def finish(self, recorder: GeometryRecorder, name: str, shape: tuple[int, ...]) -> TensorStats:
         """The tensor's stats; also folds them into the recorder's whole-model sums."""
-        recorder._gram += self.gram
-        recorder._delta_sq += self.delta_sq
-        recorder._dots = [a + b for a, b in zip(recorder._dots, self.dots, strict=True)]
-        recorder._merged = True
-        gram = self.gram.tolist()
-        n_conf = self.conflicts
-        return TensorStats(
-            name=name,
-            shape=tuple(shape),
-            numel=self.numel,
-            task_norms=[math.sqrt(max(gram[i][i], 0.0)) for i in range(self.n)],
-            delta_norm=math.sqrt(max(self.delta_sq, 0.0)),
-            cosines=_cosines(gram),
-            sign_conflict=n_conf / self.numel if self.numel else 0.0,
-            task_dots=list(self.dots),
-            task_l1=self.task_l1,
-            dropped_l1=self.dropped_l1,
-            conflict_dropped=self.conflict_dropped / n_conf if n_conf else 0.0,
-            conflict_summed=self.conflict_summed / n_conf if n_conf else 0.0,
-        )
+        return recorder._fold(self.sums, name, shape)
 
 
 def _refuse_nonfinite_inputs(
@@ -369,30 +486,3 @@ def _cosines(gram: list[list[float]]) -> list[list[float]]:
 def _conflicts(taus: torch.Tensor) -> torch.Tensor:
     # amax and amin separately beat aminmax over dim 0 on CPU (measured: 88 vs 129 ms on 4 x 2.9M).
     return (taus.amin(0) < 0) & (taus.amax(0) > 0)
-
-
-def _kept(taus: torch.Tensor, delta: torch.Tensor, numel: int) -> dict[str, float]:
-    """What the update did with the task vectors (TensorStats' last fields), from (T, numel) task vectors
-    and the flat Δ. At most two extra float32 vectors of numel at a time, plus boolean masks."""
-    dropped = delta == 0
-    # Σ_i |τ_i| per entry, model by model: vector_norm(ord=1, dim=0) reduces along the strided
-    # axis and is about 12x slower on CPU (0.89 s vs 0.075 s on 2 x 2.6M); it made geometry dominate merges.
-    mass = taus[0].abs()
-    for tau in taus[1:]:
-        mass.add_(tau.abs())
-    task_l1 = float(mass.sum(dtype=torch.float64))
-    dropped_l1 = float(mass[dropped].sum(dtype=torch.float64)) if task_l1 else 0.0
-    del mass
-    out = {"task_l1": task_l1, "dropped_l1": dropped_l1, "sign_conflict": 0.0}
-    out.update(conflict_dropped=0.0, conflict_summed=0.0)
-    if numel == 0 or taus.shape[0] < 2:
-        return out
-    conflict = _conflicts(taus)
-    n_conflict = int(torch.count_nonzero(conflict))
-    out["sign_conflict"] = n_conflict / numel
-    if n_conflict:
-        summed = taus.sum(0)
-        same_sign = (delta > 0) & (summed > 0) | (delta < 0) & (summed < 0)
-        out["conflict_dropped"] = int(torch.count_nonzero(conflict & dropped)) / n_conflict
-        out["conflict_summed"] = int(torch.count_nonzero(conflict & same_sign)) / n_conflict
-    return out

@@ -176,6 +176,9 @@ class Prefetcher:
         dest.copy_(host)
 
     def _run(self) -> None:
+        # One torch thread for the conversions: they are memory-bound, and on two threads every copy waits at
+        # a barrier for a core the engine's own thread is using (thread counts are per thread in torch).
+        torch.set_num_threads(1)
         try:
             for unit in self.units:
                 if not unit.prefetch:  # wait until the engine has released both buffers

@@ -496,19 +496,24 @@ def test_orderless_statistic_passes_alternate_direction(wide_vocab_family, metho
     assert all(sorted(s) == starts[-1] for s in starts.values())  # every pass sees every block once
 
 
-def test_large_whole_tensor_geometry_summed_over_row_chunks(tmp_path, wide_vocab_family, monkeypatch):
-    import merging.engine as engine
+def test_geometry_summed_over_column_steps_equals_one_step(tmp_path, wide_vocab_family, monkeypatch):
+    import merging.geometry as geometry
 
     base, cks = wide_vocab_family
     r = _recipe("ties", base, cks)
+    monkeypatch.setattr(geometry, "GEOMETRY_STEP_ELEMS", 1 << 30)
     plain = run_merge(r, DirectorySink(tmp_path / "a")).stats
-    monkeypatch.setattr(engine, "GEOMETRY_CHUNK_ELEMS", 512)
+    monkeypatch.setattr(geometry, "GEOMETRY_STEP_ELEMS", 512)
     chunked = run_merge(r, DirectorySink(tmp_path / "b")).stats
     for x, y in zip(plain.tensors, chunked.tensors, strict=True):
         assert x.task_norms == pytest.approx(y.task_norms, rel=1e-5)
         assert sum(x.cosines, []) == pytest.approx(sum(y.cosines, []), rel=1e-4, abs=1e-6)
         assert x.sign_conflict == pytest.approx(y.sign_conflict, abs=1e-9)
         assert x.conflict_summed == pytest.approx(y.conflict_summed, abs=1e-9)
+        assert x.conflict_dropped == pytest.approx(y.conflict_dropped, abs=1e-9)
+        assert x.task_l1 == pytest.approx(y.task_l1, rel=1e-5)  # float32 sums within a step
+        assert x.dropped_l1 == pytest.approx(y.dropped_l1, rel=1e-5)
+        assert x.task_dots == pytest.approx(y.task_dots, rel=1e-4, abs=1e-6)
 
 
 RSS_GROWTH_SCRIPT = """

@@ -145,7 +145,7 @@ def test_usage_errors_are_one_line(capsys):
 def test_ctrl_c_aborts_cleanly_with_130(tmp_path, capsys, monkeypatch, tiny_llama_family):
     """A real SIGINT arrives mid-merge (after the third tensor): the run stops between tensors."""
     base, cks = tiny_llama_family
-    original = merging.engine.GeometryRecorder.record
+    original = merging.engine.GeometryRecorder.record_stack
     calls = []
 
     def record_then_interrupt(self, *args, **kwargs):
@@ -154,7 +154,7 @@ def test_ctrl_c_aborts_cleanly_with_130(tmp_path, capsys, monkeypatch, tiny_llam
             os.kill(os.getpid(), signal.SIGINT)
         return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(merging.engine.GeometryRecorder, "record", record_then_interrupt)
+    monkeypatch.setattr(merging.engine.GeometryRecorder, "record_stack", record_then_interrupt)
     handler = signal.getsignal(signal.SIGINT)
     rc = main([str(_write(tmp_path, _ties(base, cks))), str(tmp_path / "out"), "--quiet"])
     assert rc == 130 and "interrupted" in capsys.readouterr().err
