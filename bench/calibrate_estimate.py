@@ -1,5 +1,6 @@
 """Measure this machine for merging/estimate.py: read and write throughput, each method's arithmetic per
-element, the geometry pass per element, and the float32 SVD rate; writes
+element, the geometry pass per element, and the rate of one decomposition the way the subspace methods take
+it (merging/methods/subspace.py: the eigendecomposition of the smaller Gram matrix); writes
 $MERGELAB_HOME/cache/estimate_calibration.json (the Merge page and the CLI use it from then on).
 
     python bench/calibrate_estimate.py [--device cpu] [--quick]
@@ -23,10 +24,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from mergelab_home import cache_dir  # noqa: E402
-from merging.estimate import CALIBRATION_FILE  # noqa: E402
+from merging.estimate import CALIBRATION_FILE, decomposes  # noqa: E402
 from merging.geometry import GeometryRecorder  # noqa: E402
 from merging.methods import all_methods  # noqa: E402
 from merging.methods.base import ModelsFromTaskVectors, TensorInputs  # noqa: E402
+from merging.methods.subspace import decomposition_threads, svd_via_eigh  # noqa: E402
 
 
 def best_of(fn, repeat: int = 3) -> float:
@@ -71,6 +73,8 @@ def method_rates(device: torch.device, rows: int, cols: int, n_models: int) -> d
     tv = (torch.randn(n_models, rows, cols, generator=gen) * 0.01).to(device)
     out: dict[str, float] = {}
     for spec in all_methods():
+        if decomposes(spec.name):  # timed as decompositions (decomposition_rates), not per element
+            continue
         per = {p.name: (1.0 if p.name == "weight" else p.default) for p in spec.params if p.per_model}
         if "density" in per:
             per["density"] = 0.5
@@ -96,6 +100,24 @@ def method_rates(device: torch.device, rows: int, cols: int, n_models: int) -> d
     return out
 
 
+def decomposition_rates(device: torch.device, r: int, gen: torch.Generator) -> tuple[float, float]:
+    """(per_mnr, per_r3) of merging/estimate.py's decomposition model, from a (2r, r) and an (r, r) matrix
+    decomposed the way the subspace methods do: t(2r, r) − t(r, r) = per_mnr·r³."""
+
+    def seconds(m: int) -> float:
+        a = torch.randn(m, r, generator=gen).to(device)
+
+        def decompose() -> None:
+            with decomposition_threads(a):
+                svd_via_eigh(a)
+
+        return best_of(decompose, 2)
+
+    tall, square = seconds(2 * r), seconds(r)
+    per_mnr = max(tall - square, 0.0) / r**3
+    return per_mnr, max(square / r**3 - per_mnr, 0.0)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu")
@@ -106,22 +128,19 @@ def main() -> None:
     read, write = io_rates(mb)
     methods = method_rates(dev, rows, 1024, 4)
     gen = torch.Generator().manual_seed(1)
-    stack = torch.randn(4, rows, 1024, generator=gen).to(dev)
-    base, merged = (
-        torch.randn(rows, 1024, generator=gen).to(dev),
-        torch.randn(rows, 1024, generator=gen).to(dev),
-    )
+    stack = torch.randn(5, rows, 1024, generator=gen).to(dev)  # 4 task vectors and the base
+    merged = torch.randn(rows, 1024, generator=gen).to(dev)
     rec = GeometryRecorder(4)
-    geo = best_of(lambda: rec.record("x", base, stack.clone(), merged.clone(), task_vectors=True), 2)
-    m = 2048 if not args.quick else 1024
-    a = torch.randn(m, m // 2, generator=gen).to(dev)
-    svd = best_of(lambda: torch.linalg.svd(a, full_matrices=False), 2) / (m * (m // 2) * (m // 2))
+    copy = best_of(lambda: stack.clone(), 2)
+    geo = best_of(lambda: rec.record_stack("x", stack.clone(), merged, task_vectors=True), 2) - copy
+    per_mnr, per_r3 = decomposition_rates(dev, 1024 if not args.quick else 512, gen)
     cal = {
         "read_bytes_per_s": read,
         "write_bytes_per_s": write,
-        "geometry_ns_per_elem": geo / stack.numel() * 1e9,
+        "geometry_ns_per_elem": geo / (4 * rows * 1024) * 1e9,
         "method_ns_per_elem": {"default": max(methods.values(), default=2.0), **methods},
-        "svd_s_per_mnr": svd,
+        "decomposition_s_per_mnr": per_mnr,
+        "decomposition_s_per_r3": per_r3,
         "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "load": os.getloadavg()[0],
         "device": str(dev),

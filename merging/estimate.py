@@ -5,7 +5,8 @@ machine (`bench/calibrate_estimate.py` writes it to $MERGELAB_HOME/cache/estimat
 one, the defaults below, measured on the 2-core development VM). Time = input bytes read (more than once for
 tensors whose statistics need extra passes over their blocks) at the read rate + output bytes at the write
 rate + per-element arithmetic of the method and the geometry + the SVDs of the subspace methods, which on a
-CPU dominate everything (one 14336 x 4096 SVD is about a minute on 2 cores). Peak memory is the budget's own
+CPU dominate everything (one decomposition of a 14336 x 4096 matrix, taken the way the methods take it,
+is about half a minute on 2 cores). Peak memory is the budget's own
 cost model (budget.py). Warnings: a subspace method on a CPU that would take hours, a merge that cannot fit.
 """
 
@@ -32,9 +33,14 @@ CALIBRATION_FILE = "estimate_calibration.json"
 DEFAULTS: dict[str, Any] = {
     "read_bytes_per_s": 400e6,
     "write_bytes_per_s": 300e6,
-    "geometry_ns_per_elem": 1.2,  # per element and checkpoint
+    "geometry_ns_per_elem": 7.0,  # per element and checkpoint (6.7-7.3 measured 2026-12-02, load 1.1-1.3)
     "method_ns_per_elem": {"default": 2.0},  # per element and checkpoint, the method's own arithmetic
-    "svd_s_per_mnr": 3.0e-10,  # seconds per m·n·min(m, n) of one float32 SVD on the CPU
+    # One decomposition of an m x n matrix (r = min(m, n)) as the subspace methods take it, the
+    # eigendecomposition of the smaller Gram matrix: seconds = per_mnr·m·n·r (the Gram product) +
+    # per_r3·r³ (the eigendecomposition). Fitted 2026-12-02 (load 1.3-1.5) to 2048 x 1024 (0.27 s),
+    # 4096 x 4096 (6.3 s) and 14336 x 4096 (11.0 s); one rate per m·n·r was off by 3x at 8B shapes.
+    "decomposition_s_per_mnr": 2.8e-11,
+    "decomposition_s_per_r3": 6.3e-11,
     "gpu_speedup": 20.0,
 }
 HOURS_WARNING = 3600.0
@@ -95,6 +101,23 @@ SVD_COUNTS = {"tsvm": lambda t: t + 2, "iso_c": lambda t: 1, "iso_cts": lambda t
 BOOSTED = ("task_arithmetic_sb", "ties_sb")
 
 
+# The per-element arithmetic of a decomposing method besides its decompositions: that of the method it
+# builds on (task sums, or TIES for ties_sb).
+ELEMENTWISE_PART = {"ties_sb": "ties"}
+
+
+def decomposes(method: str) -> bool:
+    """Whether the method's time goes to decompositions, counted by `_svds` at the calibrated decomposition
+    rate, not per element (a rate per element would scale wrongly with the matrix size)."""
+    return method in SVD_COUNTS or method in BOOSTED
+
+
+def _method_ns(rates: Mapping[str, float], method: str) -> float:
+    if decomposes(method):
+        method = ELEMENTWISE_PART.get(method, "task_arithmetic")
+    return rates.get(method, rates["default"])
+
+
 def _svds(spec: MethodSpec, name: str, shape: tuple[int, ...], n_models: int) -> int:
     """SVDs of an m x n matrix the method runs for this tensor (0 for tensors it does not decompose)."""
     if len(shape) != 2:
@@ -108,6 +131,12 @@ def _svds(spec: MethodSpec, name: str, shape: tuple[int, ...], n_models: int) ->
     return 0
 
 
+def decomposition_seconds(cal: Mapping[str, Any], m: int, n: int) -> float:
+    """One decomposition of an m x n matrix on this machine's CPU (see DEFAULTS)."""
+    r = min(m, n)
+    return cal["decomposition_s_per_mnr"] * m * n * r + cal["decomposition_s_per_r3"] * r**3
+
+
 def estimate_plan(
     plan: MergePlan,
     spec: MethodSpec,
@@ -118,7 +147,7 @@ def estimate_plan(
 ) -> Estimate:
     """Estimate a planned merge (its row blocks already set by plan_blocks)."""
     cal = calibration or load_calibration()
-    method_ns = cal["method_ns_per_elem"].get(spec.name, cal["method_ns_per_elem"]["default"])
+    method_ns = _method_ns(cal["method_ns_per_elem"], spec.name)
     speed = cal["gpu_speedup"] if device.type == "cuda" else 1.0
     read = write = compute = svd = 0.0
     svd_matrices: list[str] = []
@@ -136,7 +165,7 @@ def estimate_plan(
         count = _svds(spec, t.name, t.shape, n_models)
         if count:
             m, n = t.shape
-            svd += count * cal["svd_s_per_mnr"] * m * n * min(m, n) / speed
+            svd += count * decomposition_seconds(cal, m, n) / speed
             svd_matrices.append(t.name)
     est = Estimate(
         seconds=read + write + compute + svd,

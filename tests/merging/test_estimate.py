@@ -32,11 +32,21 @@ def test_estimate_grows_with_the_work_and_stays_within_the_budget(tiny_llama_fam
 
 def test_hours_of_svds_on_a_cpu_are_warned(tiny_llama_family):
     base, cks = tiny_llama_family
-    slow = {**DEFAULTS, "svd_s_per_mnr": 1.0}  # a machine where one tiny SVD takes a day
+    slow = {**DEFAULTS, "decomposition_s_per_r3": 1.0}  # a machine where one tiny SVD takes a day
     est = estimate_recipe(_recipe("tsvm", base, cks), device="cpu", max_memory="4GiB", calibration=slow)
     assert est.parts["SVDs"] > 3600 and any("tsvm on the CPU needs SVDs" in w for w in est.warnings)
     fast = estimate_recipe(_recipe("tsvm", base, cks), device="cpu", max_memory="4GiB")
     assert not fast.warnings
+
+
+def test_decompositions_are_counted_once_not_again_per_element(tiny_llama_family):
+    """A calibration that timed a subspace method's merge per element (decompositions included, as files
+    written before the decomposition rate existed did) must not add them a second time."""
+    base, cks = tiny_llama_family
+    inflated = {**DEFAULTS, "method_ns_per_elem": {**DEFAULTS["method_ns_per_elem"], "tsvm": 1e9}}
+    plain = estimate_recipe(_recipe("tsvm", base, cks), device="cpu", max_memory="4GiB")
+    again = estimate_recipe(_recipe("tsvm", base, cks), device="cpu", max_memory="4GiB", calibration=inflated)
+    assert again.seconds == plain.seconds and plain.parts["SVDs"] > 0
 
 
 def test_a_budget_that_cannot_fit_is_a_warning_not_a_crash(tiny_llama_family):
