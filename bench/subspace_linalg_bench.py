@@ -1,12 +1,15 @@
-"""Per-matrix time of the subspace methods' linear algebra, the SVD route against the Gram route, in one run.
+"""Per-matrix time of the subspace methods' linear algebra, an older route against the current one, one run.
 
 For each shape (the bench family's: attention 1024×1024 and 256×1024, MLP 2816×1024 and 1024×2816) and
-task count, every method's Δ on random task vectors is computed twice, interleaved: "svd" is the route
-as it was (an SVD for every decomposition, torch's thread count), "gram" the current one (float32/float64
-Gram eigendecompositions, one thread for small matrices; Iso-CTS's smaller residuals are in both). Prints
-seconds, their ratio, and the relative Frobenius difference of the two results.
+task count, every method's Δ on random task vectors is computed twice, interleaved, by the route named by
+`--against` and by the current code:
+- `svd`: the route before the Gram matrices (an SVD for every decomposition, torch's thread count);
+- `one-lane`: the current decompositions one after the other, as before subspace.two_at_a_time.
+Prints wall seconds, CPU seconds (all threads), the wall ratio, and the relative Frobenius difference of
+the two results (0 for one-lane: the bytes must agree).
 
-    python bench/subspace_linalg_bench.py [--shapes 1024x1024,2816x1024] [--tasks 4,12] [--repeat 1]
+    python bench/subspace_linalg_bench.py [--against svd|one-lane] [--shapes 1024x1024,2816x1024]
+                                          [--tasks 4,12] [--methods tsvm,iso_cts] [--repeat 1]
 """
 
 from __future__ import annotations
@@ -45,14 +48,29 @@ def svd_route():
         subspace.GramEigh.of, subspace.SINGLE_THREAD_MAX_SIDE = saved
 
 
+@contextmanager
+def one_lane():
+    """Independent decompositions one after the other (subspace.two_at_a_time without its second lane)."""
+    saved = subspace._in_two_lanes
+    subspace._in_two_lanes = lambda jobs: [job() for job in jobs]
+    try:
+        yield
+    finally:
+        subspace._in_two_lanes = saved
+
+
+ROUTES = {"svd": svd_route, "one-lane": one_lane}
+
+
 def timed(fn, tv):
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     out = fn(tv)
-    return time.perf_counter() - start, out
+    return time.perf_counter() - start, time.process_time() - cpu, out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--against", choices=sorted(ROUTES), default="svd", help="the older route timed")
     ap.add_argument("--shapes", default="1024x1024,256x1024,2816x1024,1024x2816")
     ap.add_argument("--tasks", default="4")
     ap.add_argument("--methods", default=",".join(METHODS))
@@ -60,8 +78,12 @@ def main() -> None:
     args = ap.parse_args()
     load = os.getloadavg()[0]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {load:.2f}")
-    print("| method | shape | T | svd route (s) | gram route (s) | gram / svd | rel. difference |")
-    print("|---|---|---|---|---|---|---|", flush=True)
+    old_route = ROUTES[args.against]
+    print(
+        f"| method | shape | T | {args.against} wall (s) | CPU (s) | current wall (s) | CPU (s) | current / "
+        f"{args.against} (wall) | rel. difference |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|", flush=True)
     for shape in args.shapes.split(","):
         m, n = (int(x) for x in shape.split("x"))
         for n_tasks in (int(t) for t in args.tasks.split(",")):
@@ -70,15 +92,17 @@ def main() -> None:
                 fn = METHODS[method]
                 old, new = [], []
                 for _ in range(args.repeat):  # interleaved, so drift in machine load hits both alike
-                    with svd_route():
-                        t_old, out_old = timed(fn, tv)
-                    t_new, out_new = timed(fn, tv)
+                    with old_route():
+                        *t_old, out_old = timed(fn, tv)
+                    *t_new, out_new = timed(fn, tv)
                     old.append(t_old)
                     new.append(t_new)
                 diff = ((out_new - out_old).norm() / out_old.norm()).item()
-                o, g = statistics.median(old), statistics.median(new)
-                row = f"| {method} | {m}×{n} | {n_tasks} | {o:.2f} | {g:.2f} | {g / o:.2f} | {diff:.1e} |"
-                print(row, flush=True)
+                (o, oc), (g, gc) = (
+                    [statistics.median(t[j] for t in runs) for j in (0, 1)] for runs in (old, new)
+                )
+                times = f"{o:.2f} | {oc:.2f} | {g:.2f} | {gc:.2f} | {g / o:.2f}"
+                print(f"| {method} | {m}×{n} | {n_tasks} | {times} | {diff:.1e} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from merging.errors import RecipeError
 from merging.methods.base import TensorInputs, task_vector_stack
 from merging.methods.blocks import Block, RowwiseMerger, TensorContext, merge_whole, sub_block
 from merging.methods.subspace import (
+    SINGLE_THREAD_MAX_SIDE,
     SKIP_NAMES,
     IsoCtsParts,
     TsvmParts,
@@ -33,6 +34,13 @@ def svd_bytes(m: int, n: int) -> int:
     input, U and Vᵀ, and gesdd's workspace (up to about 7 r² for r = min(m, n))."""
     r = min(m, n)
     return F32 * (m * n + m * r + r * n + 7 * r * r)
+
+
+def second_lane_bytes(m: int, n: int) -> int:
+    """What a second decomposition in flight holds (subspace.two_at_a_time: matrices up to
+    SINGLE_THREAD_MAX_SIDE on the smaller side decompose two at a time)."""
+    r = min(m, n)
+    return svd_bytes(max(m, n), r) if r <= SINGLE_THREAD_MAX_SIDE else 0
 
 
 class _Gathered:
@@ -117,7 +125,8 @@ class IsoCMerger(_Gathered):
 
 
 class TsvmMerger(_Gathered):
-    """TSV-M: pass i gathers τ_i and takes its SVD (T passes), then the polar factors."""
+    """TSV-M: pass i gathers τ_i and takes its SVD (T passes), then the polar factors. A whole tensor (one
+    block) has every τ_i at pass 0: their decompositions then run two at a time (the same bytes)."""
 
     def __init__(self, ctx: TensorContext):
         super().__init__(ctx)
@@ -128,9 +137,14 @@ class TsvmMerger(_Gathered):
     def whole_bytes(self) -> int:
         # τ_i's buffer, its SVD, Ucat and Vcat; then polar factors of Ucat and Vcat and their product
         r = min(self.m, self.n)
-        return 3 * self.matrix_bytes + F32 * 2 * (self.m + self.n) * r + svd_bytes(max(self.m, self.n), r)
+        decompositions = svd_bytes(max(self.m, self.n), r) + second_lane_bytes(self.m, self.n)
+        return 3 * self.matrix_bytes + F32 * 2 * (self.m + self.n) * r + decompositions
 
     def observe(self, pass_no: int, block: Block) -> None:
+        if self._whole(block):
+            if pass_no == 0:
+                self.parts.add_all(task_vector_stack(block.inputs).unbind(0))
+            return
         tau = self._gather(task_vector_stack(block.inputs)[pass_no], block)
         if tau is not None:
             self.parts.add(pass_no, tau)
@@ -141,7 +155,8 @@ class TsvmMerger(_Gathered):
 
 
 class IsoCtsMerger(_Gathered):
-    """Iso-CTS: pass 0 sums the task vectors (the common subspace), pass 1 + i gathers τ_i (its residual)."""
+    """Iso-CTS: pass 0 sums the task vectors (the common subspace), pass 1 + i gathers τ_i (its residual).
+    A whole tensor (one block) does it all at pass 0, the residuals' decompositions two at a time."""
 
     def __init__(self, ctx: TensorContext):
         super().__init__(ctx)
@@ -152,14 +167,18 @@ class IsoCtsMerger(_Gathered):
     @property
     def whole_bytes(self) -> int:
         r = min(self.m, self.n)
-        return 4 * self.matrix_bytes + F32 * 2 * (self.m + self.n) * r + svd_bytes(max(self.m, self.n), r)
+        decompositions = svd_bytes(max(self.m, self.n), r) + second_lane_bytes(self.m, self.n)
+        return 4 * self.matrix_bytes + F32 * 2 * (self.m + self.n) * r + decompositions
 
     def observe(self, pass_no: int, block: Block) -> None:
+        if self._whole(block):
+            if pass_no == 0:
+                tv = task_vector_stack(block.inputs)
+                self.parts.common(task_sum(tv))
+                self.parts.add_all(tv.unbind(0))
+            return
         tv = task_vector_stack(block.inputs)
         if pass_no == 0:
-            if self._whole(block):
-                self.parts.common(task_sum(tv))
-                return
             if self._buf is None:
                 self._buf = torch.empty(self.ctx.shape, dtype=tv.dtype, device=tv.device)
             task_sum(tv, out=self._buf[block.start : block.stop])

@@ -13,7 +13,11 @@ picks, they fall back to the SVD.
 from __future__ import annotations
 
 import functools
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import contextmanager
+from typing import TypeVar
 
 import torch
 
@@ -80,6 +84,58 @@ def single_threaded(fn):
             return fn(*args, **kwargs)
 
     return run
+
+
+# Independent decompositions of one matrix (TSV-M's and Iso-CTS's per-task ones, the two polar factors) run
+# two at a time, on the caller's thread and this one worker, where each would run on one thread anyway
+# (decomposition_threads): each op is then still single-threaded, so the bytes are those of the sequential
+# order, and the second core works instead of idling. Thread count set once around the pair by the caller,
+# never inside a lane (torch.set_num_threads is process-wide).
+_LANE = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mergelab-subspace")
+
+Result = TypeVar("Result")
+
+
+def two_at_a_time(a: torch.Tensor, jobs: Sequence[Callable[[], Result]]) -> list[Result]:
+    """The results of the independent `jobs`, in order, computed two at a time when `a` is a matrix that
+    decomposition_threads puts on one thread and torch has more than one (else one after the other, under
+    decomposition_threads of `a`). Shape-only: the same jobs give the same bytes either way. At most two
+    jobs run at once, so at most two jobs' temporaries exist at once."""
+    lanes = (
+        len(jobs) > 1
+        and a.device.type == "cpu"
+        and torch.get_num_threads() > 1
+        and min(a.shape[-2:]) <= SINGLE_THREAD_MAX_SIDE
+    )
+    with decomposition_threads(a):
+        return _in_two_lanes(jobs) if lanes else [job() for job in jobs]
+
+
+def _in_two_lanes(jobs: Sequence[Callable[[], Result]]) -> list[Result]:
+    results: list = [None] * len(jobs)
+    order = iter(range(len(jobs)))
+    take = threading.Lock()
+    failed = threading.Event()
+
+    def lane() -> None:
+        while not failed.is_set():
+            with take:
+                i = next(order, None)
+            if i is None:
+                return
+            try:
+                results[i] = jobs[i]()
+            except BaseException:
+                failed.set()
+                raise
+
+    other = _LANE.submit(lane)
+    try:
+        lane()
+    finally:
+        wait([other])  # the worker's job ends before the caller restores the thread count
+    other.result()  # its failure, if any
+    return results
 
 
 def svd(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -291,12 +347,14 @@ def task_sum(tv: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
 
 
 class TsvmParts:
-    """TSV-M built one task at a time: `add(i, τ_i)` keeps task i's k = floor(r/T) leading singular
-    triplets, `delta()` orthogonalises the blocks by polar factors.
+    """TSV-M built from the tasks: `add(i, τ_i)` keeps task i's k = floor(r/T) leading singular triplets
+    (`add_all` every task's, two decompositions at a time), `delta()` orthogonalises the blocks by polar
+    factors (the two at once).
 
     The zero-padded tail of Ucat/scat/Vcat (when T does not divide r) carries zero singular values and
-    does not change the polar factor of the used columns, so only the T·k used columns are formed. Only one
-    task's decomposition exists at a time: at 8B shapes 12 full U factors of an MLP matrix would not fit.
+    does not change the polar factor of the used columns, so only the T·k used columns are formed. `add`
+    holds one task's decomposition at a time, `add_all` two: at 8B shapes 12 full U factors of an MLP
+    matrix would not fit.
     """
 
     def __init__(self, m: int, n: int, n_tasks: int):
@@ -304,36 +362,49 @@ class TsvmParts:
         self.k = min(m, n) // n_tasks
         self.ucat = self.vcat = self.scat = None
 
-    @single_threaded
-    def add(self, i: int, tau: torch.Tensor) -> None:
-        k = self.k
-        if k == 0:
-            return
+    def _blocks_like(self, tau: torch.Tensor) -> None:
         if self.ucat is None:
             like = {"dtype": tau.dtype, "device": tau.device}
-            self.ucat = torch.empty((self.m, self.n_tasks * k), **like)
-            self.vcat = torch.empty((self.n, self.n_tasks * k), **like)
-            self.scat = torch.empty(self.n_tasks * k, **like)
+            self.ucat = torch.empty((self.m, self.n_tasks * self.k), **like)
+            self.vcat = torch.empty((self.n, self.n_tasks * self.k), **like)
+            self.scat = torch.empty(self.n_tasks * self.k, **like)
+
+    def _keep(self, i: int, tau: torch.Tensor) -> None:
+        k = self.k
         u, s, v = top_triplets(tau, k)
         self.ucat[:, i * k : (i + 1) * k] = u
         self.scat[i * k : (i + 1) * k] = s
         self.vcat[:, i * k : (i + 1) * k] = v
 
     @single_threaded
+    def add(self, i: int, tau: torch.Tensor) -> None:
+        if self.k == 0:
+            return
+        self._blocks_like(tau)
+        self._keep(i, tau)
+
+    def add_all(self, taus: Sequence[torch.Tensor]) -> None:
+        """`add(i, taus[i])` for every task, two at a time (the same bytes)."""
+        if self.k == 0 or not taus:
+            return
+        self._blocks_like(taus[0])
+        two_at_a_time(taus[0], [functools.partial(self._keep, i, tau) for i, tau in enumerate(taus)])
+
     def delta(self, like: torch.Tensor) -> torch.Tensor:
         if self.ucat is None:
             return torch.zeros((self.m, self.n), dtype=like.dtype, device=like.device)
-        out = (polar(self.ucat) * self.scat) @ polar(self.vcat).T
+        ucat, vcat, scat = self.ucat, self.vcat, self.scat
         self.ucat = self.vcat = self.scat = None
-        return out
+        pu, pv = two_at_a_time(like, [functools.partial(polar, ucat), functools.partial(polar, vcat)])
+        with decomposition_threads(like):
+            return (pu * scat) @ pv.T
 
 
 def tsvm_delta(tv: torch.Tensor) -> torch.Tensor:
     """TSV-M: each task's k = floor(r/T) leading singular triplets, blocks orthogonalised by polar factors."""
     n_tasks, m, n = tv.shape
     parts = TsvmParts(m, n, n_tasks)
-    for i in range(n_tasks):
-        parts.add(i, tv[i])
+    parts.add_all(tv.unbind(0))
     return parts.delta(tv)
 
 
@@ -362,9 +433,10 @@ def iso_cts_sizes(r: int, n_tasks: int, fraction: float) -> tuple[int, int]:
 
 
 class IsoCtsParts:
-    """Iso-CTS built from Σ τ_i (`common`) and then one task at a time (`add(τ_i)`): the common subspace of
-    the sum plus each task's top d directions orthogonal to it, made isotropic in `delta()`. One task's
-    residual at a time: a (T, m, n) residual stack would double the memory.
+    """Iso-CTS built from Σ τ_i (`common`) and then the tasks (`add(τ_i)` one at a time, `add_all` two at a
+    time): the common subspace of the sum plus each task's top d directions orthogonal to it, made
+    isotropic in `delta()`. At most two tasks' residuals at a time: a (T, m, n) residual stack would double
+    the memory.
 
     When m ≤ n the residual (I − U_c U_cᵀ) τ_i is U_r (U_rᵀ τ_i), with U_r the other m − c left singular
     vectors of the sum, so only the small (m − c) × n factor is decomposed. The task blocks lie in the
@@ -389,32 +461,46 @@ class IsoCtsParts:
             u, s, v = total.new_zeros((self.m, 0)), total.new_zeros(0), total.new_zeros((self.n, 0))
         self.us, self.ss, self.vs = [u], [s], [v]
 
-    @single_threaded
-    def add(self, tau: torch.Tensor) -> None:
-        if self.d <= 0:
-            return
+    def _residual_triplets(self, tau: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if self.u_rest is not None:
             w, st, vt = top_triplets(self.u_rest.T @ tau, self.d)
-            ut = self.u_rest @ w
-        else:
-            u_c = self.us[0]
-            resid = tau - u_c @ (u_c.T @ tau)
-            ut, st, vt = top_triplets(resid, self.d)
-            del resid
+            return self.u_rest @ w, st, vt
+        u_c = self.us[0]
+        return top_triplets(tau - u_c @ (u_c.T @ tau), self.d)
+
+    def _keep(self, triplets: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> None:
+        ut, st, vt = triplets
         self.us.append(ut)
         self.ss.append(st)
         self.vs.append(vt)
 
     @single_threaded
+    def add(self, tau: torch.Tensor) -> None:
+        if self.d > 0:
+            self._keep(self._residual_triplets(tau))
+
+    def add_all(self, taus: Sequence[torch.Tensor]) -> None:
+        """`add` of every task in order, two residual decompositions at a time (the same bytes)."""
+        if self.d <= 0 or not taus:
+            return
+        jobs = [functools.partial(self._residual_triplets, tau) for tau in taus]
+        for triplets in two_at_a_time(taus[0], jobs):
+            self._keep(triplets)
+
     def delta(self, like: torch.Tensor) -> torch.Tensor:
         u_c, u_tasks = self.us[0], self.us[1:]
-        u_all = torch.cat([u_c, polar(torch.cat(u_tasks, dim=1))], dim=1) if u_tasks else u_c
         s_all = torch.cat(self.ss)
         v_all = torch.cat(self.vs, dim=1)
         self.us, self.ss, self.vs, self.u_rest = [], [], [], None
         if s_all.numel() == 0:
             return torch.zeros((self.m, self.n), dtype=like.dtype, device=like.device)
-        return (u_all @ polar(v_all).T).mul_(s_all.mean())
+        jobs = [functools.partial(polar, v_all)]
+        if u_tasks:
+            jobs.append(lambda: polar(torch.cat(u_tasks, dim=1)))
+        pv, *pu = two_at_a_time(like, jobs)
+        with decomposition_threads(like):
+            u_all = torch.cat([u_c, pu[0]], dim=1) if u_tasks else u_c
+            return (u_all @ pv.T).mul_(s_all.mean())
 
 
 def iso_cts_delta(tv: torch.Tensor, fraction: float) -> torch.Tensor:
@@ -422,6 +508,5 @@ def iso_cts_delta(tv: torch.Tensor, fraction: float) -> torch.Tensor:
     n_tasks, m, n = tv.shape
     parts = IsoCtsParts(m, n, n_tasks, fraction)
     parts.common(task_sum(tv))
-    for i in range(n_tasks):
-        parts.add(tv[i])
+    parts.add_all(tv.unbind(0))
     return parts.delta(tv)
