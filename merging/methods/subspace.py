@@ -284,11 +284,13 @@ class GramEigh:
 
 
 def _float32_first(a: torch.Tensor, k: int) -> bool:
-    """Whether float32 is worth a try: leading values only, or all of a clearly tall matrix. A square-ish
-    matrix's smallest singular values reach down towards zero (a random n×n one's to about σ_1/n), so
-    when all are needed it goes straight to float64."""
+    """Whether float32 is worth a try: up to half the leading values, or any of a clearly tall matrix. A
+    square-ish matrix's smallest singular values reach down towards zero (a random n×n one's to about
+    σ_1/n, its 0.6·n-th already below σ_1/3, float32's cut for leading values), so past half its rank
+    (Iso-CTS's common subspace, 0.8·r; all of them) it goes straight to float64 instead of forming a
+    float32 Gram matrix that would not resolve them."""
     r = min(a.shape)
-    return k < r or max(a.shape) >= 2 * r
+    return 2 * k <= r or max(a.shape) >= 2 * r
 
 
 def polar_and_singular_values(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

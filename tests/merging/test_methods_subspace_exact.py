@@ -369,3 +369,24 @@ def test_gram_route_in_row_blocks(monkeypatch, shape, no_svd):
     ru, rs, rvh = ref_svd(a)
     assert_near(u @ torch.diag(s) @ v.T, ru[:, :3] @ torch.diag(rs[:3]) @ rvh[:3])
     assert_near(boost(a, 0.2, True), ref_boost(a, 0.2, True))
+
+
+def test_square_matrix_past_half_its_rank_goes_straight_to_float64(monkeypatch, no_svd):
+    """Iso-CTS's common subspace (0.8·r) of a square-ish sum: float32 would not resolve it, so no float32
+    Gram matrix is formed first."""
+    formed = []
+    real_init = GramEigh.__init__
+
+    def init(self, a, dtype=torch.float64, left=False):
+        formed.append(dtype)
+        real_init(self, a, dtype, left)
+
+    monkeypatch.setattr(GramEigh, "__init__", init)
+    a = torch.randn(40, 48, generator=gen(31))
+    u, s, v = top_triplets(a, 32)
+    assert formed == [torch.float64]
+    ru, rs, rvh = ref_svd(a)
+    assert_near((u * s) @ v.T, (ru[:, :32] * rs[:32]) @ rvh[:32])
+    formed.clear()
+    top_triplets(a, 20)  # half the rank: float32 first
+    assert formed[0] == torch.float32
