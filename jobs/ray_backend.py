@@ -77,4 +77,4 @@ class RayExecutor:
 
 def run_study_ray(ctx: JobContext, params: dict[str, Any]) -> dict[str, Any]:
     executor = RayExecutor(_init_ray(params))
-    return run_study_units(ctx, params, executor, executor.where)
+    return run_study_units(ctx, params, executor)

@@ -113,4 +113,4 @@ def _children_allowed():
 
 def run_study_processes(ctx: JobContext, params: dict[str, Any], processes: int) -> dict[str, Any]:
     executor = ProcessExecutor(processes)
-    return run_study_units(ctx, params, executor, executor.where)
+    return run_study_units(ctx, params, executor)

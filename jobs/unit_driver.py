@@ -22,6 +22,8 @@ from jobs.work import record_outcome
 
 
 class UnitExecutor(Protocol):
+    where: str  # what runs the units, for the job's log ("2 local processes …", "Ray …")
+
     def submit(self, fn, *args) -> Any: ...
 
     def wait(self, handles: list[Any], timeout: float) -> list[Any]: ...
@@ -33,7 +35,7 @@ class UnitExecutor(Protocol):
     def close(self) -> None: ...
 
 
-def run_study_units(ctx: JobContext, params: dict[str, Any], executor: UnitExecutor, where: str):
+def run_study_units(ctx: JobContext, params: dict[str, Any], executor: UnitExecutor):
     definition, suite, plan, cks, skipped = start_study(ctx, params)
     zoo_root = params.get("zoo_root")
     pending: dict[Any, tuple] = {}
@@ -47,7 +49,7 @@ def run_study_units(ctx: JobContext, params: dict[str, Any], executor: UnitExecu
             label = f"{config.name} {subset['subset_id']}"
             args = (recipe.to_yaml(), definition.suite, zoo_root, definition.limit, label)
             pending[executor.submit(merge_task, *args)] = ("merge", subset, config, recipe, label)
-        ctx.log(f"submitted {len(pending)} units to {where}")
+        ctx.log(f"submitted {len(pending)} units to {executor.where}")
         done, failures = skipped, []
         while pending:
             if ctx.should_cancel():

@@ -75,27 +75,38 @@ def test_pool_stores_what_the_job_itself_stores(tmp_path, home, tiny_llama_famil
     assert pooled[1] == in_job[1]
 
 
-@pytest.mark.slow
-def test_cancel_stops_the_pool(tmp_path, home, tiny_llama_family, zoo_tasks):
+def _pooled_study(tiny_llama_family, zoo_tasks, seed: int) -> dict:
+    """A two-process study of 3 subsets per size: long enough to be stopped in the middle."""
     base, cks = tiny_llama_family
-    params = dict(
+    return dict(
         base=str(base),
         pool=[str(c) for c in cks],
         sizes=[2, 3],
         subsets=3,
-        seed=1,
+        seed=seed,
         suite="zoo",
         zoo_root=str(zoo_tasks),
         processes=2,
     )
+
+
+def _wait_for_log(runner: JobRunner, job_id: str, reached) -> str:
+    """The job's log once `reached(log)` holds (within 5 minutes)."""
+    deadline = time.monotonic() + 300
+    while not reached(log := runner.get(job_id).log or ""):
+        assert time.monotonic() < deadline, log
+        time.sleep(0.1)
+    return log
+
+
+@pytest.mark.slow
+def test_cancel_stops_the_pool(tmp_path, home, tiny_llama_family, zoo_tasks):
+    params = _pooled_study(tiny_llama_family, zoo_tasks, seed=1)
     with Store(tmp_path / "c.duckdb") as store:
         runner = JobRunner(store)
         try:
             job_id = runner.submit("study", params)
-            deadline = time.monotonic() + 300
-            while "units to 2 local processes" not in (runner.get(job_id).log or ""):
-                assert time.monotonic() < deadline, runner.get(job_id).log
-                time.sleep(0.2)
+            _wait_for_log(runner, job_id, lambda log: "units to 2 local processes" in log)
             runner.cancel(job_id)
             asked = time.monotonic()
             (job,) = runner.wait([job_id], timeout=120)
@@ -118,25 +129,12 @@ def test_a_killed_unit_process_fails_the_study_clearly_and_resume_finishes_it(
 
     import psutil
 
-    base, cks = tiny_llama_family
-    params = dict(
-        base=str(base),
-        pool=[str(c) for c in cks],
-        sizes=[2, 3],
-        subsets=3,
-        seed=2,
-        suite="zoo",
-        zoo_root=str(zoo_tasks),
-        processes=2,
-    )
+    params = _pooled_study(tiny_llama_family, zoo_tasks, seed=2)
     with Store(tmp_path / "k.duckdb") as store:
         runner = JobRunner(store)
         try:
             job_id = runner.submit("study", params)
-            deadline = time.monotonic() + 300
-            while " done" not in (log := runner.get(job_id).log or "") and "scored" not in log:
-                assert time.monotonic() < deadline, log
-                time.sleep(0.1)
+            log = _wait_for_log(runner, job_id, lambda log: " done" in log or "scored" in log)
             worker = int(re.search(r"worker pid (\d+)", log).group(1))
             units = [p for p in psutil.Process(worker).children() if "spawn" in " ".join(p.cmdline())]
             os.kill(units[0].pid, signal.SIGKILL)
