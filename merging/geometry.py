@@ -15,13 +15,13 @@ import fnmatch
 import math
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 import torch
 
 from merging.errors import NonFiniteError
+from merging.threads import torch_threads
 
 
 @dataclass(frozen=True)
@@ -160,18 +160,8 @@ def _lane() -> ThreadPoolExecutor:
 
 
 def _on_one_thread(fn, *args) -> None:
-    torch.set_num_threads(1)  # per thread: a worker never inherits the caller's later setting
-    fn(*args)
-
-
-@contextmanager
-def _one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
+    with torch_threads(1):  # this worker's own count, set per job (a worker keeps what it first takes)
+        fn(*args)
 
 
 # Columns of a (T + 1, numel) stack summed per step: the step's temporaries (masks, minima, maxima, Σ τ_i)
@@ -212,7 +202,7 @@ class _Sums:
             return
         middle = min(cols, -(-(cols // 2) // step) * step)  # on a step boundary
         second = _Sums(self.n)
-        with _one_torch_thread():
+        with torch_threads(1):
             pending = _lane().submit(_on_one_thread, second._add_range, rows, middle, cols, step)
             try:
                 self._add_range(rows, 0, middle, step)

@@ -26,6 +26,7 @@ import torch
 from merging.checkpoint import ST_DTYPES, Checkpoint, parse_dtype
 from merging.compat import TensorSource, fit_source
 from merging.errors import CheckpointError
+from merging.threads import claim_thread_count, torch_threads
 
 STAGING_BYTES = 64 << 20  # largest single preadv; bigger reads are split
 
@@ -177,8 +178,11 @@ class Prefetcher:
 
     def _run(self) -> None:
         # One torch thread for the conversions: they are memory-bound, and on two threads every copy waits at
-        # a barrier for a core the engine's own thread is using (thread counts are per thread in torch).
-        torch.set_num_threads(1)
+        # a barrier for a core the engine's own thread is using.
+        with torch_threads(1):
+            self._read_all()
+
+    def _read_all(self) -> None:
         try:
             for unit in self.units:
                 if not unit.prefetch:  # wait until the engine has released both buffers
@@ -218,6 +222,7 @@ class Prefetcher:
 
     def __iter__(self) -> Iterator[tuple[ReadUnit, torch.Tensor]]:
         if not self._started:
+            claim_thread_count()  # this thread keeps its count whatever the reader sets for itself
             self._thread.start()
             self._started = True
         while True:

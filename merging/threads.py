@@ -1,0 +1,36 @@
+"""Torch thread counts for the engine's own threads.
+
+Torch keeps an intra-op thread count per thread, but a thread that has not run a parallel op yet takes the
+count last set by ANY thread. So a worker that sets its own count and leaves it changes the count of every
+thread that starts later (measured: a reader thread's `set_num_threads(1)` put the engine's main thread,
+and with it every subspace decomposition, on one thread). Set counts only through `torch_threads`, which
+restores the previous one, and let the main thread take its count (`claim_thread_count`) before starting
+workers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+
+
+def claim_thread_count() -> int:
+    """Fix the calling thread's count now (from the process default), before workers change the default."""
+    return torch.get_num_threads()
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """The calling thread's torch ops on `n` threads inside the block; the previous count (and with it the
+    default new threads take) restored after."""
+    previous = torch.get_num_threads()
+    if previous == n:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
