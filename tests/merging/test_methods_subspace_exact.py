@@ -390,3 +390,41 @@ def test_square_matrix_past_half_its_rank_goes_straight_to_float64(monkeypatch, 
     formed.clear()
     top_triplets(a, 20)  # half the rank: float32 first
     assert formed[0] == torch.float32
+
+
+def orthonormal_beside(n, c, e, seed, lean=0.0):
+    """V_c (n × c, orthonormal in float32) and W (n × e), W leaning into span(V_c) by `lean` (→ 1: the
+    pair becomes ill-conditioned)."""
+    g = gen(seed)
+    vc, _ = torch.linalg.qr(torch.randn(n, c, generator=g, dtype=torch.float64))
+    w = torch.randn(n, e, generator=g, dtype=torch.float64)
+    w = (1 - lean) * w + lean * vc @ torch.randn(c, e, generator=g, dtype=torch.float64)
+    return vc.float(), w.float()
+
+
+@pytest.mark.parametrize("lean", [0.0, 0.9, 0.999])
+def test_polar_beside_orthonormal_matches_reference(monkeypatch, no_svd, lean):
+    vc, w = orthonormal_beside(64, 48, 12, seed=41, lean=lean)
+    sizes = []
+    real_eigh = torch.linalg.eigh
+    monkeypatch.setattr(torch.linalg, "eigh", lambda x: sizes.append(x.shape[-1]) or real_eigh(x))
+    got = subspace.polar_beside_orthonormal(vc, w)
+    assert sizes == [24]  # the 2e × 2e block, not the 60 × 60 Gram matrix
+    assert_near(got, ref_polar(torch.cat([vc, w], 1)))
+
+
+def test_polar_beside_orthonormal_falls_back_where_it_saves_nothing(no_svd):
+    vc, w = orthonormal_beside(64, 20, 24, seed=42)  # e ≥ c
+    assert torch.equal(subspace.polar_beside_orthonormal(vc, w), polar(torch.cat([vc, w], 1)))
+    vc, w = orthonormal_beside(120, 40, 10, seed=43)  # tall: the float32 Gram route
+    assert torch.equal(subspace.polar_beside_orthonormal(vc, w), polar(torch.cat([vc, w], 1)))
+
+
+def test_polar_beside_orthonormal_of_a_rank_deficient_pair_takes_the_whole_route(monkeypatch):
+    vc, w = orthonormal_beside(64, 48, 12, seed=44)
+    w[:, 0] = vc[:, :3].sum(1)  # in span(V_c): [V_c, W] is rank-deficient
+    calls = []
+    real_polar = subspace.polar
+    monkeypatch.setattr(subspace, "polar", lambda a: calls.append(a.shape) or real_polar(a))
+    subspace.polar_beside_orthonormal(vc, w)
+    assert calls == [(64, 60)]
