@@ -208,6 +208,11 @@ F32_RCOND_LEADING = 1e-1
 # float64 copies of the matrix (at 8B shapes, 14336 × 4096, that is 32 MiB against 940 MiB).
 GRAM_BLOCK_BYTES = 32 << 20
 
+# Column strips of the Gram matrix formed: only its lower triangle (eigh, UPLO="L", reads no other), 10/16
+# of the full product's work in 4 strips (measured, one thread: 2816×1024 float32 49 → 38 ms, 1024×1024
+# float64 32 → 24 ms; each entry the same dot product, the eigenpairs bit-equal to the full product's here).
+GRAM_STRIPS = 4
+
 
 class GramEigh:
     """The eigenpairs of a matrix's smaller Gram matrix, descending, in `dtype`. With m = A or Aᵀ, whichever
@@ -221,9 +226,11 @@ class GramEigh:
         cols = self.m.shape[1]
         self.block = max(1, GRAM_BLOCK_BYTES // (dtype.itemsize * cols))
         gram = torch.zeros((cols, cols), dtype=dtype, device=a.device)
+        strip = -(-cols // GRAM_STRIPS)
         for start in range(0, self.m.shape[0], self.block):
             mb = self.m[start : start + self.block].to(dtype)
-            gram.addmm_(mb.mT, mb)
+            for j in range(0, cols, strip):  # the lower triangle, strip by strip: eigh reads no other
+                gram[j:, j : j + strip].addmm_(mb[:, j:].mT, mb[:, j : j + strip])
         with decomposition_threads(gram):
             lam, q = torch.linalg.eigh(gram)  # ascending; raises LinAlgError if it fails to converge
         self.lam = lam.flip(-1).clamp_min(0)
