@@ -15,6 +15,7 @@ import fnmatch
 import math
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
@@ -197,10 +198,11 @@ class _Sums:
         the figures never depend on the core count or on which half finished first."""
         cols = rows.shape[1]
         step = max(1, GEOMETRY_STEP_ELEMS // rows.shape[0])
-        if rows.device.type != "cpu":
-            self._add_range(rows, 0, cols, step)
-            return
         middle = min(cols, -(-(cols // 2) // step) * step)  # on a step boundary
+        if rows.device.type != "cpu" or middle == cols:  # a GPU, or a tensor of one step: no second half
+            with torch_threads(1) if rows.device.type == "cpu" else nullcontext():
+                self._add_range(rows, 0, cols, step)
+            return
         second = _Sums(self.n)
         with torch_threads(1):
             pending = _lane().submit(_on_one_thread, second._add_range, rows, middle, cols, step)
