@@ -60,6 +60,11 @@ def uses_svd(name: str, t: torch.Tensor) -> bool:
 SINGLE_THREAD_MAX_SIDE = 2048
 
 
+# Per thread: whether the decomposition section it is in may use the second lane (torch had more than one
+# thread when the section began), and whether it is running a lane's job (no lanes inside a lane).
+_SECTION = threading.local()
+
+
 @contextmanager
 def decomposition_threads(a: torch.Tensor):
     """One torch thread while working on `a` when it is a small CPU matrix (see above); nests."""
@@ -68,9 +73,11 @@ def decomposition_threads(a: torch.Tensor):
         yield
         return
     torch.set_num_threads(1)
+    outer, _SECTION.lanes = getattr(_SECTION, "lanes", False), True
     try:
         yield
     finally:
+        _SECTION.lanes = outer
         torch.set_num_threads(threads)
 
 
@@ -86,11 +93,11 @@ def single_threaded(fn):
     return run
 
 
-# Independent decompositions of one matrix (TSV-M's and Iso-CTS's per-task ones, the two polar factors) run
-# two at a time, on the caller's thread and this one worker, where each would run on one thread anyway
-# (decomposition_threads): each op is then still single-threaded, so the bytes are those of the sequential
-# order, and the second core works instead of idling. Thread count set once around the pair by the caller,
-# never inside a lane (torch.set_num_threads is process-wide).
+# Independent decompositions of one matrix (TSV-M's and Iso-CTS's per-task ones, the two polar factors), and
+# the halves of the products around them, run two at a time, on the caller's thread and this one worker,
+# where each would run on one thread anyway (decomposition_threads): each op is then still single-threaded,
+# so the bytes are those of the sequential order, and the second core works instead of idling. Thread count
+# set once around the pair by the caller, never inside a lane (torch.set_num_threads is process-wide).
 _LANE = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mergelab-subspace")
 
 Result = TypeVar("Result")
@@ -98,17 +105,29 @@ Result = TypeVar("Result")
 
 def two_at_a_time(a: torch.Tensor, jobs: Sequence[Callable[[], Result]]) -> list[Result]:
     """The results of the independent `jobs`, in order, computed two at a time when `a` is a matrix that
-    decomposition_threads puts on one thread and torch has more than one (else one after the other, under
-    decomposition_threads of `a`). Shape-only: the same jobs give the same bytes either way. At most two
+    decomposition_threads puts on one thread and torch has more than one (or had, when the section this
+    runs in began), unless this already runs in a lane; else one after the other, under
+    decomposition_threads of `a`. Shape-only: the same jobs give the same bytes either way. At most two
     jobs run at once, so at most two jobs' temporaries exist at once."""
-    lanes = (
-        len(jobs) > 1
-        and a.device.type == "cpu"
-        and torch.get_num_threads() > 1
-        and min(a.shape[-2:]) <= SINGLE_THREAD_MAX_SIDE
-    )
+    lanes = len(jobs) > 1 and second_lane_free(a)
     with decomposition_threads(a):
         return _in_two_lanes(jobs) if lanes else [job() for job in jobs]
+
+
+def second_lane_free(a: torch.Tensor) -> bool:
+    """Whether two_at_a_time may use the second lane for `a` here: a small CPU matrix, torch on more than
+    one thread (or it was when this thread's decomposition section began), not already inside a lane."""
+    return (
+        a.device.type == "cpu"
+        and min(a.shape[-2:]) <= SINGLE_THREAD_MAX_SIDE
+        and not in_lane()
+        and (torch.get_num_threads() > 1 or getattr(_SECTION, "lanes", False))
+    )
+
+
+def in_lane() -> bool:
+    """Whether this thread is running one of two_at_a_time's jobs (its own calls then run in order)."""
+    return getattr(_SECTION, "in_lane", False)
 
 
 def _in_two_lanes(jobs: Sequence[Callable[[], Result]]) -> list[Result]:
@@ -118,16 +137,20 @@ def _in_two_lanes(jobs: Sequence[Callable[[], Result]]) -> list[Result]:
     failed = threading.Event()
 
     def lane() -> None:
-        while not failed.is_set():
-            with take:
-                i = next(order, None)
-            if i is None:
-                return
-            try:
-                results[i] = jobs[i]()
-            except BaseException:
-                failed.set()
-                raise
+        outer, _SECTION.in_lane = getattr(_SECTION, "in_lane", False), True
+        try:
+            while not failed.is_set():
+                with take:
+                    i = next(order, None)
+                if i is None:
+                    return
+                try:
+                    results[i] = jobs[i]()
+                except BaseException:
+                    failed.set()
+                    raise
+        finally:
+            _SECTION.in_lane = outer
 
     other = _LANE.submit(lane)
     try:
@@ -136,6 +159,25 @@ def _in_two_lanes(jobs: Sequence[Callable[[], Result]]) -> list[Result]:
         wait([other])  # the worker's job ends before the caller restores the thread count
     other.result()  # its failure, if any
     return results
+
+
+def matmul_in_halves(a: torch.Tensor, b: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """a @ b, a's rows in two halves (always two: the bytes do not depend on the lanes), two at a time
+    where two_at_a_time allows it for `like`, the matrix being decomposed."""
+    rows = a.shape[0]
+    out = torch.empty((rows, b.shape[1]), dtype=torch.result_type(a, b), device=a.device)
+    half = -(-rows // 2)
+
+    def rows_of(lo: int, hi: int) -> None:
+        torch.mm(a[lo:hi], b, out=out[lo:hi])
+
+    two_at_a_time(like, [functools.partial(rows_of, 0, half), functools.partial(rows_of, half, rows)])
+    return out
+
+
+def _add_strip(gram: torch.Tensor, mb: torch.Tensor, j: int, strip: int) -> None:
+    """gram[j:, j:j+strip] += mb[:, j:]ᵀ mb[:, j:j+strip]: one strip of the Gram matrix's lower triangle."""
+    gram[j:, j : j + strip].addmm_(mb[:, j:].mT, mb[:, j : j + strip])
 
 
 def svd(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -229,8 +271,9 @@ class GramEigh:
         strip = -(-cols // GRAM_STRIPS)
         for start in range(0, self.m.shape[0], self.block):
             mb = self.m[start : start + self.block].to(dtype)
-            for j in range(0, cols, strip):  # the lower triangle, strip by strip: eigh reads no other
-                gram[j:, j : j + strip].addmm_(mb[:, j:].mT, mb[:, j : j + strip])
+            # the lower triangle, strip by strip (eigh reads no other), two strips at a time
+            jobs = [functools.partial(_add_strip, gram, mb, j, strip) for j in range(0, cols, strip)]
+            two_at_a_time(a, jobs)
         with decomposition_threads(gram):
             lam, q = torch.linalg.eigh(gram)  # ascending; raises LinAlgError if it fails to converge
         self.lam = lam.flip(-1).clamp_min(0)
@@ -266,10 +309,16 @@ class GramEigh:
         return 0 < k <= self.lam.shape[0] and bool(self.lam[k - 1] > self.lam[0] * rcond)
 
     def _times(self, x: torch.Tensor) -> torch.Tensor:
-        """m · x, formed in this precision one row block at a time, as A's dtype."""
-        out = torch.empty((self.m.shape[0], x.shape[1]), dtype=self.a.dtype, device=self.a.device)
-        for start in range(0, self.m.shape[0], self.block):
-            out[start : start + self.block] = self.m[start : start + self.block].to(x.dtype) @ x
+        """m · x, formed in this precision one row block at a time (at least two, two at a time), as A's
+        dtype."""
+        rows = self.m.shape[0]
+        out = torch.empty((rows, x.shape[1]), dtype=self.a.dtype, device=self.a.device)
+        step = min(self.block, max(1, -(-rows // 2)))
+
+        def rows_of(start: int) -> None:
+            out[start : start + step] = self.m[start : start + step].to(x.dtype) @ x
+
+        two_at_a_time(self.a, [functools.partial(rows_of, start) for start in range(0, rows, step)])
         return out
 
     def singular_values(self) -> torch.Tensor:
@@ -277,7 +326,7 @@ class GramEigh:
 
     def apply(self, f: torch.Tensor) -> torch.Tensor:
         """A · V diag(f) Vᵀ (V: A's right singular vectors; f per singular value, as λ), in A's dtype."""
-        out = self._times((self.q * f) @ self.q.T)
+        out = self._times(matmul_in_halves(self.q * f, self.q.T, self.a))
         return out.T.contiguous() if self.wide else out
 
     def top(self, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -443,7 +492,7 @@ class TsvmParts:
         self.ucat = self.vcat = self.scat = None
         pu, pv = two_at_a_time(like, [functools.partial(polar, ucat), functools.partial(polar, vcat)])
         with decomposition_threads(like):
-            return (pu * scat) @ pv.T
+            return matmul_in_halves(pu.mul_(scat), pv.T, like)
 
 
 def tsvm_delta(tv: torch.Tensor) -> torch.Tensor:
@@ -549,7 +598,7 @@ class IsoCtsParts:
         pv, *pu = two_at_a_time(like, jobs)
         with decomposition_threads(like):
             u_all = torch.cat([u_c, pu[0]], dim=1) if u_tasks else u_c
-            return (u_all @ pv.T).mul_(s_all.mean())
+            return matmul_in_halves(u_all, pv.T, like).mul_(s_all.mean())
 
 
 def iso_cts_delta(tv: torch.Tensor, fraction: float) -> torch.Tensor:

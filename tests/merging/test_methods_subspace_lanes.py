@@ -126,3 +126,40 @@ def test_a_failing_job_raises_after_both_lanes_end_and_restores_the_threads(two_
         two_at_a_time(torch.zeros(64, 64), [slow, boom, slow, slow])
     assert finished and set(finished) == {1}  # the worker's job ran on one thread to its end
     assert torch.get_num_threads() == 2
+
+
+def test_a_lane_job_runs_its_own_jobs_in_order(two_threads):
+    """No lanes inside a lane: a job's own two_at_a_time runs on the job's thread, one after the other."""
+    inner_threads = []
+
+    def outer():
+        me = threading.get_ident()
+        inner = two_at_a_time(torch.zeros(64, 64), [threading.get_ident, threading.get_ident])
+        inner_threads.append(set(inner) == {me})
+        return torch.get_num_threads()
+
+    assert two_at_a_time(torch.zeros(64, 64), [outer, outer, outer]) == [1, 1, 1]
+    assert inner_threads == [True, True, True]
+
+
+def test_a_single_decomposition_shares_its_products_between_the_lanes(two_threads, monkeypatch):
+    """Subspace Boosting's one decomposition per matrix (a section of its own): the Gram strips and the
+    products around the eigh go two at a time, with the sequential bytes."""
+    from merging.methods.boosting import boost
+
+    both = threading.Barrier(2, timeout=10)  # the first two strips meet here: one after the other times out
+    calls = []
+    real = subspace._add_strip
+
+    def spy(*args):
+        calls.append(threading.current_thread().name)
+        if len(calls) <= 2:
+            both.wait()
+        return real(*args)
+
+    monkeypatch.setattr(subspace, "_add_strip", spy)
+    delta = tvs(1, 96, 64, seed=5)[0]
+    got = boost(delta, 0.2, True)
+    assert len(set(calls[:2])) == 2
+    monkeypatch.setattr(subspace, "_add_strip", real)
+    assert torch.equal(got, sequential(lambda: boost(delta, 0.2, True)))
