@@ -14,7 +14,6 @@ from __future__ import annotations
 import fnmatch
 import math
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from typing import Literal
@@ -22,7 +21,7 @@ from typing import Literal
 import torch
 
 from merging.errors import NonFiniteError
-from merging.threads import torch_threads
+from merging.threads import on_second_lane, torch_threads
 
 
 @dataclass(frozen=True)
@@ -148,23 +147,6 @@ def wants_spectrum(name: str, ndim: int, spectra: str | Sequence[str] | None) ->
     return any(name == pat or fnmatch.fnmatchcase(name, pat) for pat in spectra)
 
 
-_LANE: ThreadPoolExecutor | None = None
-
-
-def _lane() -> ThreadPoolExecutor:
-    """The worker thread that sums the second half of a tensor's columns (created on first use, so a
-    process that never merges on CPU has none)."""
-    global _LANE
-    if _LANE is None:
-        _LANE = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mergelab-geometry")
-    return _LANE
-
-
-def _on_one_thread(fn, *args) -> None:
-    with torch_threads(1):  # this worker's own count, set per job (a worker keeps what it first takes)
-        fn(*args)
-
-
 # Columns of a (T + 1, numel) stack summed per step: the step's temporaries (masks, minima, maxima, Σ τ_i)
 # stay small enough to live in cache while the step's five passes read the same columns.
 GEOMETRY_STEP_ELEMS = 1 << 20
@@ -205,7 +187,7 @@ class _Sums:
             return
         second = _Sums(self.n)
         with torch_threads(1):
-            pending = _lane().submit(_on_one_thread, second._add_range, rows, middle, cols, step)
+            pending = on_second_lane(second._add_range, rows, middle, cols, step)
             try:
                 self._add_range(rows, 0, middle, step)
             finally:

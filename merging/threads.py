@@ -10,7 +10,8 @@ workers.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 
 import torch
@@ -34,3 +35,21 @@ def torch_threads(n: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+_SECOND_LANE: ThreadPoolExecutor | None = None
+
+
+def on_second_lane(fn: Callable[..., object], *args) -> Future:
+    """Run fn(*args) on the engine's one worker thread with one torch thread, for work split in two halves
+    so that the second core works too (each half on one thread: no per-op barriers between them). The
+    worker is created on first use, so a process that never needs it has none."""
+    global _SECOND_LANE
+    if _SECOND_LANE is None:
+        _SECOND_LANE = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mergelab-lane")
+
+    def one_thread() -> object:
+        with torch_threads(1):
+            return fn(*args)
+
+    return _SECOND_LANE.submit(one_thread)
