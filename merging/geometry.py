@@ -279,7 +279,8 @@ class GeometryRecorder:
         self.base_label = base_label
         self.spectra = spectra
         self.stats = MergeStats()
-        self._model = _Sums(n_models)  # whole-model sums: the Gram of all tensors together
+        # whole model: the Gram matrix of (τ_1 … τ_T, Δ) over all tensors together
+        self._gram = torch.zeros(n_models + 1, n_models + 1, dtype=torch.float64)
         self._merged = False  # a stats-only pass (record_task_vectors alone) has no merged update
 
     def record(
@@ -294,7 +295,7 @@ class GeometryRecorder:
         """Record one tensor from separate arguments: float32 on one device, same shape; `models` holding
         the checkpoints' weights, or already their task vectors with `task_vectors=True`. Copies them into
         one stack (the engine, which reads into a stack already, calls `record_stack`)."""
-        rows = [m.reshape(-1) for m in (models if not isinstance(models, torch.Tensor) else models)]
+        rows = [m.reshape(-1) for m in models]
         stack = torch.stack([*rows, base.reshape(-1)]).view(self.n + 1, *base.shape)
         return self.record_stack(name, stack, merged, task_vectors=task_vectors)
 
@@ -348,7 +349,7 @@ class GeometryRecorder:
 
     def _fold(self, sums: _Sums, name: str, shape: tuple[int, ...]) -> TensorStats:
         """A finished tensor's stats; its Gram joins the whole-model one."""
-        self._model.gram += sums.gram
+        self._gram += sums.gram
         self._merged = True
         stats = sums.stats(name, shape)
         self.stats.tensors.append(stats)
@@ -363,7 +364,7 @@ class GeometryRecorder:
         gram_t = (flat @ flat.T).double().cpu()
         if not bool(torch.isfinite(gram_t.diagonal()).all()):
             self.refuse_nonfinite_inputs(name, base, flat)
-        self._model.gram[: self.n, : self.n] += gram_t
+        self._gram[: self.n, : self.n] += gram_t
         gram = gram_t.tolist()
         numel = base.numel()
         conflict = _conflicts(flat) if numel and self.n >= 2 else None
@@ -398,7 +399,7 @@ class GeometryRecorder:
         )
 
     def finish(self) -> MergeStats:
-        g = self._model.gram.tolist()
+        g = self._gram.tolist()
         n = self.n
         gram = [row[:n] for row in g[:n]]
         stats_only = bool(self.stats.tensors) and not self._merged
