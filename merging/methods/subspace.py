@@ -13,6 +13,7 @@ picks, they fall back to the SVD.
 from __future__ import annotations
 
 import functools
+import os
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
@@ -99,6 +100,16 @@ def single_threaded(fn):
 # so the bytes are those of the sequential order, and the second core works instead of idling. Thread count
 # set once around the pair by the caller, never inside a lane (torch.set_num_threads is process-wide).
 _LANE = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mergelab-subspace")
+
+
+def _fresh_lane_after_fork() -> None:
+    """A forked child has none of the parent's threads, but an executor that believes its worker exists
+    would queue the second lane's jobs for ever: give the child its own (started on first use)."""
+    global _LANE
+    _LANE = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mergelab-subspace")
+
+
+os.register_at_fork(after_in_child=_fresh_lane_after_fork)
 
 Result = TypeVar("Result")
 

@@ -163,3 +163,21 @@ def test_a_single_decomposition_shares_its_products_between_the_lanes(two_thread
     assert len(set(calls[:2])) == 2
     monkeypatch.setattr(subspace, "_add_strip", real)
     assert torch.equal(got, sequential(lambda: boost(delta, 0.2, True)))
+
+
+def _lanes_in_child() -> None:
+    torch.set_num_threads(2)
+    both = threading.Barrier(2, timeout=10)
+    two_at_a_time(torch.zeros(64, 64), [both.wait, both.wait])
+
+
+def test_a_forked_child_gets_its_own_second_lane(two_threads):
+    import multiprocessing
+
+    two_at_a_time(torch.zeros(64, 64), [threading.get_ident, threading.get_ident])  # the parent's worker runs
+    child = multiprocessing.get_context("fork").Process(target=_lanes_in_child)
+    child.start()
+    child.join(60)
+    if child.is_alive():
+        child.kill()
+    assert child.exitcode == 0
