@@ -10,6 +10,7 @@ workers.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -38,6 +39,16 @@ def torch_threads(n: int) -> Iterator[None]:
 
 
 _SECOND_LANE: ThreadPoolExecutor | None = None
+
+
+def _no_lane_after_fork() -> None:
+    """A forked child has none of its parent's threads, but an executor copied by fork believes its worker
+    exists and would queue jobs for ever: the child starts its own on first use."""
+    global _SECOND_LANE
+    _SECOND_LANE = None
+
+
+os.register_at_fork(after_in_child=_no_lane_after_fork)
 
 
 def on_second_lane(fn: Callable[..., object], *args) -> Future:

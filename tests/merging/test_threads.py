@@ -7,7 +7,7 @@ import threading
 import torch
 
 from merging import DirectorySink, ModelEntry, Recipe, run_merge
-from merging.threads import torch_threads
+from merging.threads import on_second_lane, torch_threads
 
 
 def _on_fresh_thread(fn):
@@ -63,3 +63,19 @@ def test_a_merge_keeps_its_threads_count_and_the_default(tmp_path, tiny_llama_fa
         _on_fresh_thread(lambda: run_merge(recipe, DirectorySink(tmp_path / "out"), device="cpu"))
         assert seen and set(seen) == {2}
         assert _on_fresh_thread(torch.get_num_threads) == 2
+
+
+def _second_lane_in_child() -> None:
+    assert on_second_lane(threading.get_ident).result(timeout=10) != threading.get_ident()
+
+
+def test_a_forked_child_gets_its_own_second_lane():
+    import multiprocessing
+
+    assert on_second_lane(threading.get_ident).result() != threading.get_ident()  # the parent's worker runs
+    child = multiprocessing.get_context("fork").Process(target=_second_lane_in_child)
+    child.start()
+    child.join(60)
+    if child.is_alive():
+        child.kill()
+    assert child.exitcode == 0
