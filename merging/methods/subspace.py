@@ -13,16 +13,16 @@ picks, they fall back to the SVD.
 from __future__ import annotations
 
 import functools
-import os
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import wait
 from contextlib import contextmanager
 from typing import TypeVar
 
 import torch
 
 from merging.methods.base import ParamSpec, TensorInputs
+from merging.threads import on_second_lane
 
 SKIP_NAMES = ("embed_tokens", "lm_head")
 
@@ -95,22 +95,10 @@ def single_threaded(fn):
 
 
 # Independent decompositions of one matrix (TSV-M's and Iso-CTS's per-task ones, the two polar factors), and
-# the halves of the products around them, run two at a time, on the caller's thread and this one worker,
-# where each would run on one thread anyway (decomposition_threads): each op is then still single-threaded,
-# so the bytes are those of the sequential order, and the second core works instead of idling. Thread count
-# set once around the pair by the caller, never inside a lane (torch.set_num_threads is process-wide).
-_LANE = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mergelab-subspace")
-
-
-def _fresh_lane_after_fork() -> None:
-    """A forked child has none of the parent's threads, but an executor that believes its worker exists
-    would queue the second lane's jobs for ever: give the child its own (started on first use)."""
-    global _LANE
-    _LANE = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mergelab-subspace")
-
-
-os.register_at_fork(after_in_child=_fresh_lane_after_fork)
-
+# the halves of the products around them, run two at a time, on the caller's thread and the engine's second
+# lane (merging/threads.py), where each would run on one thread anyway (decomposition_threads): each op is
+# then still single-threaded, so the bytes are those of the sequential order, and the second core works
+# instead of idling. Torch thread counts are per thread: the lane sets its own to one for each job.
 Result = TypeVar("Result")
 
 
@@ -168,7 +156,7 @@ def _in_two_lanes(jobs: Sequence[Callable[[], Result]]) -> list[Result]:
         finally:
             _SECTION.in_lane = outer
 
-    other = _LANE.submit(lane)
+    other = on_second_lane(lane)
     try:
         lane()
     finally:

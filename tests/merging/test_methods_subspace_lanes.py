@@ -185,11 +185,11 @@ def test_a_forked_child_gets_its_own_second_lane(two_threads):
 
 def test_a_fresh_worker_runs_its_first_job_on_one_thread(two_threads, monkeypatch):
     """A new worker thread's torch/MKL count is set lazily: its first products must already be one-thread."""
-    from concurrent.futures import ThreadPoolExecutor
+    import merging.threads as threads
 
     a = tvs(1, 2816, 1024, seed=11)[0]
     expected = sequential(lambda: subspace.top_triplets(a, 816))
-    monkeypatch.setattr(subspace, "_LANE", ThreadPoolExecutor(max_workers=1))
+    monkeypatch.setattr(threads, "_SECOND_LANE", None)  # the next job starts a fresh worker
     with subspace.decomposition_threads(a):
         got = subspace.top_triplets(a, 816)
     assert all(torch.equal(x, y) for x, y in zip(got, expected, strict=True))
