@@ -135,12 +135,7 @@ def _in_two_lanes(jobs: Sequence[Callable[[], Result]]) -> list[Result]:
     take = threading.Lock()
     failed = threading.Event()
 
-    def lane() -> None:
-        if torch.get_num_threads() != 1:
-            # Not reached in the section's own thread (set to one). The worker's count is fixed by its first
-            # call to torch's thread functions or first parallel op, and MKL calls before that ran on the
-            # machine's default: a fresh worker's first Gram product came out with other bits (measured).
-            torch.set_num_threads(1)
+    def lane() -> None:  # one torch thread: decomposition_threads here, on_second_lane on the worker
         outer, _SECTION.in_lane = getattr(_SECTION, "in_lane", False), True
         try:
             while not failed.is_set():
