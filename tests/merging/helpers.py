@@ -43,3 +43,17 @@ def model_count(spec, default: int = 3) -> int:
 def required_globals(spec) -> dict:
     """Values for the global parameters a method requires (e.g. slerp's t), so generic tests can run it."""
     return {p.name: 0.3 for p in spec.params if p.required and not p.per_model}
+
+
+def exit_code_in_forked_child(target, timeout: float = 60) -> int | None:
+    """Run `target` in a child forked from this process; its exit code (None if it hung and was killed)."""
+    import multiprocessing
+
+    child = multiprocessing.get_context("fork").Process(target=target)
+    child.start()
+    child.join(timeout)
+    if child.is_alive():
+        child.kill()
+        child.join()
+        return None
+    return child.exitcode

@@ -13,6 +13,7 @@ from merging.methods.base import ModelsFromTaskVectors, TensorInputs
 from merging.methods.blocks import Block, TensorContext
 from merging.methods.gathered import IsoCtsMerger, TsvmMerger
 from merging.methods.subspace import iso_cts_delta, tsvm_delta, two_at_a_time
+from tests.merging.helpers import exit_code_in_forked_child
 
 
 @pytest.fixture
@@ -172,15 +173,8 @@ def _lanes_in_child() -> None:
 
 
 def test_a_forked_child_gets_its_own_second_lane(two_threads):
-    import multiprocessing
-
     two_at_a_time(torch.zeros(64, 64), [threading.get_ident, threading.get_ident])  # the parent's worker runs
-    child = multiprocessing.get_context("fork").Process(target=_lanes_in_child)
-    child.start()
-    child.join(60)
-    if child.is_alive():
-        child.kill()
-    assert child.exitcode == 0
+    assert exit_code_in_forked_child(_lanes_in_child) == 0
 
 
 def test_a_fresh_worker_runs_its_first_job_on_one_thread(two_threads, monkeypatch):

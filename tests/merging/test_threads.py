@@ -8,6 +8,7 @@ import torch
 
 from merging import DirectorySink, ModelEntry, Recipe, run_merge
 from merging.threads import on_second_lane, torch_threads
+from tests.merging.helpers import exit_code_in_forked_child
 
 
 def _on_fresh_thread(fn):
@@ -70,12 +71,5 @@ def _second_lane_in_child() -> None:
 
 
 def test_a_forked_child_gets_its_own_second_lane():
-    import multiprocessing
-
     assert on_second_lane(threading.get_ident).result() != threading.get_ident()  # the parent's worker runs
-    child = multiprocessing.get_context("fork").Process(target=_second_lane_in_child)
-    child.start()
-    child.join(60)
-    if child.is_alive():
-        child.kill()
-    assert child.exitcode == 0
+    assert exit_code_in_forked_child(_second_lane_in_child) == 0
