@@ -5,8 +5,9 @@ matrices, singular spectra of each τ_i and of Δ. What the method did with the 
 of each τ_i's direction the update kept), the share of the task vectors' L1 mass at entries the merge left at
 the base's value (dropped), and at conflicting entries whether Δ dropped them or took the side of Σ τ_i.
 Whole model: the same norms and cosines over all tensors together (accumulated Gram matrix),
-‖θ_merged − θ0‖₂ being the paper's Figure 4 quantity. Per-tensor dot products are float32 BLAS dots (no
-temporaries); sums across tensors are float64; every number handed out is a plain Python float.
+‖θ_merged − θ0‖₂ being the paper's Figure 4 quantity. Per-tensor sums are float32 over short runs (on CPU
+one pass of the native kernel, merging/native/geometry_sums.c; elsewhere torch ops with a BLAS Gram) and
+float64 across them and across tensors; every number handed out is a plain Python float.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Literal
 import torch
 
 from merging.errors import NonFiniteError
+from merging.native.geometry_sums import column_sums as native_column_sums
 from merging.threads import on_second_lane, torch_threads
 
 
@@ -204,8 +206,19 @@ class _Sums:
         self.conflict_summed += other.conflict_summed
 
     def _add_range(self, rows: torch.Tensor, start: int, stop: int, step: int) -> None:
-        for a in range(start, stop, step):
-            self._add_step(rows[:, a : min(stop, a + step)])
+        """Columns [start, stop): the native kernel's one pass where it applies (CPU float32 rows), else
+        the torch ops step by step. Both give the same figures up to float32 summation order."""
+        native = native_column_sums(rows, start, stop, self.gram)
+        if native is None:
+            for a in range(start, stop, step):
+                self._add_step(rows[:, a : min(stop, a + step)])
+            return
+        self.numel += stop - start
+        self.task_l1 += native.task_l1
+        self.dropped_l1 += native.dropped_l1
+        self.conflicts += native.conflicts
+        self.conflict_dropped += native.conflict_dropped
+        self.conflict_summed += native.conflict_summed
 
     def _add_step(self, x: torch.Tensor) -> None:
         n = self.n
@@ -261,9 +274,10 @@ class GeometryRecorder:
     """Accumulates stats tensor by tensor while the engine streams.
 
     Cost per tensor, over the (T + 1, numel) stack the engine read (checkpoints, then the base): one in-place
-    subtraction turning the checkpoints into task vectors, one for Δ in the base's row, then per column step
-    one Gram GEMM of (τ_1 … τ_T, Δ) (norms, cosines, ⟨Δ, τ_i⟩, ‖Δ‖²), the rows' L1 norms and the minima,
-    maxima and sum over checkpoints (sign conflicts and how they were resolved). The squared norms double as
+    subtraction turning the checkpoints into task vectors, one for Δ in the base's row, then the sums: the
+    Gram matrix of (τ_1 … τ_T, Δ) (norms, cosines, ⟨Δ, τ_i⟩, ‖Δ‖²), the rows' L1 norms and the signs and
+    sum over checkpoints (sign conflicts and how they were resolved), in one native pass over the columns
+    on CPU, else per column step one Gram GEMM and a few torch reductions. The squared norms double as
     the NaN/Inf check of the inputs and the output, so no separate scan is needed.
     """
 
