@@ -4,7 +4,8 @@ row blocks to stay within it.
 The budget is a property of the plan: `plan_blocks` gives every planned tensor the rows per block that fit
 (`PlannedTensor.block_rows`; None: the whole tensor at once). A tensor's cost per row counts the engine's
 own buffers (the float32 stack of T task vectors and the base, twice: the block being merged and the one
-the reader prefetches), the method's temporaries and the geometry pass, and the output block. The SVD
+the reader prefetches), the method's temporaries and the geometry pass, and the output block (twice: the
+directory sink writes one block behind the engine). The SVD
 methods gather what their SVD needs from row blocks (methods/gathered.py): their few matrix-sized buffers
 are a fixed cost beside the blocks, whatever T is. Methods that cannot cut a tensor get one block; when even
 one row (plus the fixed cost), or a tensor that must stay whole, does not fit, the merge is refused before
@@ -150,7 +151,8 @@ def tensor_cost(planned: PlannedTensor, spec: MethodSpec, n_models: int, seed: i
     else:
         copies = 2 * (n_models + 1) + WHOLE_EXTRA_COPIES + GEOMETRY_COPIES_WHOLE
     fixed = whole_bytes(merger) if merger is not None else 0
-    return TensorCost(int(copies * f32 + out), rows, cuttable, (n_models + 1) * f32, fixed)
+    # the output block twice: the one just cast, and the one before it that the sink may still be writing
+    return TensorCost(int(copies * f32 + 2 * out), rows, cuttable, (n_models + 1) * f32, fixed)
 
 
 def _merger(planned: PlannedTensor, spec: MethodSpec, n_models: int, seed: int):

@@ -17,6 +17,8 @@ import os
 import secrets
 import shutil
 import struct
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
@@ -139,10 +141,68 @@ class _ShardWriter:
             self.fh = None
 
 
+class _WriteBehind:
+    """Runs a sink's file writes on one thread, in order, one write behind the engine: the next tensor is
+    merged while the last one is written (the write is the kernel copying into the page cache, which holds
+    no GIL). A submit waits until the write before it is done, so the sink holds at most one output block
+    beyond the engine's (budget.py counts it). A failed write is raised at the next submit or at drain."""
+
+    def __init__(self) -> None:
+        self._job: tuple[Callable[..., None], tuple] | None = None
+        self._error: BaseException | None = None
+        self._idle = threading.Semaphore(1)  # taken from a submit until its write is done
+        self._wake = threading.Semaphore(0)
+        self._closing = False
+        self._thread = threading.Thread(target=self._run, name="mergelab-writer", daemon=True)
+        self._thread.start()
+
+    def submit(self, fn: Callable[..., None], *args: Any) -> None:
+        self._idle.acquire()
+        if self._error is not None:
+            self._idle.release()
+            self._raise()
+        self._job = (fn, args)
+        self._wake.release()
+
+    def drain(self) -> None:
+        """Wait for the write in flight; raise its error, if any."""
+        self._idle.acquire()
+        self._idle.release()
+        if self._error is not None:
+            self._raise()
+
+    def close(self) -> None:
+        """Finish the write in flight and stop the thread; an error left is dropped (the caller is
+        aborting, or has drained)."""
+        self._idle.acquire()
+        self._closing = True
+        self._wake.release()
+        self._thread.join()
+
+    def _raise(self) -> None:
+        error, self._error = self._error, None
+        raise error  # type: ignore[misc]
+
+    def _run(self) -> None:
+        while True:
+            self._wake.acquire()
+            if self._closing:
+                return
+            fn, args = self._job  # type: ignore[misc]
+            self._job = None
+            try:
+                fn(*args)
+            except BaseException as exc:  # raised on the engine's thread at its next submit or drain
+                self._error = exc
+            finally:
+                self._idle.release()
+
+
 class DirectorySink:
     """Writes a model directory loadable by `AutoModelForCausalLM.from_pretrained`.
 
     Refuses an existing non-empty `out_dir` at construction and again at begin (before any tensor is read).
+    Tensor bytes are written on a thread, one tensor behind the engine (`_WriteBehind`).
     """
 
     def __init__(self, out_dir: str | Path, max_shard_bytes: int = 2_000_000_000):
@@ -159,6 +219,7 @@ class DirectorySink:
         self._pos = 0
         self._row = 0
         self._created_dirs: list[Path] = []
+        self._behind: _WriteBehind | None = None
 
     def shard_names(self) -> list[str]:
         n = len(self._shards)
@@ -195,6 +256,8 @@ class DirectorySink:
                 raise OutputError(
                     f"cannot create the output next to {str(self.out_dir)!r}: {exc.strerror or exc}"
                 ) from None
+        self._stop_writes()
+        self._behind = _WriteBehind()
 
     def write(self, name: str, tensor: torch.Tensor) -> None:
         self.write_rows(name, 0, tensor)
@@ -220,6 +283,21 @@ class DirectorySink:
                 f"tensor {name!r} rows from {start}: {tuple(rows.shape)} {dtype_name(rows.dtype)}, "
                 f"the plan says {whole} {dtype_name(want.dtype)} from row {self._row}"
             )
+        done_rows = start + (rows.shape[0] if len(want.shape) >= 2 else 1)
+        complete = done_rows >= (want.shape[0] if len(want.shape) >= 2 else 1)
+        assert self._behind is not None
+        self._behind.submit(self._write_bytes, name, start, rows, complete)
+        self.bytes_written += rows.numel() * rows.element_size()
+        if complete:
+            self._row = 0
+            self._pos += 1
+        else:
+            self._row = done_rows
+
+    def _write_bytes(self, name: str, start: int, rows: torch.Tensor, complete: bool) -> None:
+        """On the writer thread: open the next shard where a tensor starts one, append the rows' bytes, and
+        close a shard as soon as its last tensor is complete (so it is complete on disk right away)."""
+        assert self.tmp_dir is not None
         try:
             if start == 0 and (self._writer is None or self._writer.done):
                 if self._writer is not None:
@@ -227,20 +305,25 @@ class DirectorySink:
                 self._shard_idx += 1
                 shard = self._shards[self._shard_idx]
                 self._writer = _ShardWriter(self.tmp_dir / self.shard_names()[self._shard_idx], shard)
-            self.bytes_written += self._writer.write_bytes(rows)
+            self._writer.write_bytes(rows)
         except OSError as exc:
             raise OutputError(
                 f"cannot write {name!r} under {str(self.tmp_dir)!r}: {exc.strerror or exc}"
             ) from None
-        done_rows = start + (rows.shape[0] if len(want.shape) >= 2 else 1)
-        if done_rows >= (want.shape[0] if len(want.shape) >= 2 else 1):
-            self._row = 0
-            self._pos += 1
+        if complete:
             self._writer.next += 1
             if self._writer.done:
-                self._writer.close()  # a finished shard is complete on disk right away
-        else:
-            self._row = done_rows
+                self._writer.close()
+
+    def flush(self) -> None:
+        """Wait until every tensor handed over so far is on disk (raising a write's error, if any)."""
+        if self._behind is not None:
+            self._behind.drain()
+
+    def _stop_writes(self) -> None:
+        if self._behind is not None:
+            self._behind.close()
+            self._behind = None
 
     def commit(self, result: MergeResult) -> Path:
         plan, base, tmp = self._plan, self._base, self.tmp_dir
@@ -249,6 +332,8 @@ class DirectorySink:
         if self._pos != len(plan.tensors):
             raise OutputError(f"only {self._pos} of {len(plan.tensors)} tensors were written")
         try:
+            self.flush()
+            self._stop_writes()
             if self._writer is not None:
                 self._writer.close()
             names = self.shard_names()
@@ -283,6 +368,7 @@ class DirectorySink:
     def abort(self) -> None:
         """Remove this merge's temporary folder, and the parents begin() created if they are now empty.
         Never a non-empty folder: a sibling merge may be writing next to us (issue 11)."""
+        self._stop_writes()
         if self._writer is not None:
             self._writer.close()
             self._writer = None

@@ -347,6 +347,8 @@ def test_directory_sink_row_blocks_write_the_same_file_as_whole_tensors(tmp_path
         rows.write_rows("x", 5, x[5:])  # a gap
     rows.write_rows("x", 3, x[3:])
     rows.write_rows("y", 0, y)
+    whole.flush()
+    rows.flush()
     a = (whole.tmp_dir / "model.safetensors").read_bytes()
     b = (rows.tmp_dir / "model.safetensors").read_bytes()
     assert a == b and torch.equal(load_file(rows.tmp_dir / "model.safetensors")["x"], x)

@@ -80,6 +80,7 @@ def test_bfloat16_bytes_written_exactly(tmp_path, tiny_llama_family):
     with pytest.raises(OutputError, match="out of plan order"):
         sink.write("a", a)
     sink.write("b", b)
+    sink.flush()  # the sink writes one tensor behind the caller
     sd = load_file(sink.tmp_dir / "model.safetensors")
     assert torch.equal(sd["a"], a) and torch.equal(sd["b"], b)
     sink.abort()
@@ -232,3 +233,47 @@ def test_abort_removes_the_parents_it_created_when_empty(tmp_path, tiny_llama_fa
     sink.begin(open_checkpoint(tiny_llama_family[0]), Recipe("ties", "x", []), plan)
     sink.abort()
     assert list(tmp_path.iterdir()) == []
+
+
+def _failing_sink(tmp_path, ck, monkeypatch, fail_on: str):
+    """A directory sink whose write of tensor `fail_on` hits a full disk."""
+    import errno
+
+    from merging import sinks
+
+    plan = MergePlan(tuple(PlannedTensor(n, (2, 2), torch.float32) for n in "abc"), None, False)
+    real = sinks._ShardWriter.write_bytes
+
+    def write_bytes(self, t):
+        if self.tensors[self.next].name == fail_on:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, t)
+
+    monkeypatch.setattr(sinks._ShardWriter, "write_bytes", write_bytes)
+    sink = DirectorySink(tmp_path / "o")
+    sink.begin(ck, Recipe("ties", "x", []), plan)
+    return sink
+
+
+def test_a_failed_write_behind_is_raised_at_the_next_write_and_nothing_is_left(
+    tmp_path, tiny_llama_family, monkeypatch
+):
+    """The sink writes one tensor behind the engine: a write that fails is raised, naming its tensor, when
+    the engine hands over the next one; abort then leaves nothing behind."""
+    sink = _failing_sink(tmp_path, open_checkpoint(tiny_llama_family[0]), monkeypatch, fail_on="b")
+    sink.write("a", torch.ones(2, 2))
+    sink.write("b", torch.ones(2, 2))  # handed over; the failure is the writer thread's
+    with pytest.raises(OutputError, match="cannot write 'b' .*No space left on device"):
+        sink.write("c", torch.ones(2, 2))
+    sink.abort()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failed_last_write_is_raised_by_commit(tmp_path, tiny_llama_family, monkeypatch):
+    sink = _failing_sink(tmp_path, open_checkpoint(tiny_llama_family[0]), monkeypatch, fail_on="c")
+    for name in "abc":
+        sink.write(name, torch.ones(2, 2))
+    with pytest.raises(OutputError, match="cannot write 'c'"):
+        sink.commit(None)  # type: ignore[arg-type]  # fails before the result is used
+    assert list(tmp_path.iterdir()) == []
+    assert not (tmp_path / "o").exists()
