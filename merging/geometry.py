@@ -173,8 +173,10 @@ class _Sums:
         if self.gram is None:
             self.gram = torch.zeros(self.n + 1, self.n + 1, dtype=torch.float64)
 
-    def add(self, rows: torch.Tensor) -> None:
-        """rows: (T + 1, numel) with τ_1 … τ_T and then Δ; each row contiguous, rows may be strided.
+    def add(self, rows: torch.Tensor, merged: torch.Tensor | None = None) -> None:
+        """rows: (T + 1, numel) with τ_1 … τ_T and then Δ; each row contiguous, rows may be strided. With
+        `merged` (numel values), the last row holds the base instead and becomes Δ = merged − base here,
+        range by range, so the native kernel forms it while the columns are in cache (one pass fewer).
 
         On CPU the columns are summed in two halves, the second on a worker thread, every op on one torch
         thread: small ops on two threads wait at a barrier per call, 10-60x slower when another process
@@ -185,13 +187,13 @@ class _Sums:
         middle = min(cols, -(-(cols // 2) // step) * step)  # on a step boundary
         if rows.device.type != "cpu" or middle == cols:  # a GPU, or a tensor of one step: no second half
             with torch_threads(1) if rows.device.type == "cpu" else nullcontext():
-                self._add_range(rows, 0, cols, step)
+                self._add_range(rows, 0, cols, step, merged)
             return
         second = _Sums(self.n)
         with torch_threads(1):
-            pending = on_second_lane(second._add_range, rows, middle, cols, step)
+            pending = on_second_lane(second._add_range, rows, middle, cols, step, merged)
             try:
-                self._add_range(rows, 0, middle, step)
+                self._add_range(rows, 0, middle, step, merged)
             finally:
                 pending.result()
         self.absorb(second)
@@ -205,11 +207,17 @@ class _Sums:
         self.conflict_dropped += other.conflict_dropped
         self.conflict_summed += other.conflict_summed
 
-    def _add_range(self, rows: torch.Tensor, start: int, stop: int, step: int) -> None:
+    def _add_range(
+        self, rows: torch.Tensor, start: int, stop: int, step: int, merged: torch.Tensor | None = None
+    ) -> None:
         """Columns [start, stop): the native kernel's one pass where it applies (CPU float32 rows), else
-        the torch ops step by step. Both give the same figures up to float32 summation order."""
-        native = native_column_sums(rows, start, stop, self.gram)
+        Δ by torch.sub and the torch ops step by step. Both give the same figures up to float32 summation
+        order, and the same Δ bit for bit."""
+        native = native_column_sums(rows, start, stop, self.gram, merged)
         if native is None:
+            if merged is not None:
+                delta = rows[self.n, start:stop]
+                torch.sub(merged[start:stop], delta, out=delta)
             for a in range(start, stop, step):
                 self._add_step(rows[:, a : min(stop, a + step)])
             return
@@ -328,9 +336,8 @@ class GeometryRecorder:
         if not task_vectors:
             flat[:n].sub_(flat[n])
         delta = flat[n]
-        torch.sub(merged.reshape(-1), delta, out=delta)  # Δ in the base's row: one stack, one GEMM
         sums = _Sums(n)
-        sums.add(flat)
+        sums.add(flat, merged.reshape(-1))  # Δ in the base's row, formed while summing: one stack
         taus_finite, delta_finite = sums.finite()
         if not taus_finite:
             self._refuse_nonfinite_stack(name, flat, merged)
@@ -441,8 +448,7 @@ class BlockGeometry:
             raise ValueError("BlockGeometry.add needs a stack whose rows are contiguous")
         if not task_vectors:
             flat[: self.n].sub_(flat[self.n])
-        torch.sub(merged.reshape(-1), flat[self.n], out=flat[self.n])
-        self.sums.add(flat)
+        self.sums.add(flat, merged.reshape(-1))  # Δ in the base's row, formed while summing
 
     def finish(self, recorder: GeometryRecorder, name: str, shape: tuple[int, ...]) -> TensorStats:
         """The tensor's stats; also folds them into the recorder's whole-model sums."""

@@ -16,6 +16,12 @@
 #define MAX_TILE 1024
 #define GL 8              /* lanes of each Gram accumulator: one 256-bit register */
 
+#if defined(__GNUC__) || defined(__clang__)
+#define PREFETCH(p) __builtin_prefetch(p)
+#else
+#define PREFETCH(p) ((void)0)
+#endif
+
 /* Dot products of rows a0, a1 with rows b0..b3 over n columns, added into lanes[r][q][0..GL): eight
  * independent accumulators of GL lanes each, so the FMAs neither wait on each other nor on loads. Written
  * out pair by pair: one inner loop over lanes is what the compiler turns into vector code. */
@@ -84,31 +90,36 @@ static void add_gram(const float *x, int64_t stride, int rows, int64_t n, double
 /* Kept mass and sign conflicts of the tile's columns, added into l1 (task L1, dropped L1) and counts
  * (conflicts, conflicting and dropped, conflicting and resolved with the sign of the sum of the tau_i).
  * An entry conflicts when some tau_i < 0 and some tau_j > 0 and none is NaN (the torch path's
- * amin < 0 & amax > 0, where a NaN makes both NaN). Delta == 0 is dropped, -0 included. */
-static void add_columns(const float *x, int64_t stride, int tasks, int64_t n, double *l1, int64_t *counts)
+ * amin < 0 & amax > 0, where a NaN makes both NaN); a NaN among the tau_i is the one way their L1 mass
+ * becomes NaN (+Inf and -Inf give +Inf). Delta == 0 is dropped, -0 included. Also asks the cache for the
+ * next `ahead` columns of every row, one line per row per LANES columns: the hardware prefetcher stops at
+ * page boundaries, and a tile of the wider stacks is about one page per row. */
+static void add_columns(const float *x, int64_t stride, int tasks, int64_t n, int64_t ahead, double *l1,
+                        int64_t *counts)
 {
     const float *delta = x + tasks * stride;
     float task_l1[LANES] = {0}, dropped_l1[LANES] = {0};
     int32_t conflicts[LANES] = {0}, dropped_conflicts[LANES] = {0}, summed_conflicts[LANES] = {0};
     int64_t c = 0;
     for (; c + LANES <= n; c += LANES) {
-        float sum[LANES] = {0}, mass[LANES] = {0};
-        int32_t neg[LANES] = {0}, pos[LANES] = {0}, bad[LANES] = {0};
+        if (c < ahead)
+            for (int i = 0; i <= tasks; i++)
+                PREFETCH(x + i * stride + n + c);
+        float sum[LANES] = {0}, mass[LANES] = {0}, low[LANES] = {0}, high[LANES] = {0};
         for (int i = 0; i < tasks; i++) {
             const float *t = x + i * stride + c;
             for (int l = 0; l < LANES; l++) {
                 float v = t[l];
                 sum[l] += v;
                 mass[l] += fabsf(v);
-                neg[l] |= v < 0.0f;
-                pos[l] |= v > 0.0f;
-                bad[l] |= v != v;
+                low[l] = v < low[l] ? v : low[l]; /* a NaN never enters */
+                high[l] = v > high[l] ? v : high[l];
             }
         }
         for (int l = 0; l < LANES; l++) {
             float d = delta[c + l];
             int32_t dropped = d == 0.0f;
-            int32_t conflict = neg[l] & pos[l] & !bad[l];
+            int32_t conflict = (low[l] < 0.0f) & (high[l] > 0.0f) & (mass[l] == mass[l]);
             int32_t summed = ((d > 0.0f) & (sum[l] > 0.0f)) | ((d < 0.0f) & (sum[l] < 0.0f));
             task_l1[l] += mass[l];
             dropped_l1[l] += dropped ? mass[l] : 0.0f;
@@ -127,19 +138,17 @@ static void add_columns(const float *x, int64_t stride, int tasks, int64_t n, do
         n_summed += summed_conflicts[l];
     }
     for (; c < n; c++) { /* the tile's last columns, one at a time */
-        float sum = 0.0f, mass = 0.0f;
-        int32_t neg = 0, pos = 0, bad = 0;
+        float sum = 0.0f, mass = 0.0f, low = 0.0f, high = 0.0f;
         for (int i = 0; i < tasks; i++) {
             float v = x[i * stride + c];
             sum += v;
             mass += fabsf(v);
-            neg |= v < 0.0f;
-            pos |= v > 0.0f;
-            bad |= v != v;
+            low = v < low ? v : low;
+            high = v > high ? v : high;
         }
         float d = delta[c];
         int32_t dropped = d == 0.0f;
-        int32_t conflict = neg & pos & !bad;
+        int32_t conflict = (low < 0.0f) & (high > 0.0f) & (mass == mass);
         task += mass;
         dropped_mass += dropped ? mass : 0.0f;
         n_conflicts += conflict;
@@ -153,11 +162,22 @@ static void add_columns(const float *x, int64_t stride, int tasks, int64_t n, do
     counts[2] += n_summed;
 }
 
+/* Delta = merged - base into the tile's last row (the base's), exactly torch.sub's float32 result. */
+static void form_delta(float *delta, const float *merged, int64_t n, int64_t ahead)
+{
+    for (int64_t c = 0; c < n; c++)
+        delta[c] = merged[c] - delta[c];
+    for (int64_t c = 0; c < ahead; c += LANES)
+        PREFETCH(merged + n + c);
+}
+
 /* Add the geometry sums of columns [0, cols) of the stack at x (rows = T + 1 rows, each contiguous, row i
- * starting at x + i * stride) into gram (rows x rows, float64, row-major), l1[2] and counts[3]. Returns 0,
- * or -1 with gram untouched when its scratch memory cannot be allocated. */
-int mergelab_geometry_sums(const float *x, int64_t stride, int32_t rows, int64_t cols, double *gram,
-                            double *l1, int64_t *counts)
+ * starting at x + i * stride) into gram (rows x rows, float64, row-major), l1[2] and counts[3]. With
+ * `merged` (cols floats), the last row holds the base and becomes delta = merged - base first, tile by
+ * tile while it is in cache; without, it holds delta already. Returns 0, or -1 with nothing touched when
+ * the scratch memory cannot be allocated. */
+int mergelab_geometry_sums(float *x, int64_t stride, int32_t rows, int64_t cols, const float *merged,
+                           double *gram, double *l1, int64_t *counts)
 {
     int64_t tile = TILE_FLOATS / rows / LANES * LANES;
     if (tile < LANES)
@@ -169,8 +189,11 @@ int mergelab_geometry_sums(const float *x, int64_t stride, int32_t rows, int64_t
         return -1;
     for (int64_t a = 0; a < cols; a += tile) {
         int64_t n = cols - a < tile ? cols - a : tile;
+        int64_t ahead = cols - a - n < tile ? cols - a - n : tile;
+        if (merged != NULL)
+            form_delta(x + (rows - 1) * stride + a, merged + a, n, ahead);
         add_gram(x + a, stride, rows, n, lanes);
-        add_columns(x + a, stride, rows - 1, n, l1, counts);
+        add_columns(x + a, stride, rows - 1, n, ahead, l1, counts);
     }
     for (int i = 0; i < rows; i++)
         for (int j = 0; j <= i; j++) {

@@ -115,6 +115,33 @@ def test_both_halves_and_strided_rows(monkeypatch):
 
 
 @needs_cc
+@pytest.mark.parametrize("layout", ["float32", "bfloat16", "strided"])
+def test_delta_formed_while_summing_is_torch_subs_bit_for_bit(layout, monkeypatch):
+    """With `merged`, the base's row becomes Δ = merged − base range by range (both halves): the kernel's
+    Δ equals torch.sub's exactly; a merged the kernel cannot read (bf16, strided) is subtracted by torch."""
+    monkeypatch.setattr(geometry, "GEOMETRY_STEP_ELEMS", 4096)
+    stack = _stack(4, 20_001, seed=5, kind="sparse")
+    merged = stack[:4].sum(0) * 0.5 + stack[4]
+    merged[::3] = stack[4, ::3]  # Δ == 0 there
+    if layout == "bfloat16":
+        merged = merged.bfloat16()
+    elif layout == "strided":
+        merged = torch.stack([merged, merged], 1)[:, 0]
+    runs = []
+    for on in (True, False):
+        monkeypatch.setenv(build.SWITCH_ENV, "1" if on else "0")
+        rows = stack.clone()
+        sums = _Sums(4)
+        sums.add(rows, merged)
+        runs.append((rows, sums))
+    (fast_rows, fast), (slow_rows, slow) = runs
+    assert torch.equal(fast_rows, slow_rows)
+    assert torch.equal(fast_rows[4], torch.sub(merged, stack[4]))
+    _assert_same_figures(fast, slow)
+    assert fast.conflict_dropped > 0
+
+
+@needs_cc
 def test_the_kernel_runs_by_default_and_the_switch_turns_it_off(monkeypatch):
     rows = _stack(2, 100, seed=0, kind="random")
     gram = torch.zeros(3, 3, dtype=torch.float64)
@@ -194,7 +221,7 @@ x = (ctypes.c_float * 6)(1, 2, -3, 4, 0, 0)  # τ = [1, 2, -3], Δ = [4, 0, 0]
 gram = (ctypes.c_double * 4)()
 l1 = (ctypes.c_double * 2)()
 counts = (ctypes.c_int64 * 3)()
-assert lib.mergelab_geometry_sums(x, ctypes.c_int64(3), 2, ctypes.c_int64(3), gram, l1, counts) == 0
+assert lib.mergelab_geometry_sums(x, ctypes.c_int64(3), 2, ctypes.c_int64(3), None, gram, l1, counts) == 0
 print(list(gram), list(l1), list(counts))
 """
 
