@@ -4,11 +4,12 @@ For each shape (the bench family's: attention 1024×1024 and 256×1024, MLP 2816
 task count, every method's Δ on random task vectors is computed twice, interleaved, by the route named by
 `--against` and by the current code:
 - `svd`: the route before the Gram matrices (an SVD for every decomposition, torch's thread count);
-- `one-lane`: the current decompositions one after the other, as before subspace.two_at_a_time.
+- `one-lane`: the current decompositions one after the other, as before subspace.two_at_a_time;
+- `full-eigh`: every Gram matrix's whole eigendecomposition (torch's syevd), as before leading_eigh.py.
 Prints wall seconds, CPU seconds (all threads), the wall ratio, and the relative Frobenius difference of
 the two results (0 for one-lane: the bytes must agree).
 
-    python bench/subspace_linalg_bench.py [--against svd|one-lane] [--shapes 1024x1024,2816x1024]
+    python bench/subspace_linalg_bench.py [--against svd|one-lane|full-eigh] [--shapes 1024x1024,2816x1024]
                                           [--tasks 4,12] [--methods tsvm,iso_cts] [--repeat 1]
 """
 
@@ -59,7 +60,18 @@ def one_lane():
         subspace._in_two_lanes = saved
 
 
-ROUTES = {"svd": svd_route, "one-lane": one_lane}
+@contextmanager
+def full_eigh():
+    """Every Gram matrix decomposed whole, also where only a few leading pairs are kept."""
+    saved = subspace._leading_pays
+    subspace._leading_pays = lambda a, k: False
+    try:
+        yield
+    finally:
+        subspace._leading_pays = saved
+
+
+ROUTES = {"svd": svd_route, "one-lane": one_lane, "full-eigh": full_eigh}
 
 
 def timed(fn, tv):

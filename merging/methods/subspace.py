@@ -22,6 +22,8 @@ from typing import TypeVar
 import torch
 
 from merging.methods.base import ParamSpec, TensorInputs
+from merging.methods.leading_eigh import leading_eigh
+from merging.methods.leading_eigh import pays as leading_pays
 from merging.threads import on_second_lane
 
 SKIP_NAMES = ("embed_tokens", "lm_head")
@@ -258,9 +260,17 @@ GRAM_STRIPS = 4
 class GramEigh:
     """The eigenpairs of a matrix's smaller Gram matrix, descending, in `dtype`. With m = A or Aᵀ, whichever
     is tall: mᵀm = Q diag(λ) Qᵀ, so A's singular values are √λ and m's right singular vectors are Q.
-    A must be 2-D; it is read in row blocks of m, converted to `dtype` one block at a time."""
+    A must be 2-D; it is read in row blocks of m, converted to `dtype` one block at a time. With `leading`
+    = k, only the k leading pairs are computed where that pays (leading_eigh.py; `partial` then), which
+    serves top() and resolves() up to k, not apply()."""
 
-    def __init__(self, a: torch.Tensor, dtype: torch.dtype = torch.float64, left: bool = False):
+    def __init__(
+        self,
+        a: torch.Tensor,
+        dtype: torch.dtype = torch.float64,
+        left: bool = False,
+        leading: int | None = None,
+    ):
         self.a = a
         self.wide = a.shape[-2] < a.shape[-1] or (left and a.shape[-2] == a.shape[-1])  # Q: A's left vectors
         self.m = a.mT if self.wide else a
@@ -273,16 +283,25 @@ class GramEigh:
             # the lower triangle, strip by strip (eigh reads no other), two strips at a time
             jobs = [functools.partial(_add_strip, gram, mb, j, strip) for j in range(0, cols, strip)]
             two_at_a_time(a, jobs)
+        self.rank = cols
+        self.partial = leading is not None and _leading_pays(a, leading)
         with decomposition_threads(gram):
-            lam, q = torch.linalg.eigh(gram)  # ascending; raises LinAlgError if it fails to converge
-        self.lam = lam.flip(-1).clamp_min(0)
-        self.q = q.flip(-1)
+            if self.partial:
+                lam, q = leading_eigh(gram, leading)  # descending; consumes gram
+            else:
+                lam, q = torch.linalg.eigh(gram)  # ascending; raises LinAlgError if it fails to converge
+                lam, q = lam.flip(-1), q.flip(-1)
+        self.lam = lam.clamp_min(0)
+        self.q = q
 
     @classmethod
-    def of(cls, a: torch.Tensor, k: int | None = None, left: bool = False) -> GramEigh | None:
+    def of(
+        cls, a: torch.Tensor, k: int | None = None, left: bool = False, only_leading: bool = False
+    ) -> GramEigh | None:
         """The decomposition that resolves A's k leading singular values (None: all of them): float32 when
         its Gram matrix is well conditioned over them, else float64; None when neither resolves them or
-        LAPACK does not converge (callers then take the SVD). `left`: a square A's Gram matrix is A Aᵀ."""
+        LAPACK does not converge (callers then take the SVD). `left`: a square A's Gram matrix is A Aᵀ.
+        `only_leading`: the caller needs the k leading pairs and nothing else (top())."""
         r = min(a.shape)
         k = r if k is None else k
         if not 0 < k <= r:
@@ -291,7 +310,7 @@ class GramEigh:
             if dtype.itemsize < a.dtype.itemsize or (dtype == torch.float32 and not _float32_first(a, k)):
                 continue
             try:
-                g = cls(a, dtype, left)
+                g = cls(a, dtype, left, leading=k if only_leading and k < r else None)
             except torch.linalg.LinAlgError:
                 continue
             if g.resolves(k):
@@ -304,7 +323,7 @@ class GramEigh:
         if self.lam.dtype == torch.float64:
             rcond = F64_RCOND
         else:
-            rcond = F32_RCOND_LEADING if k < self.lam.shape[0] else F32_RCOND_ALL
+            rcond = F32_RCOND_LEADING if k < self.rank else F32_RCOND_ALL
         return 0 < k <= self.lam.shape[0] and bool(self.lam[k - 1] > self.lam[0] * rcond)
 
     def _times(self, x: torch.Tensor) -> torch.Tensor:
@@ -320,11 +339,19 @@ class GramEigh:
         two_at_a_time(self.a, [functools.partial(rows_of, start) for start in range(0, rows, step)])
         return out
 
+    def _whole(self, what: str) -> None:
+        if self.partial:
+            raise ValueError(
+                f"GramEigh.{what} needs every eigenpair; this one has the {len(self.lam)} leading"
+            )
+
     def singular_values(self) -> torch.Tensor:
+        self._whole("singular_values")
         return self.lam.sqrt().to(self.a.dtype)
 
     def apply(self, f: torch.Tensor) -> torch.Tensor:
         """A · V diag(f) Vᵀ (V: A's right singular vectors; f per singular value, as λ), in A's dtype."""
+        self._whole("apply")
         out = self._times(matmul_in_halves(self.q * f, self.q.T, self.a))
         return out.T.contiguous() if self.wide else out
 
@@ -336,6 +363,16 @@ class GramEigh:
         q = q.to(self.a.dtype)
         u, v = (q, x) if self.wide else (x, q)
         return u, s.to(self.a.dtype), v
+
+
+def _leading_pays(a: torch.Tensor, k: int) -> bool:
+    """Whether k leading pairs of A's Gram matrix come cheaper alone (leading_eigh.py): on the CPU, in the
+    one-thread regime (decomposition_threads), for few enough of them. Shape only."""
+    return (
+        a.device.type == "cpu"
+        and min(a.shape[-2:]) <= SINGLE_THREAD_MAX_SIDE
+        and leading_pays(min(a.shape), k)
+    )
 
 
 def _float32_first(a: torch.Tensor, k: int) -> bool:
@@ -402,7 +439,7 @@ def polar_beside_orthonormal(vc: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 def top_triplets(a: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The k leading singular triplets (U_k, s_k, V_k), V_k as columns; the SVD's when the k-th singular
     value is (close to) zero, since its vectors are then LAPACK's choice of a null-space basis."""
-    g = GramEigh.of(a, k)
+    g = GramEigh.of(a, k, only_leading=True)
     if g is not None:
         return g.top(k)
     u, s, vh = svd(a)

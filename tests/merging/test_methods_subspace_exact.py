@@ -377,9 +377,9 @@ def test_square_matrix_past_half_its_rank_goes_straight_to_float64(monkeypatch, 
     formed = []
     real_init = GramEigh.__init__
 
-    def init(self, a, dtype=torch.float64, left=False):
+    def init(self, a, dtype=torch.float64, left=False, **kwargs):
         formed.append(dtype)
-        real_init(self, a, dtype, left)
+        real_init(self, a, dtype, left, **kwargs)
 
     monkeypatch.setattr(GramEigh, "__init__", init)
     a = torch.randn(40, 48, generator=gen(31))
