@@ -498,9 +498,11 @@ def test_orderless_statistic_passes_alternate_direction(wide_vocab_family, metho
     assert all(sorted(s) == starts[-1] for s in starts.values())  # every pass sees every block once
 
 
-def test_geometry_summed_over_column_steps_equals_one_step(tmp_path, wide_vocab_family, monkeypatch):
+@pytest.mark.parametrize("native", ["1", "0"])  # the C kernel's two halves, the torch path's steps
+def test_geometry_summed_over_column_steps_equals_one_step(tmp_path, wide_vocab_family, monkeypatch, native):
     import merging.geometry as geometry
 
+    monkeypatch.setenv("MERGELAB_NATIVE", native)
     base, cks = wide_vocab_family
     r = _recipe("ties", base, cks)
     monkeypatch.setattr(geometry, "GEOMETRY_STEP_ELEMS", 1 << 30)

@@ -19,6 +19,7 @@ import pytest
 import torch
 
 import merging.geometry as geometry
+from merging import DirectorySink, ModelEntry, Recipe, run_merge
 from merging.errors import NonFiniteError
 from merging.geometry import GeometryRecorder, _Sums
 from merging.native import build
@@ -139,6 +140,29 @@ def test_delta_formed_while_summing_is_torch_subs_bit_for_bit(layout, monkeypatc
     assert torch.equal(fast_rows[4], torch.sub(merged, stack[4]))
     _assert_same_figures(fast, slow)
     assert fast.conflict_dropped > 0
+
+
+@needs_cc
+def test_a_whole_merge_records_the_same_geometry_either_way(tmp_path, tiny_llama_family, monkeypatch):
+    base, cks = tiny_llama_family
+    recipe = Recipe("ties", str(base), [ModelEntry(str(c), {"weight": 1.0, "density": 0.5}) for c in cks], {})
+    stats = {}
+    for switch in ("1", "0"):
+        monkeypatch.setenv(build.SWITCH_ENV, switch)
+        stats[switch] = run_merge(recipe, DirectorySink(tmp_path / switch), device="cpu").stats
+    fast, slow = stats["1"], stats["0"]
+    assert [t.name for t in fast.tensors] == [t.name for t in slow.tensors]
+    for x, y in zip(fast.tensors, slow.tensors, strict=True):
+        assert (x.sign_conflict, x.conflict_dropped, x.conflict_summed) == (
+            y.sign_conflict,
+            y.conflict_dropped,
+            y.conflict_summed,
+        )
+        assert x.task_norms == pytest.approx(y.task_norms, rel=1e-5)
+        assert x.delta_norm == pytest.approx(y.delta_norm, rel=1e-5)
+        assert (x.task_l1, x.dropped_l1) == pytest.approx((y.task_l1, y.dropped_l1), rel=1e-5)
+    assert fast.summary()["conflict_dropped"] > 0  # TIES drops entries: the kept-mass sums are exercised
+    assert sum(fast.model_cosines, []) == pytest.approx(sum(slow.model_cosines, []), rel=1e-5, abs=1e-6)
 
 
 @needs_cc
