@@ -23,6 +23,7 @@ import shlex
 import shutil
 import subprocess
 import tempfile
+import threading
 from pathlib import Path
 
 import mergelab_home
@@ -52,7 +53,20 @@ def load(source: Path) -> ctypes.CDLL | None:
     if not enabled():
         return None
     settings = tuple(os.environ.get(k) for k in (COMPILER_ENV, "CC", DIR_ENV, mergelab_home.ENV_VAR))
-    return _load(Path(source).resolve(), settings)
+    with _LOADING:  # the two halves of the first tensor ask at once: one compile, not two
+        return _load(Path(source), settings)
+
+
+_LOADING = threading.Lock()
+
+
+def _new_lock_after_fork() -> None:
+    """A child forked while another thread compiled would inherit the lock held, for ever."""
+    global _LOADING
+    _LOADING = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_lock_after_fork)
 
 
 @functools.cache
@@ -72,7 +86,10 @@ class NativeUnavailable(RuntimeError):
 def _build_and_load(source: Path) -> ctypes.CDLL:
     compiler = _compiler()
     identity = _compiler_identity(compiler)
-    text = source.read_bytes()
+    try:
+        text = source.read_bytes()
+    except OSError as exc:
+        raise NativeUnavailable(f"cannot read {source}: {exc}") from exc
     folder = cache_folder()
     errors = []
     for flags in FLAG_SETS:
