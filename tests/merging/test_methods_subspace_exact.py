@@ -145,6 +145,18 @@ def test_polar_of_ill_conditioned_matrix(no_svd):
     assert_near(polar(a), ref_polar(a))
 
 
+def test_float64_decomposition_is_applied_in_float32_where_float32_resolves(no_svd):
+    """GramEigh.apply splits a float64 decomposition: float32 products over the directions float32 resolves,
+    float64 over the rest; the result stays far inside the tolerance."""
+    s = torch.logspace(0, -4, 64, dtype=torch.float64)  # λ from 1 to 1e-8: both parts present
+    a = with_spectrum(64, 64, s, seed=32)
+    g = GramEigh.of(a)
+    assert g.lam.dtype == torch.float64
+    assert 0 < int((g.lam > g.lam[0] * subspace.F32_RCOND_ALL).sum()) < 64
+    assert_near(polar(a), ref_polar(a), tol=1e-5)
+    assert_near(boost(a, 0.2, True), ref_boost(a, 0.2, True), tol=1e-5)
+
+
 @pytest.mark.parametrize("shape", SHAPES)
 def test_top_triplets_match_svd(shape, no_svd):
     a = torch.randn(shape, generator=gen(3))
