@@ -176,9 +176,31 @@ def matmul_in_halves(a: torch.Tensor, b: torch.Tensor, like: torch.Tensor) -> to
     return out
 
 
-def _add_strip(gram: torch.Tensor, mb: torch.Tensor, j: int, strip: int) -> None:
-    """gram[j:, j:j+strip] += mb[:, j:]ᵀ mb[:, j:j+strip]: one strip of the Gram matrix's lower triangle."""
-    gram[j:, j : j + strip].addmm_(mb[:, j:].mT, mb[:, j : j + strip])
+def _add_strip(gram: torch.Tensor, mb: torch.Tensor, j: int, strip: int, alpha: float = 1.0) -> None:
+    """gram[j:, j:j+strip] += α mb[:, j:]ᵀ mb[:, j:j+strip]: one strip of the Gram matrix's lower triangle."""
+    gram[j:, j : j + strip].addmm_(mb[:, j:].mT, mb[:, j : j + strip], alpha=alpha)
+
+
+def lower_gram(
+    m: torch.Tensor,
+    dtype: torch.dtype,
+    like: torch.Tensor,
+    gram: torch.Tensor | None = None,
+    alpha: float = 1.0,
+) -> torch.Tensor:
+    """gram + α mᵀm (gram: zeros when not given), its lower triangle only (eigh reads no other), m's rows
+    converted to `dtype` GRAM_BLOCK_BYTES at a time, the strips two at a time where two_at_a_time allows
+    it for `like`, the matrix being decomposed."""
+    cols = m.shape[1]
+    gram = torch.zeros((cols, cols), dtype=dtype, device=m.device) if gram is None else gram
+    block = max(1, GRAM_BLOCK_BYTES // (dtype.itemsize * cols))
+    strip = -(-cols // GRAM_STRIPS)
+    for start in range(0, m.shape[0], block):
+        mb = m[start : start + block].to(dtype)
+        two_at_a_time(
+            like, [functools.partial(_add_strip, gram, mb, j, strip, alpha) for j in range(0, cols, strip)]
+        )
+    return gram
 
 
 def svd(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -276,13 +298,7 @@ class GramEigh:
         self.m = a.mT if self.wide else a
         cols = self.m.shape[1]
         self.block = max(1, GRAM_BLOCK_BYTES // (dtype.itemsize * cols))
-        gram = torch.zeros((cols, cols), dtype=dtype, device=a.device)
-        strip = -(-cols // GRAM_STRIPS)
-        for start in range(0, self.m.shape[0], self.block):
-            mb = self.m[start : start + self.block].to(dtype)
-            # the lower triangle, strip by strip (eigh reads no other), two strips at a time
-            jobs = [functools.partial(_add_strip, gram, mb, j, strip) for j in range(0, cols, strip)]
-            two_at_a_time(a, jobs)
+        gram = lower_gram(self.m, dtype, a)
         self.rank = cols
         self.partial = leading is not None and _leading_pays(a, leading)
         with decomposition_threads(gram):
@@ -468,6 +484,45 @@ def top_triplets(a: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, t
     return u[..., :k].clone(), s[..., :k].clone(), vh[..., :k, :].mT.clone()  # not views holding all of U
 
 
+# The residual's Gram matrix τᵀτ − BᵀB loses to cancellation what the projection removes: taken while the
+# residual keeps at least this share of τ's squared norm (float32 then errs by at most 4× what forming the
+# residual would), else the residual is formed.
+RESIDUAL_MIN_SHARE = 0.25
+
+
+def residual_top_triplets(tau: torch.Tensor, u_c: torch.Tensor, k: int) -> tuple[torch.Tensor, ...]:
+    """The k leading triplets of R = (I − U_c U_cᵀ) τ (Iso-CTS's residual) for τ with more rows than
+    columns, U_c (m × c) orthonormal, without forming R: with B = U_cᵀ τ, RᵀR = τᵀτ − BᵀB and R v = τ v −
+    U_c (B v). That skips the m·c·n multiply-adds of U_c B (2816 × 1024 with c = 816: 13.4 → 9.5 GFLOP per
+    task). Float32 only; where float32 does not resolve the k leading values, or the residual is too small
+    a share of τ (RESIDUAL_MIN_SHARE), the residual is formed and decomposed as any matrix."""
+    m, n = tau.shape
+    if m <= n or not 0 < k < n or tau.dtype != torch.float32:
+        raise ValueError(
+            f"residual_top_triplets: a tall float32 τ and 0 < k < n, got {tuple(tau.shape)}, k={k}"
+        )
+    b = u_c.T @ tau
+    gram = lower_gram(tau, torch.float32, tau)
+    whole = float(gram.diagonal().sum())
+    lower_gram(b, torch.float32, tau, gram, alpha=-1.0)
+    if float(gram.diagonal().sum()) >= RESIDUAL_MIN_SHARE * whole > 0:
+        try:
+            with decomposition_threads(gram):
+                if _leading_pays(tau, k):
+                    lam, q = leading_eigh(gram, k)
+                else:
+                    lam, q = torch.linalg.eigh(gram)
+                    lam, q = lam.flip(-1)[:k], q.flip(-1)[:, :k]
+        except torch.linalg.LinAlgError:
+            lam = None
+        if lam is not None and bool(lam[k - 1] > lam[0] * F32_RCOND_LEADING):
+            s = lam.sqrt()
+            x = q / s
+            u = (tau @ x).addmm_(u_c, b @ x, alpha=-1.0)
+            return u, s, q.contiguous()
+    return top_triplets(tau - u_c @ b, k)
+
+
 def leading_and_rest(a: torch.Tensor, k: int) -> tuple[torch.Tensor, ...]:
     """For A with no more rows than columns: its k leading triplets (U_k, s_k, V_k) and an orthonormal basis
     of the rest of its column space, the other m − k left singular vectors (all m come out of A Aᵀ)."""
@@ -619,6 +674,8 @@ class IsoCtsParts:
             w, st, vt = top_triplets(self.u_rest.T @ tau, self.d)
             return self.u_rest @ w, st, vt
         u_c = self.us[0]
+        if self.m > self.n and self.d < self.n and tau.dtype == torch.float32:
+            return residual_top_triplets(tau, u_c, self.d)
         return top_triplets(tau - u_c @ (u_c.T @ tau), self.d)
 
     def _keep(self, triplets: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> None:

@@ -343,6 +343,49 @@ def test_iso_cts_rank_deficient_sum_falls_back_to_the_svd(monkeypatch, shape):
     torch.testing.assert_close(fast, iso_cts_delta(tv, 0.8), rtol=1e-4, atol=1e-4 * fast.abs().max().item())
 
 
+def orthonormal(m, c, seed):
+    return torch.linalg.qr(torch.randn(m, c, generator=gen(seed), dtype=torch.float64))[0].float()
+
+
+def assert_residual_triplets(tau, u_c, k):
+    u, s, v = subspace.residual_top_triplets(tau, u_c, k)
+    uc = u_c.double()
+    ru, rs, rvh = ref_svd(tau.double() - uc @ (uc.T @ tau.double()))
+    assert u.shape == (tau.shape[0], k) and v.shape == (tau.shape[1], k) and s.shape == (k,)
+    assert_near(s, rs[:k])
+    assert_near((u * s) @ v.T, (ru[:, :k] * rs[:k]) @ rvh[:k])
+
+
+def test_residual_triplets_without_forming_the_residual(monkeypatch, no_svd):
+    formed = []
+    real = subspace.top_triplets
+    monkeypatch.setattr(subspace, "top_triplets", lambda a, k: formed.append(a.shape) or real(a, k))
+    assert_residual_triplets(torch.randn(60, 24, generator=gen(33)), orthonormal(60, 16, seed=34), 4)
+    assert formed == []  # RᵀR = τᵀτ − BᵀB decided it
+
+
+def test_residual_triplets_form_the_residual_where_cancellation_would_cost(monkeypatch, no_svd):
+    formed = []
+    real = subspace.top_triplets
+    monkeypatch.setattr(subspace, "top_triplets", lambda a, k: formed.append(a.shape) or real(a, k))
+    u_c = orthonormal(60, 20, seed=35)
+    inside = u_c @ torch.randn(20, 24, generator=gen(36))  # τ almost all in span(U_c): a small residual
+    tau = inside + 0.05 * torch.randn(60, 24, generator=gen(37))
+    assert_residual_triplets(tau, u_c, 4)
+    assert formed == [(60, 24)]
+    formed.clear()
+    s = torch.logspace(0, -3, 24, dtype=torch.float64)  # float32 does not resolve 20 of 24: formed too
+    assert_residual_triplets(with_spectrum(60, 24, s, seed=38), u_c[:, :2], 20)
+    assert formed == [(60, 24)]
+
+
+def test_residual_triplets_refuse_what_they_do_not_serve():
+    with pytest.raises(ValueError, match="tall float32"):
+        subspace.residual_top_triplets(torch.randn(20, 30), torch.zeros(20, 2), 3)
+    with pytest.raises(ValueError, match="tall float32"):
+        subspace.residual_top_triplets(torch.randn(30, 20), torch.zeros(30, 2), 20)
+
+
 def test_leading_and_rest_completes_the_column_space(no_svd):
     a = torch.randn(12, 30, generator=gen(26))
     u, s, v, rest = subspace.leading_and_rest(a, 5)
