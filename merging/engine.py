@@ -31,6 +31,7 @@ from merging.geometry import BlockGeometry, GeometryRecorder, MergeStats, wants_
 from merging.memory import return_large_frees_to_os
 from merging.methods.base import MethodSpec, ModelsFromTaskVectors, TensorInputs
 from merging.methods.blocks import Block, RowwiseMerger, TensorContext, merger_for
+from merging.native import convert
 from merging.plan import MergePlan, PlannedTensor
 from merging.planner import plan_recipe, validate_recipe
 from merging.progress import Progress
@@ -246,13 +247,17 @@ def read_units(plan: MergePlan, spec: MethodSpec, opened: _Inputs, seed: int) ->
         work = _Work(planned, merger, passes, blocks)
         base = (opened.base, planned.base) if opened.base is not None and planned.base is not None else None
         inputs = tuple((opened.by_ref[i.checkpoint], i.source) for i in planned.inputs)
+        # the reader forms the task vectors, except where a merged tokenizer first completes the rows
+        task_vectors = base is not None and planned.vocab is None
         reread = passes if len(blocks) > 1 else 0  # one block: its passes reuse the stack already read
         backward = _backward_passes(merger, reread)
         for pass_no in [*range(reread), -1]:
             for start, stop in blocks[::-1] if pass_no >= 0 and backward[pass_no] else blocks:
                 shape = (stop - start, *planned.shape[1:]) if len(planned.shape) >= 2 else planned.shape
                 units.append(
-                    ReadUnit(index, planned.name, start, stop, shape, base, inputs, planned.prefetch)
+                    ReadUnit(
+                        index, planned.name, start, stop, shape, base, inputs, planned.prefetch, task_vectors
+                    )
                 )
                 works.append((work, pass_no))
     return units, works
@@ -309,7 +314,9 @@ def _stream(
         observer.check_cancel(f"before tensor {planned.name!r}")
         if planned.vocab is not None:  # a merged tokenizer: complete the rows an input lacks (never cut)
             apply_vocab(planned, stack[-1] if has_base and planned.base is not None else None, stack[:-1])
-        inputs = _block_inputs(planned, stack, has_base and planned.base is not None, seed, dev)
+        inputs = _block_inputs(
+            planned, stack, has_base and planned.base is not None, seed, dev, unit.task_vectors
+        )
         block = Block(unit.start, unit.stop, inputs, _row_numel(planned.shape))
         if pass_no >= 0:
             work.merger.observe(pass_no, block)
@@ -318,7 +325,7 @@ def _stream(
             for p in range(work.passes):
                 work.merger.observe(p, block)
         merged = _compute(spec, work, block, stack, observer, planned)
-        out = merged.to(planned.dtype)
+        out = _checked_output(merged, planned, stack, observer)
         whole = len(work.blocks) == 1
         if whole:
             sink.write(planned.name, out)
@@ -339,15 +346,21 @@ def _stream(
 
 
 def _block_inputs(
-    planned: PlannedTensor, stack: torch.Tensor, has_base: bool, seed: int, dev: torch.device
+    planned: PlannedTensor,
+    stack: torch.Tensor,
+    has_base: bool,
+    seed: int,
+    dev: torch.device,
+    read_as_task_vectors: bool = False,
 ) -> TensorInputs:
-    """The method's view of a read unit: task vectors formed once, in place (methods and geometry share
-    them); without a base (linear) the checkpoints' weights."""
+    """The method's view of a read unit: task vectors formed once (by the reader, or here in place;
+    methods and geometry share them); without a base (linear) the checkpoints' weights."""
     stacked, base_t = stack[:-1], stack[-1]
     gen = torch.Generator(device=dev).manual_seed(tensor_seed(seed, planned.name))
     params, mparams = planned.params, planned.model_params
     if has_base:
-        stacked.sub_(base_t)
+        if not read_as_task_vectors:
+            stacked.sub_(base_t)
         models = ModelsFromTaskVectors(base_t, stacked)
         return TensorInputs(planned.name, base_t, models, mparams, params, gen, stacked)
     return TensorInputs(planned.name, None, list(stacked.unbind(0)), mparams, params, gen)
@@ -361,7 +374,7 @@ def _compute(
     observer: _Observer,
     planned: PlannedTensor,
 ) -> torch.Tensor:
-    """Compute stage: the method on one block; NaN/Inf refused before anything reaches the sink."""
+    """Compute stage: the method on one block (a NaN/Inf output is refused by `_checked_output`)."""
     inputs = block.inputs
     base_t = stack[-1]
     try:
@@ -377,13 +390,24 @@ def _compute(
     )
     if merged.untyped_storage().data_ptr() == stack.untyped_storage().data_ptr():
         merged = merged.clone()  # the stats reuse the inputs' memory in place
-    if not output_is_finite(merged):  # checked before the sink sees it (issue 11)
-        observer.recorder.refuse_nonfinite_inputs(planned.name, base_t, stack[:-1])
+    return merged
+
+
+def _checked_output(
+    merged: torch.Tensor, planned: PlannedTensor, stack: torch.Tensor, observer: _Observer
+) -> torch.Tensor:
+    """The merged block in the output dtype, refused before the sink sees it when it holds NaN/Inf (issue
+    11): bfloat16 on CPU in one native pass that also checks (merging/native/convert.py), else a check and a
+    cast."""
+    narrowed = convert.narrow_bf16(merged) if planned.dtype == torch.bfloat16 else None
+    finite = narrowed[1] if narrowed is not None else output_is_finite(merged)
+    if not finite:
+        observer.recorder.refuse_nonfinite_inputs(planned.name, stack[-1], stack[:-1])
         raise NonFiniteError(
             f"the method produced NaN/Inf in tensor {planned.name!r}; check its parameters "
             "(e.g. weights summing to 0)"
         )
-    return merged
+    return narrowed[0] if narrowed is not None else merged.to(planned.dtype)
 
 
 class _Observer:

@@ -26,6 +26,7 @@ import torch
 from merging.checkpoint import ST_DTYPES, Checkpoint, parse_dtype
 from merging.compat import TensorSource, fit_source
 from merging.errors import CheckpointError
+from merging.native import convert
 from merging.threads import claim_thread_count, torch_threads
 
 STAGING_BYTES = 64 << 20  # largest single preadv; bigger reads are split
@@ -54,9 +55,19 @@ class RowReader:
             self._fds[path] = fd
         return fd
 
-    def read_rows(self, ck: Checkpoint, src: TensorSource, start: int, stop: int, dest: torch.Tensor) -> None:
+    def read_rows(
+        self,
+        ck: Checkpoint,
+        src: TensorSource,
+        start: int,
+        stop: int,
+        dest: torch.Tensor,
+        minus: torch.Tensor | None = None,
+    ) -> None:
         """Fill `dest` (float32, shape (stop − start, ...) or the tensor's shape for a vector) with rows
-        [start, stop) of `src`, vocabulary rows fitted (rows past the stored ones are zero)."""
+        [start, stop) of `src`, vocabulary rows fitted (rows past the stored ones are zero); with `minus`
+        (float32, dest's shape) less those rows: a checkpoint's task vector, in the same pass where the
+        native conversion applies (merging/native/convert.py), the same bytes either way."""
         info = ck.tensors.get(src.name)
         if info is None:
             raise CheckpointError(f"checkpoint {ck.ref!r} has no tensor {src.name!r}")
@@ -65,6 +76,8 @@ class RowReader:
         if pickled or src.row_map is not None:  # a permuted vocabulary is read whole (never cut)
             t = fit_source(ck.read(src.name), src)
             dest.copy_(t[start:stop] if matrix else t)
+            if minus is not None:
+                dest.sub_(minus)
             self.bytes_read += info.nbytes if not matrix or start == 0 else 0
             return
         dtype = parse_dtype(info.dtype)
@@ -72,10 +85,13 @@ class RowReader:
         row_shape = tuple(info.shape[1:]) if matrix else tuple(info.shape)
         stored_rows = info.shape[0] if matrix else 1
         rows_dest = dest if matrix else dest.view(1, *row_shape)
+        rows_minus = None if minus is None else minus if matrix else minus.view(1, *row_shape)
         row_bytes = math.prod(row_shape) * width
         have = max(0, min(stop, stored_rows) - start)
         if have < stop - start:
             rows_dest[have:].zero_()
+            if rows_minus is not None:
+                rows_dest[have:].sub_(rows_minus[have:])
         rows_per_read = max(1, STAGING_BYTES // max(1, row_bytes))
         fd = self._fd(info.file)
         for a in range(0, have, rows_per_read):
@@ -87,7 +103,12 @@ class RowReader:
             buf = self._staging[:nbytes]
             if nbytes:
                 _pread_exact(fd, buf, info.offset + (start + a) * row_bytes, info.file)
-            rows_dest[a:b].copy_(buf.view(dtype).view(b - a, *row_shape))
+            stored = buf.view(dtype).view(b - a, *row_shape)
+            less = None if rows_minus is None else rows_minus[a:b]
+            if not convert.widen(stored, rows_dest[a:b], less):
+                rows_dest[a:b].copy_(stored)
+                if less is not None:
+                    rows_dest[a:b].sub_(less)
             self.bytes_read += nbytes
 
 
@@ -121,6 +142,8 @@ class ReadUnit:
     base: tuple[Checkpoint, TensorSource] | None
     inputs: tuple[tuple[Checkpoint, TensorSource], ...]
     prefetch: bool = True
+    # hand over task vectors: each checkpoint's rows less the base's (read first), in the reading pass
+    task_vectors: bool = False
 
     @property
     def slots(self) -> int:
@@ -134,8 +157,9 @@ class ReadUnit:
 class Prefetcher:
     """Reads units on a background thread, one ahead, into two reused float32 buffers on `device`.
 
-    Iterate to get (unit, stack): stack is (T + 1, *unit.shape) with the checkpoints first and the base (or
-    a copy of the first checkpoint when there is none) last; valid until the next iteration."""
+    Iterate to get (unit, stack): stack is (T + 1, *unit.shape) with the checkpoints first (their task
+    vectors where `unit.task_vectors`) and the base (or a copy of the first checkpoint when there is none)
+    last; valid until the next iteration."""
 
     def __init__(self, units: Sequence[ReadUnit], device: torch.device, reader: RowReader | None = None):
         self.units = list(units)
@@ -160,21 +184,35 @@ class Prefetcher:
         return self._pool[slot][: unit.numel].view(unit.slots, *unit.shape)
 
     def _fill(self, unit: ReadUnit, stack: torch.Tensor) -> None:
-        staged = stack if self.device.type == "cpu" else None
+        gpu = self.device.type != "cpu"
+        minus = None
+        if unit.base is not None and unit.task_vectors:  # the base first: the checkpoints are read less it
+            self._read_into(stack[-1], unit.base[0], unit.base[1], unit, gpu)
+            minus = stack[-1]
         for row, (ck, src) in zip(stack, unit.inputs, strict=False):
-            self._read_into(row, ck, src, unit, staged is None)
-        if unit.base is not None:
-            self._read_into(stack[-1], unit.base[0], unit.base[1], unit, staged is None)
-        else:
+            self._read_into(row, ck, src, unit, gpu, minus)
+        if unit.base is None:
             stack[-1].copy_(stack[0])
+        elif not unit.task_vectors:
+            self._read_into(stack[-1], unit.base[0], unit.base[1], unit, gpu)
 
-    def _read_into(self, dest: torch.Tensor, ck: Checkpoint, src: TensorSource, unit: ReadUnit, gpu: bool):
+    def _read_into(
+        self,
+        dest: torch.Tensor,
+        ck: Checkpoint,
+        src: TensorSource,
+        unit: ReadUnit,
+        gpu: bool,
+        minus: torch.Tensor | None = None,
+    ) -> None:
         if not gpu:
-            self.reader.read_rows(ck, src, unit.start, unit.stop, dest)
+            self.reader.read_rows(ck, src, unit.start, unit.stop, dest, minus)
             return
         host = torch.empty(dest.shape, dtype=torch.float32)
         self.reader.read_rows(ck, src, unit.start, unit.stop, host)
         dest.copy_(host)
+        if minus is not None:
+            dest.sub_(minus)
 
     def _run(self) -> None:
         # One torch thread for the conversions: they are memory-bound, and on two threads every copy waits at

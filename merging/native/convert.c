@@ -1,0 +1,77 @@
+/* Conversions between the stored dtypes and the engine's float32, each in one pass over memory.
+ *
+ * widen: stored rows (bfloat16, float16 or float32) to float32, minus the base's float32 rows when given,
+ * so the reader hands the engine task vectors tau_i = theta_i - theta_0 without a second pass over the
+ * stack. Widening is exact and the subtraction is one IEEE float32 operation, so the bytes equal torch's
+ * copy_ followed by sub_.
+ *
+ * narrow_bf16: float32 to bfloat16 with round-to-nearest-even (torch's rounding), reporting in the same pass
+ * whether every value was finite (the engine refuses a NaN/Inf output before it is written).
+ *
+ * Plain C99; no -ffast-math, so NaN and Inf behave as IEEE says.
+ */
+#include <stdint.h>
+#include <string.h>
+
+static inline float bf16_to_f32(uint16_t h)
+{
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+void mergelab_widen_bf16(const uint16_t *src, const float *minus, float *dst, int64_t n)
+{
+    if (minus)
+        for (int64_t i = 0; i < n; i++)
+            dst[i] = bf16_to_f32(src[i]) - minus[i];
+    else
+        for (int64_t i = 0; i < n; i++)
+            dst[i] = bf16_to_f32(src[i]);
+}
+
+void mergelab_widen_f32(const float *src, const float *minus, float *dst, int64_t n)
+{
+    if (minus)
+        for (int64_t i = 0; i < n; i++)
+            dst[i] = src[i] - minus[i];
+    else
+        memcpy(dst, src, (size_t)n * sizeof(float));
+}
+
+#ifdef __FLT16_MAX__ /* the compiler has _Float16 (gcc >= 12, clang on x86-64 and arm64) */
+int mergelab_has_f16(void) { return 1; }
+
+void mergelab_widen_f16(const _Float16 *src, const float *minus, float *dst, int64_t n)
+{
+    if (minus)
+        for (int64_t i = 0; i < n; i++)
+            dst[i] = (float)src[i] - minus[i];
+    else
+        for (int64_t i = 0; i < n; i++)
+            dst[i] = (float)src[i];
+}
+#else
+int mergelab_has_f16(void) { return 0; }
+
+void mergelab_widen_f16(const uint16_t *src, const float *minus, float *dst, int64_t n)
+{
+    (void)src, (void)minus, (void)dst, (void)n;
+}
+#endif
+
+/* Returns 1 when every value is finite, else 0 (the output is then refused; a NaN narrows to 0x7FC0). */
+int mergelab_narrow_bf16(const float *src, uint16_t *dst, int64_t n)
+{
+    uint32_t special = 0; /* OR of (exponent all ones) over the values: non-zero when one is NaN or Inf */
+    for (int64_t i = 0; i < n; i++) {
+        uint32_t u;
+        memcpy(&u, &src[i], sizeof u);
+        uint32_t exponent = u & 0x7F800000u;
+        special |= exponent == 0x7F800000u;
+        uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+        dst[i] = (u & 0x7FFFFFFFu) > 0x7F800000u ? (uint16_t)0x7FC0 : (uint16_t)rounded;
+    }
+    return special == 0;
+}

@@ -1,0 +1,127 @@
+"""The native conversions (merging/native/convert.c) give torch's bytes, and the paths that use them (the
+reader forming task vectors, the engine's checked bfloat16 output) give the same merge with native code on
+and off."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+from merging import DirectorySink, run_merge
+from merging.checkpoint import open_checkpoint
+from merging.compat import TensorSource
+from merging.native import build, convert
+from merging.reader import RowReader
+from tests.merging.helpers import recipe
+from tests.merging.test_blocks import _checkpoint_dir
+
+needs_cc = pytest.mark.skipif(
+    not any(shutil.which(c) for c in ("cc", "gcc", "clang")), reason="no C compiler on this machine"
+)
+
+
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    return t.view({4: torch.int32, 2: torch.int16}[t.element_size()])
+
+
+def _awkward(n: int, seed: int) -> torch.Tensor:
+    """float32 values that test a conversion: signed zeros, subnormals, huge, tiny, ties in rounding."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, generator=g) * 10.0 ** torch.randint(-3, 4, (n,), generator=g)
+    x[0::11] = 0.0
+    x[1::11] = -0.0
+    x[2::11] = torch.randn(len(x[2::11]), generator=g) * 1e-39  # float32 subnormals
+    x[3::11] = 3.4e38  # past bfloat16's largest finite value once rounded
+    high = torch.randint(0, 0x7F80, (len(x[4::11]),), generator=g, dtype=torch.int32)  # finite bfloat16s
+    sign = torch.randint(0, 2, high.shape, generator=g).mul(2).sub(1).float()
+    x[4::11] = (high * 2**16 + 2**15).view(torch.float32) * sign  # exactly halfway between two bfloat16s
+    return x
+
+
+@needs_cc
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("n", [1, 17, 100_003])
+def test_widen_gives_torchs_bytes_with_and_without_the_base_subtracted(dtype, n):
+    stored = _awkward(n, 1).to(dtype)
+    stored[n // 2] = float("nan")
+    if n > 2:
+        stored[1] = float("-inf")
+    minus = _awkward(n, 2)
+    out = torch.empty(n)
+    assert convert.widen(stored, out)
+    _assert_same_bits(out, stored.float())
+    assert convert.widen(stored, out, minus)
+    _assert_same_bits(out, stored.float() - minus)
+
+
+def _assert_same_bits(got: torch.Tensor, want: torch.Tensor) -> None:
+    """Bit for bit, except a NaN's payload (NaNs are refused, never merged)."""
+    assert torch.equal(got.isnan(), want.isnan())
+    assert torch.equal(_bits(got)[~want.isnan()], _bits(want)[~want.isnan()])
+
+
+@needs_cc
+@pytest.mark.parametrize("n", [5, 100_003, convert.SPLIT_ELEMS + 7])  # the last one is split over two lanes
+def test_narrow_gives_torchs_bfloat16_bytes_and_the_finite_check(n):
+    x = _awkward(n, 3)
+    out, finite = convert.narrow_bf16(x)
+    assert finite and torch.equal(_bits(out), _bits(x.to(torch.bfloat16)))
+    assert (out == float("inf")).any() or n < 4  # 3e38 rounds up past bfloat16's largest: as torch does
+    for where in (0, n // 2 - 1, n - 1):  # either half of a split narrowing
+        for bad in (float("nan"), float("inf"), float("-inf")):
+            y = x.clone()
+            y[where] = bad
+            out, finite = convert.narrow_bf16(y)
+            assert not finite
+            keep = torch.ones(n, dtype=torch.bool)
+            keep[where] = False
+            assert torch.equal(_bits(out)[keep], _bits(y.to(torch.bfloat16))[keep])
+
+
+def test_layouts_the_kernels_do_not_take_are_left_to_torch(monkeypatch):
+    x = torch.randn(8, 6)
+    out = torch.empty(8, 3)
+    assert not convert.widen(x.to(torch.bfloat16)[:, ::2], out)  # a strided source
+    assert not convert.widen(torch.arange(18, dtype=torch.int32), out)  # not a float dtype
+    assert not convert.widen(x.to(torch.bfloat16), torch.empty(47))  # another size
+    assert convert.narrow_bf16(x[:, ::2]) is None and convert.narrow_bf16(x.double()) is None
+    monkeypatch.setenv(build.SWITCH_ENV, "0")
+    assert not convert.widen(x.to(torch.bfloat16), torch.empty(8, 6))
+    assert convert.narrow_bf16(x) is None
+
+
+@pytest.mark.parametrize("native", ["1", "0"])
+def test_reader_reads_task_vectors_as_rows_less_the_base(tmp_path, monkeypatch, native):
+    """Rows past the stored ones (a fitted vocabulary) are zero less the base, like the engine's own sub_."""
+    monkeypatch.setenv(build.SWITCH_ENV, native)
+    emb = _awkward(60, 4).view(10, 6).to(torch.bfloat16)
+    ck = open_checkpoint(str(_checkpoint_dir(tmp_path, {"e": emb, "v": emb[0].to(torch.float16)})))
+    base = _awkward(30, 5).view(5, 6)
+    reader = RowReader()
+    out = torch.empty(5, 6)
+    reader.read_rows(ck, TensorSource("e", rows=12), 7, 12, out, minus=base)
+    want = torch.zeros(5, 6)
+    want[:3] = emb[7:10].float()
+    assert torch.equal(_bits(out), _bits(want - base))
+    vec = torch.empty(6)
+    reader.read_rows(ck, TensorSource("v"), 0, 1, vec, minus=base[0])
+    assert torch.equal(_bits(vec), _bits(emb[0].to(torch.float16).float() - base[0]))
+    reader.close()
+
+
+@needs_cc
+@pytest.mark.parametrize("method", ["task_arithmetic", "ties", "linear"])
+def test_a_merge_has_the_same_bytes_with_native_code_on_and_off(
+    tmp_path, tiny_llama_family, monkeypatch, method
+):
+    base, cks = tiny_llama_family
+    per_model = {"weight": 0.6, "density": 0.5} if method == "ties" else {"weight": 0.6}
+    r = recipe(method, None if method == "linear" else base, cks, per_model, out_dtype="bfloat16")
+    files = {}
+    for native in ("1", "0"):
+        monkeypatch.setenv(build.SWITCH_ENV, native)
+        out = run_merge(r, DirectorySink(tmp_path / native), device="cpu").output_path
+        files[native] = (out / "model.safetensors").read_bytes()
+    assert files["1"] == files["0"]
