@@ -33,7 +33,10 @@ CALIBRATION_FILE = "estimate_calibration.json"
 DEFAULTS: dict[str, Any] = {
     "read_bytes_per_s": 400e6,
     "write_bytes_per_s": 300e6,
-    "geometry_ns_per_elem": 7.0,  # per element and checkpoint (6.7-7.3 measured 2026-12-02, load 1.1-1.3)
+    # per element and checkpoint, with the native geometry kernel: the torch path's 7.0 (6.7-7.3 measured
+    # 2026-12-02, load 1.1-1.3) times 0.24, the kernel's share of it in one run (calibrate_estimate's probe,
+    # load 3.0); where the kernel cannot be built (no C compiler, MERGELAB_NATIVE=0) it is about 7 again
+    "geometry_ns_per_elem": 1.7,
     "method_ns_per_elem": {"default": 2.0},  # per element and checkpoint, the method's own arithmetic
     # One decomposition of an m x n matrix (r = min(m, n)) as the subspace methods take it, the
     # eigendecomposition of the smaller Gram matrix: seconds = per_mnr·m·n·r (the Gram product) +
