@@ -30,6 +30,7 @@ from merging.methods.blocks import (
     stream_key,
     uniform_at,
 )
+from merging.native.weighted_sum import weighted_sum as native_weighted_sum
 
 Sparsifier = Literal["none", "magnitude", "random", "magnitude_outliers", "della_magprune"]
 
@@ -159,8 +160,9 @@ class TaskVectorMerger:
         return t
 
     # --- merge ------------------------------------------------------------------------------------
-    def delta(self, block: Block) -> torch.Tensor:
-        """Merged update Δ of the block's rows (a fresh tensor; the block's inputs are untouched)."""
+    def delta(self, block: Block, plus_base: bool = False) -> torch.Tensor:
+        """Merged update Δ of the block's rows, or with `plus_base` the merged rows θ0 + Δ (a fresh tensor;
+        the block's inputs are untouched)."""
         inputs = block.inputs
         base = inputs.base
         if base is None:
@@ -171,10 +173,12 @@ class TaskVectorMerger:
         factors = self._factors_of()
         tv = inputs.task_vectors
         preset = self.preset
+        added = False  # the base, already in `mixed`
         if not preset.consensus and preset.sparsifier == "none" and tv is not None:
-            # Σ w_i τ_i as one matrix-vector product over the engine's stack: a single pass over memory.
-            w = torch.tensor(weights, dtype=tv.dtype, device=tv.device)
-            mixed = torch.mv(tv.reshape(len(weights), -1).T, w).reshape(base.shape)
+            # Σ w_i τ_i (+ θ0 when nothing scales the sum) over the engine's stack: one native pass on a CPU
+            added = plus_base and not self.normalize and self.lam == 1.0
+            plus = base.reshape(-1) if added else None
+            mixed = weighted_sum(tv.reshape(len(weights), -1), weights, plus).view(base.shape)
             divisor = sum(weights)
             if self.normalize:
                 mixed.div_(divisor if abs(divisor) >= DIVISOR_EPS else 1.0)
@@ -215,10 +219,29 @@ class TaskVectorMerger:
             del stacked
         if self.lam != 1.0:
             mixed.mul_(self.lam)
+        if plus_base and not added:
+            mixed.add_(base)
         return mixed
 
     def merge(self, block: Block) -> torch.Tensor:
-        return self.delta(block).add_(block.inputs.base)
+        return self.delta(block, plus_base=True)
+
+
+def weighted_sum(
+    rows: torch.Tensor, weights: Sequence[float], plus: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Σ_i weights[i]·rows[i] (+ plus) over a (T, n) stack, in checkpoint order with every product and every
+    sum rounded to float32 on its own: one native pass on a CPU (merging/native/weighted_sum.c), the same
+    bytes from torch's ops elsewhere (a GPU, native code off)."""
+    fused = native_weighted_sum(rows, weights, plus)
+    if fused is not None:
+        return fused
+    out = torch.mul(rows[0], weights[0])
+    for i in range(1, len(weights)):
+        out.add_(torch.mul(rows[i], weights[i]))
+    if plus is not None:
+        out.add_(plus)
+    return out
 
 
 def block_factory(preset: Preset):
@@ -230,8 +253,9 @@ def block_factory(preset: Preset):
     return factory
 
 
-def task_vector_delta(preset: Preset, inputs: TensorInputs) -> torch.Tensor:
-    """Merged update Δ (not θ) for one whole tensor; a fresh tensor, inputs untouched."""
+def task_vector_delta(preset: Preset, inputs: TensorInputs, plus_base: bool = False) -> torch.Tensor:
+    """Merged update Δ (with `plus_base`: the merged θ0 + Δ) for one whole tensor; a fresh tensor, inputs
+    untouched."""
     if inputs.base is None:
         raise RecipeError(f"tensor {inputs.name}: this method needs a base model")
     ctx = context_of(inputs)
@@ -239,14 +263,14 @@ def task_vector_delta(preset: Preset, inputs: TensorInputs) -> torch.Tensor:
     block = Block(0, ctx.rows, inputs, ctx.row_numel)
     for p in range(merger.passes):
         merger.observe(p, block)
-    return merger.delta(block)
+    return merger.delta(block, plus_base)
 
 
 def merge_with(preset: Preset):
     """Per-tensor merge function of a preset: θ0 + Δ."""
 
     def merge(inputs: TensorInputs) -> torch.Tensor:
-        return task_vector_delta(preset, inputs).add_(inputs.base)
+        return task_vector_delta(preset, inputs, plus_base=True)
 
     return merge
 

@@ -47,14 +47,15 @@ def enabled() -> bool:
     return os.environ.get(SWITCH_ENV, "1").strip().lower() not in {"0", "false", "no", "off"}
 
 
-def load(source: Path) -> ctypes.CDLL | None:
-    """The library built from `source` (a C file), compiled on first use; None when native code is off or
-    cannot be built here (logged once per source and setting)."""
+def load(source: Path, extra_flags: tuple[str, ...] = ()) -> ctypes.CDLL | None:
+    """The library built from `source` (a C file), compiled on first use, with `extra_flags` after the
+    usual ones (e.g. "-ffp-contract=off" where a kernel must round every product, as torch does); None
+    when native code is off or cannot be built here (logged once per source and setting)."""
     if not enabled():
         return None
     settings = tuple(os.environ.get(k) for k in (COMPILER_ENV, "CC", DIR_ENV, mergelab_home.ENV_VAR))
     with _LOADING:  # the two halves of the first tensor ask at once: one compile, not two
-        return _load(Path(source), settings)
+        return _load(Path(source), settings, tuple(extra_flags))
 
 
 _LOADING = threading.Lock()
@@ -70,10 +71,10 @@ os.register_at_fork(after_in_child=_new_lock_after_fork)
 
 
 @functools.cache
-def _load(source: Path, settings: tuple) -> ctypes.CDLL | None:
+def _load(source: Path, settings: tuple, extra_flags: tuple[str, ...]) -> ctypes.CDLL | None:
     """One attempt per source and setting (compiler, cache folder) per process."""
     try:
-        return _build_and_load(source)
+        return _build_and_load(source, extra_flags)
     except NativeUnavailable as exc:
         log.debug("native %s unavailable, using the torch path: %s", source.name, exc)
         return None
@@ -83,7 +84,7 @@ class NativeUnavailable(RuntimeError):
     """The library cannot be built or loaded here; the message says why."""
 
 
-def _build_and_load(source: Path) -> ctypes.CDLL:
+def _build_and_load(source: Path, extra_flags: tuple[str, ...] = ()) -> ctypes.CDLL:
     compiler = _compiler()
     identity = _compiler_identity(compiler)
     try:
@@ -92,7 +93,8 @@ def _build_and_load(source: Path) -> ctypes.CDLL:
         raise NativeUnavailable(f"cannot read {source}: {exc}") from exc
     folder = cache_folder()
     errors = []
-    for flags in FLAG_SETS:
+    for usual in FLAG_SETS:
+        flags = (*usual, *extra_flags)
         digest = hashlib.sha256(
             b"\0".join([text, identity.encode(), " ".join(flags).encode(), _cpu_key(flags).encode()])
         ).hexdigest()[:20]

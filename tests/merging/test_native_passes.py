@@ -1,6 +1,6 @@
-"""The native conversions (merging/native/convert.c) give torch's bytes, and the paths that use them (the
-reader forming task vectors, the engine's checked bfloat16 output) give the same merge with native code on
-and off."""
+"""The native passes over memory (merging/native: convert.c, weighted_sum.c) give torch's bytes, and the
+paths that use them (the reader forming task vectors, task arithmetic's sum, the engine's checked bfloat16
+output) give the same merge with native code on and off."""
 
 from __future__ import annotations
 
@@ -12,7 +12,9 @@ import torch
 from merging import DirectorySink, run_merge
 from merging.checkpoint import open_checkpoint
 from merging.compat import TensorSource
+from merging.methods.task_vectors import weighted_sum
 from merging.native import build, convert
+from merging.native import weighted_sum as weighted_sum_module
 from merging.reader import RowReader
 from tests.merging.helpers import recipe
 from tests.merging.test_blocks import _checkpoint_dir
@@ -92,6 +94,23 @@ def test_layouts_the_kernels_do_not_take_are_left_to_torch(monkeypatch):
     assert convert.narrow_bf16(x) is None
 
 
+@needs_cc
+@pytest.mark.parametrize("tasks", [1, 2, 12])
+@pytest.mark.parametrize("n", [3, 4099, weighted_sum_module.SPLIT_ELEMS + 5])
+def test_weighted_sum_gives_the_same_bytes_natively_and_from_torchs_ops(monkeypatch, tasks, n):
+    g = torch.Generator().manual_seed(tasks)
+    rows = torch.randn(tasks, n, generator=g) * torch.logspace(-3, 3, tasks)[:, None]
+    rows[:, 0] = -0.0
+    weights = [0.1 * (i + 1) - 0.37 for i in range(tasks)]  # not representable in float32
+    plus = _awkward(n, 6)
+    for p in (None, plus):
+        monkeypatch.setenv(build.SWITCH_ENV, "1")
+        native = weighted_sum(rows, weights, p)
+        assert weighted_sum_module.weighted_sum(rows, weights, p) is not None  # the kernel did run
+        monkeypatch.setenv(build.SWITCH_ENV, "0")
+        _assert_same_bits(native, weighted_sum(rows, weights, p))
+
+
 @pytest.mark.parametrize("native", ["1", "0"])
 def test_reader_reads_task_vectors_as_rows_less_the_base(tmp_path, monkeypatch, native):
     """Rows past the stored ones (a fitted vocabulary) are zero less the base, like the engine's own sub_."""
@@ -112,13 +131,17 @@ def test_reader_reads_task_vectors_as_rows_less_the_base(tmp_path, monkeypatch, 
 
 
 @needs_cc
-@pytest.mark.parametrize("method", ["task_arithmetic", "ties", "linear"])
+@pytest.mark.parametrize("method", ["task_arithmetic", "ties", "linear", "task_arithmetic_mean"])
 def test_a_merge_has_the_same_bytes_with_native_code_on_and_off(
     tmp_path, tiny_llama_family, monkeypatch, method
 ):
     base, cks = tiny_llama_family
     per_model = {"weight": 0.6, "density": 0.5} if method == "ties" else {"weight": 0.6}
-    r = recipe(method, None if method == "linear" else base, cks, per_model, out_dtype="bfloat16")
+    params = {"normalize": True} if method == "task_arithmetic_mean" else {}
+    method = method.removesuffix("_mean")
+    r = recipe(
+        method, None if method == "linear" else base, cks, per_model, parameters=params, out_dtype="bfloat16"
+    )
     files = {}
     for native in ("1", "0"):
         monkeypatch.setenv(build.SWITCH_ENV, native)
