@@ -211,13 +211,14 @@ class _Sums:
         self, rows: torch.Tensor, start: int, stop: int, step: int, merged: torch.Tensor | None = None
     ) -> None:
         """Columns [start, stop): the native kernel's one pass where it applies (CPU float32 rows), else
-        Δ by torch.sub and the torch ops step by step. Both give the same figures up to float32 summation
-        order, and the same Δ bit for bit."""
+        the torch ops step by step; Δ by the kernel, else by torch.sub (also for a merged tensor the kernel
+        cannot read). Both give the same figures up to float32 summation order, and the same Δ bit for bit."""
         native = native_column_sums(rows, start, stop, self.gram, merged)
+        if native is None and merged is not None:
+            delta = rows[self.n, start:stop]
+            torch.sub(merged[start:stop], delta, out=delta)
+            native = native_column_sums(rows, start, stop, self.gram)
         if native is None:
-            if merged is not None:
-                delta = rows[self.n, start:stop]
-                torch.sub(merged[start:stop], delta, out=delta)
             for a in range(start, stop, step):
                 self._add_step(rows[:, a : min(stop, a + step)])
             return
