@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -229,6 +230,22 @@ def test_a_build_lands_as_one_library_keyed_by_source(tmp_path, monkeypatch):
     assert len(second) == 2 and first[0] in second  # an edited source never loads the old library
 
 
+def test_the_cache_is_the_package_build_dir_else_the_workspace_else_a_temp_dir(tmp_path, monkeypatch):
+    monkeypatch.delenv(build.DIR_ENV, raising=False)
+    monkeypatch.setenv("MERGELAB_HOME", str(tmp_path / "home"))
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")  # a folder below a file cannot be made: that candidate is skipped
+    monkeypatch.setattr(build, "PACKAGE_BUILD_DIR", tmp_path / "pkg" / "_build")
+    assert build.cache_folder() == tmp_path / "pkg" / "_build"
+    monkeypatch.setattr(build, "PACKAGE_BUILD_DIR", blocked / "_build")
+    assert build.cache_folder() == tmp_path / "home" / "cache" / "native"
+    monkeypatch.setenv("MERGELAB_HOME", str(blocked / "home"))
+    monkeypatch.setattr(build.tempfile, "gettempdir", lambda: str(tmp_path / "tmp"))
+    assert build.cache_folder() == tmp_path / "tmp" / f"mergelab-native-{os.getuid()}"
+    monkeypatch.setenv(build.DIR_ENV, str(tmp_path / "named"))
+    assert build.cache_folder() == tmp_path / "named"
+
+
 CONCURRENT_FIRST_USE = """
 import ctypes, os, sys, time
 from pathlib import Path
@@ -254,7 +271,7 @@ print(list(gram), list(l1), list(counts))
 def test_two_processes_compiling_at_once_both_load_a_whole_library(tmp_path):
     cache, ready = tmp_path / "cache", tmp_path / "ready"
     ready.mkdir()
-    env = {**__import__("os").environ, build.DIR_ENV: str(cache), build.SWITCH_ENV: "1"}
+    env = {**os.environ, build.DIR_ENV: str(cache), build.SWITCH_ENV: "1"}
     script = textwrap.dedent(CONCURRENT_FIRST_USE)
     procs = [
         subprocess.Popen(
