@@ -18,6 +18,7 @@ import os
 import queue
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +31,10 @@ from merging.native import convert
 from merging.threads import claim_thread_count, torch_threads
 
 STAGING_BYTES = 64 << 20  # largest single preadv; bigger reads are split
+# A unit with at least this many rows and elements is read in two halves of its rows at once, the second
+# on a helper thread with its own reader: reading (a kernel copy and a widening pass, both bound by memory)
+# is the slower side of a cheap merge, and the engine's thread would otherwise wait on it with a core idle.
+SPLIT_ROWS, SPLIT_ELEMS = 2, 1 << 20
 
 
 class RowReader:
@@ -55,6 +60,14 @@ class RowReader:
             self._fds[path] = fd
         return fd
 
+    @staticmethod
+    def reads_whole(ck: Checkpoint, src: TensorSource) -> bool:
+        """A pickled checkpoint (not ours to seek in) and a permuted vocabulary (never cut) are read whole,
+        whatever rows are asked for."""
+        info = ck.tensors.get(src.name)
+        pickled = info is not None and (info.offset < 0 or getattr(ck, "_pickled", None) is not None)
+        return pickled or src.row_map is not None
+
     def read_rows(
         self,
         ck: Checkpoint,
@@ -72,8 +85,7 @@ class RowReader:
         if info is None:
             raise CheckpointError(f"checkpoint {ck.ref!r} has no tensor {src.name!r}")
         matrix = len(info.shape) >= 2
-        pickled = info.offset < 0 or getattr(ck, "_pickled", None) is not None  # not ours to seek in
-        if pickled or src.row_map is not None:  # a permuted vocabulary is read whole (never cut)
+        if self.reads_whole(ck, src):
             t = fit_source(ck.read(src.name), src)
             dest.copy_(t[start:stop] if matrix else t)
             if minus is not None:
@@ -165,6 +177,8 @@ class Prefetcher:
         self.units = list(units)
         self.device = device
         self.reader = reader or RowReader()
+        self._second_reader = RowReader()  # the helper thread's: a reader's staging buffer is its own
+        self._helper: ThreadPoolExecutor | None = None  # started by the first unit read in two halves
         size = max((u.numel for u in self.units if u.prefetch), default=0)
         self._pool = [torch.empty(0, dtype=torch.float32, device=device) for _ in range(2)]
         self._pool_size = size
@@ -184,32 +198,59 @@ class Prefetcher:
         return self._pool[slot][: unit.numel].view(unit.slots, *unit.shape)
 
     def _fill(self, unit: ReadUnit, stack: torch.Tensor) -> None:
-        gpu = self.device.type != "cpu"
-        minus = None
-        if unit.base is not None and unit.task_vectors:  # the base first: the checkpoints are read less it
-            self._read_into(stack[-1], unit.base[0], unit.base[1], unit, gpu)
-            minus = stack[-1]
-        for row, (ck, src) in zip(stack, unit.inputs, strict=False):
-            self._read_into(row, ck, src, unit, gpu, minus)
+        rows = unit.stop - unit.start
+        sources = [*unit.inputs, *([unit.base] if unit.base is not None else [])]
+        whole = any(RowReader.reads_whole(ck, src) for ck, src in sources)
+        if whole or len(unit.shape) < 2 or rows < SPLIT_ROWS or unit.numel < SPLIT_ELEMS:
+            self._fill_rows(self.reader, unit, stack, 0, rows)
+        else:  # each half needs only its own rows of the base: the halves never wait on each other
+            if self._helper is None:
+                self._helper = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mergelab-reader-2")
+            half = rows // 2
+            second = self._helper.submit(self._fill_rows_on_one_thread, unit, stack, half, rows)
+            try:
+                self._fill_rows(self.reader, unit, stack, 0, half)
+            finally:
+                second.result()  # always awaited: the helper writes into `stack` until then
         if unit.base is None:
             stack[-1].copy_(stack[0])
-        elif not unit.task_vectors:
-            self._read_into(stack[-1], unit.base[0], unit.base[1], unit, gpu)
 
+    def _fill_rows_on_one_thread(self, unit: ReadUnit, stack: torch.Tensor, a: int, b: int) -> None:
+        with torch_threads(1):
+            self._fill_rows(self._second_reader, unit, stack, a, b)
+
+    def _fill_rows(self, reader: RowReader, unit: ReadUnit, stack: torch.Tensor, a: int, b: int) -> None:
+        """Rows [a, b) of the unit (all of a vector's) into every slot of `stack`, the base's first where
+        the checkpoints are read less it."""
+        part = stack[:, a:b] if len(unit.shape) >= 2 else stack
+        gpu = self.device.type != "cpu"
+        minus = None
+        if unit.base is not None and unit.task_vectors:
+            self._read_into(reader, part[-1], unit.base, unit, a, b, gpu)
+            minus = part[-1]
+        for row, source in zip(part, unit.inputs, strict=False):
+            self._read_into(reader, row, source, unit, a, b, gpu, minus)
+        if unit.base is not None and not unit.task_vectors:
+            self._read_into(reader, part[-1], unit.base, unit, a, b, gpu)
+
+    @staticmethod
     def _read_into(
-        self,
+        reader: RowReader,
         dest: torch.Tensor,
-        ck: Checkpoint,
-        src: TensorSource,
+        source: tuple[Checkpoint, TensorSource],
         unit: ReadUnit,
+        a: int,
+        b: int,
         gpu: bool,
         minus: torch.Tensor | None = None,
     ) -> None:
+        ck, src = source
+        start, stop = (unit.start + a, unit.start + b) if len(unit.shape) >= 2 else (unit.start, unit.stop)
         if not gpu:
-            self.reader.read_rows(ck, src, unit.start, unit.stop, dest, minus)
+            reader.read_rows(ck, src, start, stop, dest, minus)
             return
         host = torch.empty(dest.shape, dtype=torch.float32)
-        self.reader.read_rows(ck, src, unit.start, unit.stop, host)
+        reader.read_rows(ck, src, start, stop, host)
         dest.copy_(host)
         if minus is not None:
             dest.sub_(minus)
@@ -281,7 +322,11 @@ class Prefetcher:
         self._stop.set()
         if self._started:
             self._thread.join()
+        if self._helper is not None:
+            self._helper.shutdown(wait=True)
+            self._helper = None
         self.reader.close()
+        self._second_reader.close()
         self._pool = []
 
 

@@ -148,3 +148,34 @@ def test_a_merge_has_the_same_bytes_with_native_code_on_and_off(
         out = run_merge(r, DirectorySink(tmp_path / native), device="cpu").output_path
         files[native] = (out / "model.safetensors").read_bytes()
     assert files["1"] == files["0"]
+
+
+def test_a_unit_read_in_two_halves_equals_one_read_whole(tmp_path, monkeypatch):
+    """The prefetcher reads a large unit's rows in two halves at once (its own reader each); the stack is
+    the one a single read gives, task vectors included."""
+    from merging import reader as reader_module
+    from merging.reader import Prefetcher, ReadUnit
+
+    g = torch.Generator().manual_seed(7)
+    ws = [torch.randn(9, 5, generator=g).to(torch.bfloat16) for _ in range(3)]
+    dirs = [tmp_path / f"m{i}" for i in range(3)]
+    for d in dirs:
+        d.mkdir()
+    cks = [open_checkpoint(str(_checkpoint_dir(d, {"w": w}))) for d, w in zip(dirs, ws, strict=True)]
+    src = TensorSource("w")
+    units = [
+        ReadUnit(0, "w", 0, 9, (9, 5), (cks[0], src), ((cks[1], src), (cks[2], src)), task_vectors=tv)
+        for tv in (True, False)
+    ]
+    stacks = {}
+    for split in (1, 1 << 40):  # every unit split, none split
+        monkeypatch.setattr(reader_module, "SPLIT_ELEMS", split)
+        pre = Prefetcher(units, torch.device("cpu"))
+        stacks[split] = [stack.clone() for _, stack in pre]
+        assert (pre._helper is not None) == (split == 1)
+        pre.close()
+    for got, want in zip(stacks[1], stacks[1 << 40], strict=True):
+        assert torch.equal(got, want)
+    base, a, b = (w.float() for w in ws)
+    assert torch.equal(stacks[1][0], torch.stack([a - base, b - base, base]))
+    assert torch.equal(stacks[1][1], torch.stack([a, b, base]))
