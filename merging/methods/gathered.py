@@ -174,8 +174,7 @@ class IsoCtsMerger(_Gathered):
         if self._whole(block):
             if pass_no == 0:
                 tv = task_vector_stack(block.inputs)
-                self.parts.common(task_sum(tv))
-                self.parts.add_all(tv.unbind(0))
+                self.parts.common_and_add_all(task_sum(tv), tv.unbind(0))
             return
         tv = task_vector_stack(block.inputs)
         if pass_no == 0:

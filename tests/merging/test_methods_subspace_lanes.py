@@ -187,3 +187,29 @@ def test_a_fresh_worker_runs_its_first_job_on_one_thread(two_threads, monkeypatc
     with subspace.decomposition_threads(a):
         got = subspace.top_triplets(a, 816)
     assert all(torch.equal(x, y) for x, y in zip(got, expected, strict=True))
+
+
+def test_tall_iso_cts_forms_the_first_task_grams_beside_the_common_decomposition(two_threads, monkeypatch):
+    """On a tall matrix the second lane forms the first tasks' τᵀτ while this one decomposes the sum: both
+    meet inside their jobs (one after the other would time out), and the bytes are the sequential ones."""
+    tv = tvs(5, 96, 64, seed=13)
+    expected = sequential(lambda: iso_cts_delta(tv, 0.8))
+    both = threading.Barrier(2, timeout=10)
+    met = []
+    real_common = subspace.IsoCtsParts.common
+    real_gram = subspace.lower_gram
+
+    def common(self, total):
+        met.append(("common", both.wait()))
+        return real_common(self, total)
+
+    def lower_gram(m, dtype, like, gram=None, alpha=1.0):
+        if m.data_ptr() == tv[0].data_ptr() and gram is None and not any(n == "grams" for n, _ in met):
+            met.append(("grams", both.wait()))  # the first task's τᵀτ, formed beside the common job
+        return real_gram(m, dtype, like, gram, alpha)
+
+    monkeypatch.setattr(subspace.IsoCtsParts, "common", common)
+    monkeypatch.setattr(subspace, "lower_gram", lower_gram)
+    got = iso_cts_delta(tv, 0.8)
+    assert sorted(name for name, _ in met) == ["common", "grams"]
+    assert torch.equal(got, expected)
