@@ -1,14 +1,15 @@
 """A few leading eigenpairs through LAPACK's syevr (merging/methods/leading_eigh.py): the same pairs as the
-whole eigendecomposition, the lower triangle only, one BLAS thread while it runs, clear errors; and the
-subspace methods on that route against the float64 reference, lane order and row blocks bit-equal."""
+whole eigendecomposition from either bundled OpenBLAS, the lower triangle only, one BLAS thread, the GIL
+free during the call, clear errors; and the subspace methods on that route against the float64 reference,
+lane order and row blocks bit-equal."""
 
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 import torch
-from threadpoolctl import OpenBLASController, ThreadpoolController
 
 from merging.methods import leading_eigh as le
 from merging.methods import subspace
@@ -69,50 +70,89 @@ def test_bad_input_is_refused(g, k, message):
         le.leading_eigh(g, k)
 
 
+class _Reports:
+    """A syevr that reports `info` (LAPACK's failure codes are hard to provoke with real input)."""
+
+    def __init__(self, info, found=1):
+        self.info, self.found = info, found
+
+    def syevr(self, *args):
+        return self.found, self.info
+
+
 def test_a_failed_solve_is_a_linalg_error(monkeypatch):
     """LAPACK reporting no convergence reads as torch.linalg.eigh's failure, which the Gram route's callers
-    already answer with the SVD."""
-
-    class NotConverged:
-        @staticmethod
-        def dsyevr(a, **kwargs):
-            return a[0], a[:, :2], 1, None, 3
-
-    monkeypatch.setattr(le, "_LAPACK", NotConverged)
+    already answer with the SVD; a bad argument is a ValueError."""
+    monkeypatch.setattr(le, "_FOUND", [_Reports(3)])
     with pytest.raises(torch.linalg.LinAlgError, match="info 3"):
+        le.leading_eigh(gram(6, torch.float64, seed=3), 2)
+    monkeypatch.setattr(le, "_FOUND", [_Reports(-5)])
+    with pytest.raises(ValueError, match="argument 5"):
         le.leading_eigh(gram(6, torch.float64, seed=3), 2)
 
 
-def _other_blas() -> dict[str, int]:
-    """Thread counts of the process's BLAS libraries other than scipy's LAPACK's."""
-    ours = {lib.filepath for lib in le._BLAS}
-    blas = ThreadpoolController().select(user_api="blas").lib_controllers
-    return {lib.filepath: lib.get_num_threads() for lib in blas if lib.filepath not in ours}
+def test_without_syevr_the_whole_decomposition_is_taken(monkeypatch):
+    monkeypatch.setattr(le, "_FOUND", [None])
+    assert not le.pays(1024, 52)
+    with pytest.raises(RuntimeError, match="no LAPACKE syevr"):
+        le.leading_eigh(gram(6, torch.float64, seed=3), 2)
 
 
-def test_scipys_blas_runs_on_one_thread_in_every_lane(monkeypatch):
-    """Held at one by whichever thread calls first, and set back to one if raised since; the other BLAS
-    libraries of the process (numpy's) keep their count."""
-    le.leading_eigh(gram(8, torch.float32, seed=4), 2)  # scipy imported, its BLAS found
-    others = _other_blas()
-    OpenBLASController.clear_controlling_thread(force=True)
-    for lib in le._BLAS:
-        lib.set_num_threads(2)  # someone raised it
-    OpenBLASController.clear_controlling_thread()
+def test_numpys_openblas_serves_too():
+    """The second source (numpy's wheel, 64-bit LAPACK integers) gives the same pairs as the first."""
+    path = le._bundled_openblas("numpy", "numpy.libs", "libscipy_openblas64_*")
+    if path is None:
+        pytest.skip("numpy here does not bundle OpenBLAS")
+    import ctypes
+
+    numpys = le._Lapacke(path, "scipy_", "64_", ctypes.c_int64)
+    g = gram(40, torch.float64, seed=12)
+    w, z = torch.empty(40, dtype=g.dtype), torch.empty((5, 40), dtype=g.dtype)
+    assert numpys.syevr(g.clone(), w, z, 40, 5) == (5, 0)
+    torch.testing.assert_close(w[:5].flip(0), le.leading_eigh(g.clone(), 5)[0])
+
+
+def test_blas_runs_on_one_thread_in_every_lane(monkeypatch):
+    """Held at one from whichever thread calls, and set back to one if raised since."""
+    lapacke = le._lapacke()
+    lapacke._set_threads(2)  # someone raised it
     seen = []
-    real = le._lapack().dsyevr
+    real = lapacke._fns[torch.float64]
 
-    def watched(a, **kwargs):
-        seen.append([lib.get_num_threads() for lib in le._BLAS])
-        return real(a, **kwargs)
+    def watched(*args):
+        seen.append(lapacke._get_threads())
+        return real(*args)
 
-    monkeypatch.setattr(le._lapack(), "dsyevr", watched)
+    monkeypatch.setitem(lapacke._fns, torch.float64, watched)
     lane = threading.Thread(target=le.leading_eigh, args=(gram(16, torch.float64, seed=5), 3))
     lane.start()
     lane.join()
     le.leading_eigh(gram(16, torch.float64, seed=6), 3)
-    assert le._BLAS and seen == [[1] * len(le._BLAS)] * 2
-    assert _other_blas() == others
+    assert seen == [1, 1]
+
+
+def test_the_gil_is_free_during_the_call():
+    """The second lane's Python runs while this lane is inside syevr (scipy's wrappers held the GIL for the
+    whole call, so the lanes took turns): another thread's ticks leave no gap near the call's length."""
+    g = gram(1000, torch.float64, seed=7)
+    ticks, stop = [], threading.Event()
+
+    def ticker():
+        while not stop.is_set():
+            ticks.append(time.perf_counter())
+
+    other = threading.Thread(target=ticker)
+    other.start()
+    while not ticks:
+        time.sleep(0.001)
+    start = time.perf_counter()
+    le.leading_eigh(g, 250)
+    end = time.perf_counter()
+    stop.set()
+    other.join()
+    inside = [start] + [t for t in ticks if start < t < end] + [end]
+    gap = max(b - a for a, b in zip(inside, inside[1:], strict=False))
+    assert gap < 0.5 * (end - start), f"no tick for {gap:.3f} s of a {end - start:.3f} s call"
 
 
 def test_the_route_is_chosen_by_shape():
