@@ -9,7 +9,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8501
 PYTEST_ARGS ?=
 
-.PHONY: app test deps dev-deps lint format bench zoo clean-venv
+.PHONY: app test deps dev-deps bytecode lint format bench zoo clean-venv
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -27,10 +27,16 @@ $(VENV)/.dev-$(DEV_HASH): $(VENV)/.req-$(REQ_HASH) requirements-dev.txt
 deps: $(VENV)/.req-$(REQ_HASH)
 dev-deps: $(VENV)/.dev-$(DEV_HASH)
 
-app: deps
+# Compiled bytecode for the project's own packages, as pip writes for installed ones: every merge, job worker
+# and CLI process then skips compiling ~100 modules (0.1-0.15 s each time, measured) even where
+# PYTHONDONTWRITEBYTECODE keeps Python from writing it. Only changed files are recompiled.
+bytecode: | $(PY)
+	PYTHONDONTWRITEBYTECODE= $(PY) -m compileall -q -j 0 app.py mergelab_home.py app_pages bench evaluation jobs merging store ui zoo >/dev/null
+
+app: deps bytecode
 	$(PY) -m ui.serve --server.address $(HOST) --server.port $(PORT)
 
-test: dev-deps
+test: dev-deps bytecode
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: dev-deps
@@ -42,7 +48,7 @@ format: dev-deps
 zoo: deps
 	$(PY) -m zoo build
 
-bench: deps
+bench: deps bytecode
 	$(PY) bench/merge_bench.py
 
 clean-venv:

@@ -165,6 +165,12 @@ def main() -> None:
     methods = list(BENCH_PARAMS) if args.methods == "all" else args.methods.split(",")
     work = Path(tempfile.mkdtemp(prefix="mergebench-"))
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
+    # Our packages as compiled bytecode, as torch's are (pip compiles what it installs; `make app` and
+    # `make test` compile the repository): else a merge also pays for compiling ~100 modules on every start
+    # where PYTHONDONTWRITEBYTECODE is set, and the floor, which imports only torch, does not.
+    compiled = {k: v for k, v in env.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    packages = ["merging", "mergelab_home.py"]
+    subprocess.run([sys.executable, "-m", "compileall", "-q", *packages], cwd=REPO, env=compiled, check=True)
     try:
         floor_cmd = [
             sys.executable,
