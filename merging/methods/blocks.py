@@ -23,6 +23,7 @@ from typing import Any, Protocol
 import torch
 
 from merging.methods.base import TensorInputs
+from merging.native import rank_cut as native_rank
 
 M32 = 0xFFFF_FFFF
 _CHUNK = 1 << 20  # entries hashed at a time: bounds the int64 temporaries of uniform_at
@@ -234,13 +235,15 @@ class RankCut:
         if not self._hi.numel():
             self._hi = torch.zeros(1 << 16, dtype=torch.int64)
             self._lo = torch.zeros(1 << 16, dtype=torch.int64)
+        if pass_no != 0 and self.bucket < 0:
+            self._find_bucket()
+        if native_rank.count(bits, pass_no, self.bucket, self._hi if pass_no == 0 else self._lo):
+            return  # one native pass over the block (merging/native/rank_cut.c), the same counts
         keys = bits >> 16  # int32 keys (bincount takes them without an int64 copy); sign bit dropped:
         keys &= 0x7FFF  # `bits` may be a float32 tensor's raw bits, |x| and x share the other 31
         if pass_no == 0:
             _count_into(self._hi, keys)
         else:
-            if self.bucket < 0:
-                self._find_bucket()
             sel = bits[keys == self.bucket]
             if sel.numel():
                 _count_into(self._lo, sel & 0xFFFF)
@@ -267,6 +270,21 @@ class RankCut:
         """Start a new in-order sweep over the blocks (each sweep assigns ties from the first block on)."""
         self._seen = 0
 
+    def state(self) -> tuple[int, int]:
+        """(value, left) for this block: the entries in the cut are those whose |x| bits are below `value`,
+        and of those equal to it the first `left` (the j ≤ 0 and j ≥ n cuts included)."""
+        if self.j <= 0:
+            return 0, 0
+        if self.j >= self.n:
+            return 0xFFFFFFFF, 0
+        self.finish()
+        return self.value, self.ties - self._seen
+
+    def placed(self, left: int, equal: int) -> None:
+        """Account a block masked elsewhere (`drop_ranked_`): `equal` entries equal to the value were seen."""
+        if left > 0:  # as `mask` counts them
+            self._seen += equal
+
     def mask(self, bits: torch.Tensor) -> torch.Tensor:
         """Bool mask (flat, like `bits`) of this block's entries among the j smallest of the tensor."""
         if self.j <= 0:
@@ -281,6 +299,21 @@ class RankCut:
             mask[tied[:left]] = True
             self._seen += tied.numel()
         return mask
+
+
+def drop_ranked_(t: torch.Tensor, cuts: Sequence[RankCut]) -> bool:
+    """Zero in place the entries of `t` that `cuts` drop, in one native pass: with one cut those among its j
+    smallest |x| (TIES), with two those among the first's or not among the second's (Breadcrumbs). The same
+    zeros as masking with `RankCut.mask` of `magnitude_bits(t)`; False when the torch path must do it."""
+    if not t.is_contiguous():
+        return False
+    states = [cut.state() for cut in cuts]
+    equal = native_rank.drop_(t.view(-1), [v for v, _ in states], [left for _, left in states])
+    if equal is None:
+        return False
+    for cut, (_, left), seen in zip(cuts, states, equal, strict=True):
+        cut.placed(left, seen)
+    return True
 
 
 def _count_into(hist: torch.Tensor, keys: torch.Tensor) -> None:

@@ -24,6 +24,7 @@ from merging.methods.blocks import (
     RankCut,
     TensorContext,
     context_of,
+    drop_ranked_,
     exact_sum,
     magnitude_bits,
     row_sums_abs,
@@ -141,8 +142,12 @@ class TaskVectorMerger:
         if kind == "magnitude":
             if density <= 0:
                 return t.zero_()
+            if drop_ranked_(t, self.cuts[i]):
+                return t
             return flat.masked_fill_(self.cuts[i][0].mask(magnitude_bits(t)), 0).view(t.shape)
         if kind == "magnitude_outliers":
+            if drop_ranked_(t, self.cuts[i]):
+                return t
             bits = magnitude_bits(t)
             low, high = self.cuts[i]
             keep = high.mask(bits)
