@@ -217,8 +217,8 @@ class RankCut:
 
     def __init__(self, j: int, n: int):
         self.j, self.n = j, n
-        self._hi = torch.zeros(0, dtype=torch.int64)  # histograms, allocated on first use
-        self._lo = torch.zeros(0, dtype=torch.int64)
+        # histograms (a pair from a pool, taken on first use, given back once the cut is found)
+        self._pair = self._hi = self._lo = torch.zeros(0, dtype=torch.int64)
         self.bucket = -1
         self.below = 0  # entries strictly below `bucket` (pass 0), then strictly below `value`
         self.value = -1  # threshold bit pattern
@@ -234,7 +234,8 @@ class RankCut:
         if self.trivial:
             return
         if not self._hi.numel():
-            self._hi, self._lo = _take_histograms()
+            self._pair = _take_histograms()
+            self._hi, self._lo = self._pair[0], self._pair[1]
         if pass_no != 0 and self.bucket < 0:
             self._find_bucket()
         if native_rank.count(bits, pass_no, self.bucket, self._hi if pass_no == 0 else self._lo):
@@ -265,8 +266,8 @@ class RankCut:
         self.value = (self.bucket << 16) | low
         self.ties = need - before
         self._seen = 0
-        _give_back_histograms(self._hi, self._lo)
-        self._hi = self._lo = torch.zeros(0, dtype=torch.int64)
+        _give_back_histograms(self._pair)
+        self._hi = self._lo = self._pair = torch.zeros(0, dtype=torch.int64)
 
     def restart(self) -> None:
         """Start a new in-order sweep over the blocks (each sweep assigns ties from the first block on)."""
@@ -310,18 +311,17 @@ _HISTOGRAMS: list[torch.Tensor] = []
 _HISTOGRAMS_KEPT = 32
 
 
-def _take_histograms() -> tuple[torch.Tensor, torch.Tensor]:
+def _take_histograms() -> torch.Tensor:
     try:
         pair = _HISTOGRAMS.pop()  # atomic: cuts on two threads never share a pair
     except IndexError:
         pair = torch.empty(2, 1 << 16, dtype=torch.int64)
         ctypes.memset(pair.data_ptr(), 0, pair.numel() * pair.element_size())
-    return pair[0], pair[1]
+    return pair
 
 
-def _give_back_histograms(hi: torch.Tensor, lo: torch.Tensor) -> None:
-    pair = hi._base
-    if pair is None or pair.shape != (2, 1 << 16) or len(_HISTOGRAMS) >= _HISTOGRAMS_KEPT:
+def _give_back_histograms(pair: torch.Tensor) -> None:
+    if pair.shape != (2, 1 << 16) or len(_HISTOGRAMS) >= _HISTOGRAMS_KEPT:
         return
     ctypes.memset(pair.data_ptr(), 0, pair.numel() * pair.element_size())  # zero_() on two threads waited
     _HISTOGRAMS.append(pair)  # at a barrier for a busy core: ~5 ms per pair under load, measured

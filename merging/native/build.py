@@ -61,6 +61,18 @@ def load(source: Path, extra_flags: tuple[str, ...] = ()) -> ctypes.CDLL | None:
 _LOADING = threading.Lock()
 
 
+def function(source: Path, name: str, argtypes: list, restype=None, extra_flags: tuple[str, ...] = ()):
+    """The C function `name` of the library built from `source`, its ctypes signature set once; None when
+    the library is unavailable (the caller then takes its torch path)."""
+    lib = load(source, extra_flags)
+    if lib is None:
+        return None
+    fn = getattr(lib, name)
+    if fn.argtypes is None:
+        fn.argtypes, fn.restype = argtypes, restype
+    return fn
+
+
 def _new_lock_after_fork() -> None:
     """A child forked while another thread compiled would inherit the lock held, for ever."""
     global _LOADING

@@ -38,13 +38,7 @@ _SIGNATURES = {  # name: (argument types, result type)
 
 
 def _function(name: str):
-    lib = build.load(SOURCE)
-    if lib is None:
-        return None
-    fn = getattr(lib, name)
-    if fn.argtypes is None:
-        fn.argtypes, fn.restype = _SIGNATURES[name]
-    return fn
+    return build.function(SOURCE, name, *_SIGNATURES[name])
 
 
 def _plain(t: torch.Tensor) -> bool:

@@ -27,24 +27,21 @@ class ColumnSums(NamedTuple):
     conflict_summed: int
 
 
+_ARGTYPES = [
+    ctypes.c_void_p,  # x: row 0 of the range
+    ctypes.c_int64,  # row stride, in floats
+    ctypes.c_int32,  # rows: T + 1
+    ctypes.c_int64,  # columns
+    ctypes.c_void_p,  # merged: the range's merged values (the last row becomes Δ), or NULL
+    ctypes.c_void_p,  # gram: (T + 1)², float64, added into
+    ctypes.POINTER(ctypes.c_double),  # task L1, dropped L1: added into
+    ctypes.POINTER(ctypes.c_int64),  # conflicts, dropped, summed: added into
+]
+
+
 def _kernel():
-    lib = build.load(SOURCE)
-    if lib is None:
-        return None
-    fn = lib.mergelab_geometry_sums
-    if fn.argtypes is None:
-        fn.argtypes = [
-            ctypes.c_void_p,  # x: row 0 of the range
-            ctypes.c_int64,  # row stride, in floats
-            ctypes.c_int32,  # rows: T + 1
-            ctypes.c_int64,  # columns
-            ctypes.c_void_p,  # merged: the range's merged values (the last row becomes Δ), or NULL
-            ctypes.c_void_p,  # gram: (T + 1)², float64, added into
-            ctypes.POINTER(ctypes.c_double),  # task L1, dropped L1: added into
-            ctypes.POINTER(ctypes.c_int64),  # conflicts, dropped, summed: added into
-        ]
-        fn.restype = ctypes.c_int  # 0, or -1 when its scratch memory could not be allocated
-    return fn
+    # returns 0, or -1 when its scratch memory could not be allocated
+    return build.function(SOURCE, "mergelab_geometry_sums", _ARGTYPES, ctypes.c_int)
 
 
 def applies(rows: torch.Tensor, gram: torch.Tensor, merged: torch.Tensor | None = None) -> bool:

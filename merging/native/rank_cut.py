@@ -22,13 +22,7 @@ _SIGNATURES = {
 
 
 def _function(name: str):
-    lib = build.load(SOURCE)
-    if lib is None:
-        return None
-    fn = getattr(lib, name)
-    if fn.argtypes is None:
-        fn.argtypes, fn.restype = _SIGNATURES[name], None
-    return fn
+    return build.function(SOURCE, name, _SIGNATURES[name])
 
 
 def _plain(t: torch.Tensor, dtype: torch.dtype) -> bool:

@@ -20,16 +20,12 @@ FLAGS = ("-ffp-contract=off",)  # every product rounded on its own, as torch's m
 SPLIT_ELEMS = 1 << 20  # a sum this long is split in two halves, the second on the engine's second lane
 
 
+_P, _N = ctypes.c_void_p, ctypes.c_int64
+_ARGTYPES = [_P, _N, ctypes.c_int32, _P, _P, _P, _N]  # x, row stride, T, w, base or NULL, out, columns
+
+
 def _kernel():
-    lib = build.load(SOURCE, FLAGS)
-    if lib is None:
-        return None
-    fn = lib.mergelab_weighted_sum
-    if fn.argtypes is None:
-        p, n = ctypes.c_void_p, ctypes.c_int64
-        fn.argtypes = [p, n, ctypes.c_int32, p, p, p, n]  # x, row stride, T, w, base or NULL, out, columns
-        fn.restype = None
-    return fn
+    return build.function(SOURCE, "mergelab_weighted_sum", _ARGTYPES, extra_flags=FLAGS)
 
 
 def weighted_sum(

@@ -58,3 +58,12 @@ def odd(tiny_llama_family, tmp_path_factory) -> dict[str, Path]:
     out["tied_base"] = tied_base
     out["tied_ft0"], out["tied_ft1"] = tied_cks
     return out
+
+
+@pytest.fixture
+def two_threads():
+    """torch on two threads for the test (the lanes' tests need a count they then lower), restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)

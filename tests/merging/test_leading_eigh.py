@@ -198,14 +198,6 @@ def test_methods_on_the_leading_route_match_the_reference(leading_route, shape, 
     assert calls  # the route was taken
 
 
-@pytest.fixture
-def two_threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_lanes_and_row_blocks_give_the_same_bytes_on_the_leading_route(leading_route, two_threads):
     from merging.methods.gathered import IsoCtsMerger, TsvmMerger
 

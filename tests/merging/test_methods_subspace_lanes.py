@@ -16,14 +16,6 @@ from merging.methods.subspace import iso_cts_delta, tsvm_delta, two_at_a_time
 from tests.merging.helpers import exit_code_in_forked_child
 
 
-@pytest.fixture
-def two_threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(before)
-
-
 def tvs(n_tasks, m, n, seed):
     return torch.randn(n_tasks, m, n, generator=torch.Generator().manual_seed(seed))
 
