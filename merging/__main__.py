@@ -8,6 +8,7 @@ written. Ctrl-C aborts cleanly (temporary output removed) with exit code 130.
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import signal
 import sys
@@ -212,6 +213,9 @@ def _merge(args: argparse.Namespace) -> int:
             bar.update(p.bytes_done - bar.n)
             bar.set_postfix_str(p.tensor_name[-40:], refresh=False)
 
+        # What is imported by now (torch's ~10^6 objects) lives for the whole run: frozen, the full garbage
+        # collections during the merge no longer walk it (one took 57 ms of a 1.4 s merge, measured)
+        gc.freeze()
         result = run_merge(
             recipe,
             sink,

@@ -27,7 +27,7 @@ from merging.budget import default_budget, parse_memory, plan_blocks
 from merging.checkpoint import Checkpoint, open_checkpoint
 from merging.compat import CompatReport
 from merging.errors import DeviceError, MergeCancelled, NonFiniteError, RecipeError
-from merging.geometry import BlockGeometry, GeometryRecorder, MergeStats, wants_spectrum
+from merging.geometry import BlockGeometry, GeometryRecorder, MergeStats, TensorSums, wants_spectrum
 from merging.memory import return_large_frees_to_os
 from merging.methods.base import MethodSpec, ModelsFromTaskVectors, TensorInputs
 from merging.methods.blocks import Block, RowwiseMerger, TensorContext, merger_for
@@ -38,6 +38,7 @@ from merging.progress import Progress
 from merging.reader import ReadUnit, iterate_units
 from merging.recipe import Recipe
 from merging.sinks import Sink
+from merging.stored import merge_stored, stored_terms, widened
 from merging.tokenizer import apply_vocab
 
 
@@ -233,11 +234,19 @@ class _Work:
     blocks: list[tuple[int, int]]
     geometry: BlockGeometry | None = None
     assembled: torch.Tensor | None = None
+    stored: Any = None  # the weighted sum to merge its stored rows by (merging/stored.py), or None
 
 
-def read_units(plan: MergePlan, spec: MethodSpec, opened: _Inputs, seed: int) -> tuple[list, list]:
+def read_units(
+    plan: MergePlan,
+    spec: MethodSpec,
+    opened: _Inputs,
+    seed: int,
+    stored_when: Callable[[PlannedTensor, Any], Any] | None = None,
+) -> tuple[list, list]:
     """Read stage input: the units in the order the engine consumes them, each tensor's statistic passes
-    (re-reads of its blocks) before its merge pass. Returns (units, work per unit)."""
+    (re-reads of its blocks) before its merge pass. Returns (units, work per unit). `stored_when(planned,
+    merger)`: the weighted sum a tensor is merged by from its stored rows (merging/stored.py), or None."""
     units: list[ReadUnit] = []
     works: list[tuple[_Work, int]] = []  # (work, pass_no; -1 is the merge pass)
     for index, planned in enumerate(plan.tensors):
@@ -245,6 +254,7 @@ def read_units(plan: MergePlan, spec: MethodSpec, opened: _Inputs, seed: int) ->
         merger = _merger_for(spec, planned, seed, len(blocks))
         passes = merger.passes if merger is not None and hasattr(merger, "passes") else 0
         work = _Work(planned, merger, passes, blocks)
+        work.stored = stored_when(planned, merger) if stored_when is not None else None
         base = (opened.base, planned.base) if opened.base is not None and planned.base is not None else None
         inputs = tuple((opened.by_ref[i.checkpoint], i.source) for i in planned.inputs)
         # the reader forms the task vectors, except where a merged tokenizer first completes the rows
@@ -256,7 +266,16 @@ def read_units(plan: MergePlan, spec: MethodSpec, opened: _Inputs, seed: int) ->
                 shape = (stop - start, *planned.shape[1:]) if len(planned.shape) >= 2 else planned.shape
                 units.append(
                     ReadUnit(
-                        index, planned.name, start, stop, shape, base, inputs, planned.prefetch, task_vectors
+                        index,
+                        planned.name,
+                        start,
+                        stop,
+                        shape,
+                        base,
+                        inputs,
+                        planned.prefetch,
+                        task_vectors,
+                        stored=work.stored is not None,
                     )
                 )
                 works.append((work, pass_no))
@@ -305,13 +324,25 @@ def _stream(
     observer: _Observer,
 ) -> int:
     """Read → compute → write → observe, unit by unit; returns the bytes written."""
-    units, works = read_units(plan, spec, opened, seed)
+    recorder = observer.recorder
+
+    def stored_when(planned: PlannedTensor, merger) -> Any:
+        spectrum = recorder.wants_spectrum(planned.name, len(planned.shape))
+        return stored_terms(merger, planned, opened.base, opened.by_ref, dev, spectrum)
+
+    units, works = read_units(plan, spec, opened, seed, stored_when)
     has_base = opened.base is not None
     bytes_written = 0
-    write_rows = getattr(sink, "write_rows", None)
     for (unit, stack), (work, pass_no) in zip(iterate_units(units, dev), works, strict=True):
         planned = work.planned
         observer.check_cancel(f"before tensor {planned.name!r}")
+        if unit.stored:
+            out = _merge_stored(work, unit, stack, observer, opened.model_refs)
+            if out is not None:
+                bytes_written += _write(sink, work, unit, out)
+                observer.progress(work, unit.start, unit.stop)
+                continue
+            stack = widened(stack)  # a NaN or Inf: the float32 route names it or refuses the output
         if planned.vocab is not None:  # a merged tokenizer: complete the rows an input lacks (never cut)
             apply_vocab(planned, stack[-1] if has_base and planned.base is not None else None, stack[:-1])
         inputs = _block_inputs(
@@ -326,23 +357,54 @@ def _stream(
                 work.merger.observe(p, block)
         merged = _compute(spec, work, block, stack, observer, planned)
         out = _checked_output(merged, planned, stack, observer)
-        whole = len(work.blocks) == 1
-        if whole:
-            sink.write(planned.name, out)
-        elif write_rows is not None:
-            write_rows(planned.name, unit.start, out)
-        else:  # a sink without row writes gets the tensor once it is complete
-            if work.assembled is None:
-                work.assembled = torch.empty(planned.shape, dtype=planned.dtype, device=out.device)
-            work.assembled[unit.start : unit.stop] = out
-            if unit.stop == planned.rows:
-                sink.write(planned.name, work.assembled)
-                work.assembled = None
-        bytes_written += out.numel() * out.element_size()
+        bytes_written += _write(sink, work, unit, out)
         del out
         observer.observe(work, block, stack, merged, has_base and planned.base is not None, opened.model_refs)
         del merged, inputs, block, stack
     return bytes_written
+
+
+def _write(sink: Sink, work: _Work, unit: ReadUnit, out: torch.Tensor) -> int:
+    """Write stage: a whole tensor, or a block's rows (a sink without row writes gets the tensor once it
+    is complete). Returns the bytes written."""
+    planned = work.planned
+    write_rows = getattr(sink, "write_rows", None)
+    if len(work.blocks) == 1:
+        sink.write(planned.name, out)
+    elif write_rows is not None:
+        write_rows(planned.name, unit.start, out)
+    else:
+        if work.assembled is None:
+            work.assembled = torch.empty(planned.shape, dtype=planned.dtype, device=out.device)
+        work.assembled[unit.start : unit.stop] = out
+        if unit.stop == planned.rows:
+            sink.write(planned.name, work.assembled)
+            work.assembled = None
+    return out.numel() * out.element_size()
+
+
+def _merge_stored(
+    work: _Work, unit: ReadUnit, stack: torch.Tensor, observer: _Observer, model_refs: tuple[str, ...]
+) -> torch.Tensor | None:
+    """Compute and observe a unit of stored rows in one native pass (merging/stored.py): its bfloat16
+    output, its geometry recorded; None, with nothing recorded, when a value is NaN or Inf."""
+    planned = work.planned
+    geometry = observer.wants_geometry(planned, model_refs)
+    whole = len(work.blocks) == 1
+    if geometry and not whole and work.geometry is None:
+        work.geometry = BlockGeometry(observer.recorder.n)
+    sums = work.geometry.draft() if geometry and not whole else TensorSums(observer.recorder.n)
+    out, finite = merge_stored(stack, work.stored, sums)
+    if not finite:
+        return None
+    if geometry and whole:
+        observer.recorder.record_sums(planned.name, planned.shape, sums)
+    elif geometry:
+        work.geometry.accept(sums)
+        if unit.stop >= planned.rows:
+            work.geometry.finish(observer.recorder, planned.name, planned.shape)
+            work.geometry = None
+    return out
 
 
 def _block_inputs(
@@ -440,7 +502,7 @@ class _Observer:
     ) -> None:
         """Record geometry (consuming the unit's stack in place), then report progress."""
         planned = work.planned
-        geometry = tuple(i.checkpoint for i in planned.inputs) == model_refs  # the recipe's models only
+        geometry = self.wants_geometry(planned, model_refs)
         last = block.stop >= planned.rows
         if len(work.blocks) == 1:
             if geometry:  # summed in column steps inside: small temporaries however large the tensor
@@ -452,8 +514,19 @@ class _Observer:
             if last:
                 work.geometry.finish(self.recorder, planned.name, planned.shape)
                 work.geometry = None
+        self.progress(work, block.start, block.stop)
+
+    @staticmethod
+    def wants_geometry(planned: PlannedTensor, model_refs: tuple[str, ...]) -> bool:
+        """Geometry compares the recipe's models: a tensor merged from other inputs is not recorded."""
+        return tuple(i.checkpoint for i in planned.inputs) == model_refs
+
+    def progress(self, work: _Work, start: int, stop: int) -> None:
+        """Rows [start, stop) of a tensor are done: count their bytes, report."""
+        planned = work.planned
+        last = stop >= planned.rows
         nbytes = self.tensor_bytes[planned.name]
-        self.bytes_read += nbytes * block.stop // planned.rows - nbytes * block.start // planned.rows
+        self.bytes_read += nbytes * stop // planned.rows - nbytes * start // planned.rows
         if last:
             self.done += 1
         if self.on_progress is not None:

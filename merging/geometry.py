@@ -14,14 +14,15 @@ from __future__ import annotations
 
 import fnmatch
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Literal
 
 import torch
 
 from merging.errors import NonFiniteError
+from merging.native.geometry_sums import ColumnSums
 from merging.native.geometry_sums import column_sums as native_column_sums
 from merging.threads import on_second_lane, torch_threads
 
@@ -155,7 +156,7 @@ GEOMETRY_STEP_ELEMS = 1 << 20
 
 
 @dataclass
-class _Sums:
+class TensorSums:
     """Every per-tensor statistic is a sum over entries, so it adds up over column steps, row blocks and
     tensors alike. `gram` is the Gram matrix of (τ_1, …, τ_T, Δ): norms, cosines, ⟨Δ, τ_i⟩ and ‖Δ‖² from
     one GEMM. Counts are exact integers."""
@@ -176,29 +177,41 @@ class _Sums:
     def add(self, rows: torch.Tensor, merged: torch.Tensor | None = None) -> None:
         """rows: (T + 1, numel) with τ_1 … τ_T and then Δ; each row contiguous, rows may be strided. With
         `merged` (numel values), the last row holds the base instead and becomes Δ = merged − base here,
-        range by range, so the native kernel forms it while the columns are in cache (one pass fewer).
+        range by range, so the native kernel forms it while the columns are in cache (one pass fewer)."""
+        step = max(1, GEOMETRY_STEP_ELEMS // rows.shape[0])
+        self.add_in_halves(
+            rows.shape[1], rows.device, lambda part, a, b: part._add_range(rows, a, b, step, merged)
+        )
+
+    def add_in_halves(
+        self, cols: int, device: torch.device, add_range: Callable[[TensorSums, int, int], None]
+    ) -> None:
+        """`add_range(sums, start, stop)` over columns [0, cols) split where `add` splits them, so that any
+        route summing the same columns (merging/stored.py) gets the same figures.
 
         On CPU the columns are summed in two halves, the second on a worker thread, every op on one torch
         thread: small ops on two threads wait at a barrier per call, 10-60x slower when another process
         holds a core (measured). The halves are always summed apart and then added, on any machine, so
         the figures never depend on the core count or on which half finished first."""
-        cols = rows.shape[1]
-        step = max(1, GEOMETRY_STEP_ELEMS // rows.shape[0])
+        step = max(1, GEOMETRY_STEP_ELEMS // (self.n + 1))
         middle = min(cols, -(-(cols // 2) // step) * step)  # on a step boundary
-        if rows.device.type != "cpu" or middle == cols:  # a GPU, or a tensor of one step: no second half
-            with torch_threads(1) if rows.device.type == "cpu" else nullcontext():
-                self._add_range(rows, 0, cols, step, merged)
+        if device.type != "cpu" or middle == cols:  # a GPU, or a tensor of one step: no second half
+            with torch_threads(1) if device.type == "cpu" else nullcontext():
+                add_range(self, 0, cols)
             return
-        second = _Sums(self.n)
+        second = TensorSums(self.n)
         with torch_threads(1):
-            pending = on_second_lane(second._add_range, rows, middle, cols, step, merged)
+            pending = on_second_lane(add_range, second, middle, cols)
             try:
-                self._add_range(rows, 0, middle, step, merged)
+                add_range(self, 0, middle)
             finally:
                 pending.result()
         self.absorb(second)
 
-    def absorb(self, other: _Sums) -> None:
+    def copy(self) -> TensorSums:
+        return replace(self, gram=self.gram.clone())
+
+    def absorb(self, other: TensorSums) -> None:
         self.gram += other.gram
         self.numel += other.numel
         self.task_l1 += other.task_l1
@@ -222,7 +235,11 @@ class _Sums:
             for a in range(start, stop, step):
                 self._add_step(rows[:, a : min(stop, a + step)])
             return
-        self.numel += stop - start
+        self.add_column_sums(stop - start, native)
+
+    def add_column_sums(self, numel: int, native: ColumnSums) -> None:
+        """A native kernel's sums of `numel` entries (their Gram products already added into `gram`)."""
+        self.numel += numel
         self.task_l1 += native.task_l1
         self.dropped_l1 += native.dropped_l1
         self.conflicts += native.conflicts
@@ -337,7 +354,7 @@ class GeometryRecorder:
         if not task_vectors:
             flat[:n].sub_(flat[n])
         delta = flat[n]
-        sums = _Sums(n)
+        sums = TensorSums(n)
         sums.add(flat, merged.reshape(-1))  # Δ in the base's row, formed while summing: one stack
         taus_finite, delta_finite = sums.finite()
         if not taus_finite:
@@ -348,11 +365,20 @@ class GeometryRecorder:
                 "(e.g. weights summing to 0)"
             )
         stats = self._fold(sums, name, shape)
-        if wants_spectrum(name, len(shape), self.spectra):
+        if self.wants_spectrum(name, len(shape)):
             for i in range(n):
                 self._spectrum(name, "task", i, flat[i].view(shape))
             self._spectrum(name, "delta", -1, delta.view(shape))
         return stats
+
+    def wants_spectrum(self, name: str, ndim: int) -> bool:
+        """Whether this recorder records the singular spectra of tensor `name` (which need its float32 τ)."""
+        return wants_spectrum(name, ndim, self.spectra)
+
+    def record_sums(self, name: str, shape: tuple[int, ...], sums: TensorSums) -> TensorStats:
+        """Record one tensor whose sums were taken elsewhere (merging/stored.py), finite and without spectra
+        (the caller checks both first)."""
+        return self._fold(sums, name, shape)
 
     def _refuse_nonfinite_stack(self, name: str, flat: torch.Tensor, merged: torch.Tensor) -> None:
         """A task vector is not finite: the base is the culprit when Δ = θ_merged − θ0 is not finite either
@@ -369,7 +395,7 @@ class GeometryRecorder:
                     f"checkpoint {label!r}: tensor {name!r} holds {bad} NaN/Inf values; refusing to merge"
                 )
 
-    def _fold(self, sums: _Sums, name: str, shape: tuple[int, ...]) -> TensorStats:
+    def _fold(self, sums: TensorSums, name: str, shape: tuple[int, ...]) -> TensorStats:
         """A finished tensor's stats; its Gram joins the whole-model one."""
         self._gram += sums.gram
         self._merged = True
@@ -439,7 +465,7 @@ class BlockGeometry:
 
     def __init__(self, n_models: int):
         self.n = n_models
-        self.sums = _Sums(n_models)
+        self.sums = TensorSums(n_models)
 
     def add(self, stack: torch.Tensor, merged: torch.Tensor, *, task_vectors: bool) -> None:
         """One block: the (T + 1, rows, ...) stack (checkpoints' weights, or task vectors with
@@ -450,6 +476,14 @@ class BlockGeometry:
         if not task_vectors:
             flat[: self.n].sub_(flat[self.n])
         self.sums.add(flat, merged.reshape(-1))  # Δ in the base's row, formed while summing
+
+    def draft(self) -> TensorSums:
+        """A copy of the sums so far, for a route that adds the next block to it elsewhere
+        (merging/stored.py) and hands it back with `accept` once the block proved finite."""
+        return self.sums.copy()
+
+    def accept(self, sums: TensorSums) -> None:
+        self.sums = sums
 
     def finish(self, recorder: GeometryRecorder, name: str, shape: tuple[int, ...]) -> TensorStats:
         """The tensor's stats; also folds them into the recorder's whole-model sums."""

@@ -123,6 +123,24 @@ class RowReader:
                     rows_dest[a:b].sub_(less)
             self.bytes_read += nbytes
 
+    def read_stored(
+        self, ck: Checkpoint, src: TensorSource, start: int, stop: int, dest: torch.Tensor
+    ) -> None:
+        """Rows [start, stop) of `src` exactly as stored into `dest` (the stored dtype and rows, contiguous):
+        one read straight into place, no staging and no conversion (the stored route, merging/stored.py)."""
+        info = ck.tensors.get(src.name)
+        if info is None:
+            raise CheckpointError(f"checkpoint {ck.ref!r} has no tensor {src.name!r}")
+        stored_rows = info.shape[0] if len(info.shape) >= 2 else 1
+        row_bytes = info.nbytes // max(1, stored_rows)
+        nbytes = (stop - start) * row_bytes
+        if not dest.is_contiguous() or dest.numel() * dest.element_size() != nbytes:
+            raise ValueError(f"read_stored: {src.name!r} rows {start}:{stop} need {nbytes} contiguous bytes")
+        if nbytes:
+            flat = dest.view(-1).view(torch.uint8)
+            _pread_exact(self._fd(info.file), flat, info.offset + start * row_bytes, info.file)
+        self.bytes_read += nbytes
+
 
 def _st_code(dtype: torch.dtype) -> str:
     return next(code for code, (dt, _) in ST_DTYPES.items() if dt == dtype)
@@ -156,6 +174,8 @@ class ReadUnit:
     prefetch: bool = True
     # hand over task vectors: each checkpoint's rows less the base's (read first), in the reading pass
     task_vectors: bool = False
+    # hand over the rows exactly as stored (bfloat16), for the stored route (merging/stored.py)
+    stored: bool = False
 
     @property
     def slots(self) -> int:
@@ -171,7 +191,7 @@ class Prefetcher:
 
     Iterate to get (unit, stack): stack is (T + 1, *unit.shape) with the checkpoints first (their task
     vectors where `unit.task_vectors`) and the base (or a copy of the first checkpoint when there is none)
-    last; valid until the next iteration."""
+    last; valid until the next iteration. A `unit.stored` stack holds the stored bfloat16 rows instead."""
 
     def __init__(self, units: Sequence[ReadUnit], device: torch.device, reader: RowReader | None = None):
         self.units = list(units)
@@ -191,11 +211,15 @@ class Prefetcher:
         self._started = False
 
     def _buffer(self, slot: int, unit: ReadUnit) -> torch.Tensor:
+        dtype = torch.bfloat16 if unit.stored else torch.float32
         if not unit.prefetch:  # its own buffer, freed when the engine moves on
-            return torch.empty((unit.slots, *unit.shape), dtype=torch.float32, device=self.device)
+            return torch.empty((unit.slots, *unit.shape), dtype=dtype, device=self.device)
         if self._pool[slot].numel() < self._pool_size:
             self._pool[slot] = torch.empty(self._pool_size, dtype=torch.float32, device=self.device)
-        return self._pool[slot][: unit.numel].view(unit.slots, *unit.shape)
+        pool = self._pool[slot]
+        if unit.stored:  # the stored bytes take half of the float32 slot
+            pool = pool[: -(-unit.numel // 2)].view(dtype)
+        return pool[: unit.numel].view(unit.slots, *unit.shape)
 
     def _fill(self, unit: ReadUnit, stack: torch.Tensor) -> None:
         rows = unit.stop - unit.start
@@ -212,7 +236,7 @@ class Prefetcher:
                 self._fill_rows(self.reader, unit, stack, 0, half)
             finally:
                 second.result()  # always awaited: the helper writes into `stack` until then
-        if unit.base is None:
+        if unit.base is None and not unit.stored:
             stack[-1].copy_(stack[0])
 
     def _fill_rows_on_one_thread(self, unit: ReadUnit, stack: torch.Tensor, a: int, b: int) -> None:
@@ -223,6 +247,13 @@ class Prefetcher:
         """Rows [a, b) of the unit (all of a vector's) into every slot of `stack`, the base's first where
         the checkpoints are read less it."""
         part = stack[:, a:b] if len(unit.shape) >= 2 else stack
+        if unit.stored:  # the checkpoints' rows and then the base's, as stored
+            start, stop = (
+                (unit.start + a, unit.start + b) if len(unit.shape) >= 2 else (unit.start, unit.stop)
+            )
+            for row, (ck, src) in zip(part, [*unit.inputs, unit.base], strict=True):
+                reader.read_stored(ck, src, start, stop, row)
+            return
         gpu = self.device.type != "cpu"
         minus = None
         if unit.base is not None and unit.task_vectors:

@@ -165,6 +165,19 @@ class TaskVectorMerger:
         return t
 
     # --- merge ------------------------------------------------------------------------------------
+    def weighted_sum_terms(self) -> tuple[list[float], float | None, float] | None:
+        """(weights, divisor or None, λ) when this tensor's merge is θ0 + λ·(Σ w_i τ_i)/divisor, in `delta`'s
+        order of float32 operations, with nothing dropped, elected or rescaled (task arithmetic): the engine
+        may then merge it from the stored rows in one native pass (merging/stored.py). Else None."""
+        preset = self.preset
+        if preset.consensus or preset.sparsifier != "none" or self.passes:
+            return None
+        divisor = None
+        if self.normalize:
+            total = sum(self.weights)
+            divisor = total if abs(total) >= DIVISOR_EPS else 1.0
+        return list(self.weights), divisor, self.lam
+
     def delta(self, block: Block, plus_base: bool = False) -> torch.Tensor:
         """Merged update Δ of the block's rows, or with `plus_base` the merged rows θ0 + Δ (a fresh tensor;
         the block's inputs are untouched)."""

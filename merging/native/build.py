@@ -1,10 +1,11 @@
 """Compile a C source of this package into a shared library at first use, cache it, load it with ctypes.
 
 No build step and no new dependency: the system C compiler (MERGELAB_CC, else CC, else cc, gcc or clang on
-PATH) compiles the source once; the library is cached under a name keyed by a hash of the source, the
-compiler's identity, the flags and, for -march=native, the CPU's features, so an edited source, another
-compiler or another CPU never loads a stale library. The cache is the first writable of MERGELAB_NATIVE_DIR,
-the package's gitignored `_build/`, MERGELAB_HOME's cache/native and a private temp folder. Each process
+PATH) compiles the source once; the library is cached under a name keyed by a hash of the source and its
+local headers, the compiler's identity, the flags and, for -march=native, the CPU's features, so an edited
+source or header, another compiler or another CPU never loads a stale library. The cache is the first
+writable of MERGELAB_NATIVE_DIR, the package's gitignored `_build/`, MERGELAB_HOME's cache/native and a
+private temp folder. Each process
 compiles into a temporary file and renames it into place, so concurrent first uses (parallel tests, two
 merges) never load a half-written library. Any failure (no compiler, a compile error, a load error) is
 logged once at debug level and gives None: the caller keeps its torch path. MERGELAB_NATIVE=0 turns native
@@ -19,6 +20,7 @@ import hashlib
 import logging
 import os
 import platform
+import re
 import shlex
 import shutil
 import subprocess
@@ -99,10 +101,7 @@ class NativeUnavailable(RuntimeError):
 def _build_and_load(source: Path, extra_flags: tuple[str, ...] = ()) -> ctypes.CDLL:
     compiler = _compiler()
     identity = _compiler_identity(compiler)
-    try:
-        text = source.read_bytes()
-    except OSError as exc:
-        raise NativeUnavailable(f"cannot read {source}: {exc}") from exc
+    text = _source_text(source)
     folder = cache_folder()
     errors = []
     for usual in FLAG_SETS:
@@ -124,6 +123,24 @@ def _build_and_load(source: Path, extra_flags: tuple[str, ...] = ()) -> ctypes.C
         log.debug("native %s loaded from %s", source.name, library)
         return lib
     raise NativeUnavailable("; ".join(errors))
+
+
+_LOCAL_INCLUDE = re.compile(rb'^\s*#\s*include\s+"([^"]+)"', re.MULTILINE)
+
+
+def _source_text(source: Path, seen: frozenset[Path] = frozenset()) -> bytes:
+    """The source and, after it, every local header it includes (`#include "name"`, next to it), so an
+    edited header builds a new library like an edited source."""
+    try:
+        text = source.read_bytes()
+    except OSError as exc:
+        raise NativeUnavailable(f"cannot read {source}: {exc}") from exc
+    parts = [text]
+    for name in _LOCAL_INCLUDE.findall(text):
+        header = source.parent / name.decode()
+        if header not in seen:
+            parts.append(_source_text(header, seen | {source}))
+    return b"\0".join(parts)
 
 
 def _compiler() -> list[str]:

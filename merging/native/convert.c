@@ -13,13 +13,7 @@
 #include <stdint.h>
 #include <string.h>
 
-static inline float bf16_to_f32(uint16_t h)
-{
-    uint32_t u = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &u, sizeof f);
-    return f;
-}
+#include "bf16.h"
 
 void mergelab_widen_bf16(const uint16_t *src, const float *minus, float *dst, int64_t n)
 {
@@ -64,14 +58,8 @@ void mergelab_widen_f16(const uint16_t *src, const float *minus, float *dst, int
 /* Returns 1 when every value is finite, else 0 (the output is then refused; a NaN narrows to 0x7FC0). */
 int mergelab_narrow_bf16(const float *src, uint16_t *dst, int64_t n)
 {
-    uint32_t special = 0; /* OR of (exponent all ones) over the values: non-zero when one is NaN or Inf */
-    for (int64_t i = 0; i < n; i++) {
-        uint32_t u;
-        memcpy(&u, &src[i], sizeof u);
-        uint32_t exponent = u & 0x7F800000u;
-        special |= exponent == 0x7F800000u;
-        uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
-        dst[i] = (u & 0x7FFFFFFFu) > 0x7F800000u ? (uint16_t)0x7FC0 : (uint16_t)rounded;
-    }
+    uint32_t special = 0; /* non-zero once a value is NaN or Inf */
+    for (int64_t i = 0; i < n; i++)
+        dst[i] = f32_to_bf16(src[i], &special);
     return special == 0;
 }

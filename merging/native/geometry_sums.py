@@ -1,7 +1,7 @@
 """The native geometry sums (geometry_sums.c) for a CPU float32 stack, called through ctypes.
 
 One pass over the columns replaces the torch path's ~15 passes per step. ctypes releases the GIL for the
-call, so the two halves of `_Sums.add` (one on the engine's second lane) run on two cores at once.
+call, so the two halves of `TensorSums.add` (one on the engine's second lane) run on two cores at once.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ import torch
 import merging.geometry as geometry
 from merging import DirectorySink, ModelEntry, Recipe, run_merge
 from merging.errors import NonFiniteError
-from merging.geometry import GeometryRecorder, _Sums
+from merging.geometry import GeometryRecorder, TensorSums
 from merging.native import build
 from merging.native import geometry_sums as native
 
@@ -31,14 +31,14 @@ HAS_CC = any(shutil.which(c) for c in ("cc", "gcc", "clang"))
 needs_cc = pytest.mark.skipif(not HAS_CC, reason="no C compiler on this machine")
 
 
-def _sums(rows: torch.Tensor, monkeypatch, *, on: bool) -> _Sums:
+def _sums(rows: torch.Tensor, monkeypatch, *, on: bool) -> TensorSums:
     monkeypatch.setenv(build.SWITCH_ENV, "1" if on else "0")
-    sums = _Sums(rows.shape[0] - 1)
+    sums = TensorSums(rows.shape[0] - 1)
     sums.add(rows)  # add() only reads the rows (views stay views: their stride is part of the test)
     return sums
 
 
-def _assert_same_figures(a: _Sums, b: _Sums) -> None:
+def _assert_same_figures(a: TensorSums, b: TensorSums) -> None:
     assert (a.numel, a.conflicts, a.conflict_dropped, a.conflict_summed) == (
         b.numel,
         b.conflicts,
@@ -131,7 +131,7 @@ def test_delta_formed_while_summing_is_torch_subs_bit_for_bit(layout, monkeypatc
     for on in (True, False):
         monkeypatch.setenv(build.SWITCH_ENV, "1" if on else "0")
         rows = stack.clone()
-        sums = _Sums(4)
+        sums = TensorSums(4)
         sums.add(rows, merged)
         runs.append((rows, sums))
     (fast_rows, fast), (slow_rows, slow) = runs
@@ -223,9 +223,16 @@ def test_a_build_lands_as_one_library_keyed_by_source(tmp_path, monkeypatch):
     assert len(first) == 1 and first[0].startswith("geometry_sums-") and first[0].endswith(".so")
     edited = tmp_path / "geometry_sums.c"
     edited.write_text(native.SOURCE.read_text() + "\n/* edited */\n")
+    header = native.SOURCE.with_name("geometry_tile.h")
+    (tmp_path / header.name).write_text(header.read_text())
     assert build.load(edited) is not None
     second = sorted(p.name for p in (tmp_path / "a").iterdir())
     assert len(second) == 2 and first[0] in second  # an edited source never loads the old library
+    (tmp_path / header.name).write_text(header.read_text() + "\n/* edited */\n")
+    build._load.cache_clear()  # as a new process would: one build attempt per source per process
+    assert build.load(edited) is not None
+    third = sorted(p.name for p in (tmp_path / "a").iterdir())
+    assert len(third) == 3 and set(second) < set(third)  # nor does a source whose header was edited
 
 
 def test_the_cache_is_the_package_build_dir_else_the_workspace_else_a_temp_dir(tmp_path, monkeypatch):
