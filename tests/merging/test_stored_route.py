@@ -102,6 +102,23 @@ def test_the_stored_route_gives_the_float32_routes_bytes_and_figures(
     assert fast.fingerprint == slow.fingerprint
 
 
+def test_a_method_whose_plain_tensors_are_task_arithmetic_merges_those_on_the_stored_route(
+    bf16_family, tmp_path, monkeypatch
+):
+    """task_arithmetic_sb boosts the matrices' spectra and merges the embeddings and norms as task
+    arithmetic: those take the stored route, with the float32 route's bytes and figures."""
+    base, cks = bf16_family
+    r = recipe("task_arithmetic_sb", base, cks, {"weight": 0.8})
+    taken = _spy_stored(monkeypatch)
+    fast = _run(r, tmp_path / "stored", monkeypatch, True)
+    slow = _run(r, tmp_path / "float32", monkeypatch, False)
+    assert 0 < len(taken) < len(fast.stats.tensors)
+    assert (fast.output_path / "model.safetensors").read_bytes() == (
+        slow.output_path / "model.safetensors"
+    ).read_bytes()
+    assert fast.stats.to_rows() == slow.stats.to_rows()
+
+
 def test_only_plain_weighted_sums_of_bfloat16_rows_take_the_stored_route(
     bf16_family, tiny_llama_family, tmp_path, monkeypatch
 ):
