@@ -4,7 +4,9 @@ Everything that can be refused is refused before a tensor is read or a file writ
 (registry), checkpoint headers (compatibility), output directory (sink). Then tensors stream one name at a
 time: read the base and every checkpoint tensor, fit vocabulary rows, move to the device as float32, refuse
 NaN/Inf, merge with a generator seeded from (seed, tensor name), cast, hand to the sink, record geometry,
-report progress, check for cancellation. Peak memory is about (T + 3) times the largest tensor.
+report progress, check for cancellation. Peak memory is about (T + 3) times the largest tensor. Task
+arithmetic on bfloat16 takes the stored route instead (merging/stored.py): the stored rows in, one native
+pass, the output and the geometry out.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from merging.progress import Progress
 from merging.reader import ReadUnit, iterate_units
 from merging.recipe import Recipe
 from merging.sinks import Sink
-from merging.stored import merge_stored, stored_terms, widened
+from merging.stored import Weighted, merge_stored, stored_terms, widened
 from merging.tokenizer import apply_vocab
 
 
@@ -234,7 +236,7 @@ class _Work:
     blocks: list[tuple[int, int]]
     geometry: BlockGeometry | None = None
     assembled: torch.Tensor | None = None
-    stored: Any = None  # the weighted sum to merge its stored rows by (merging/stored.py), or None
+    stored: Weighted | None = None  # the weighted sum its stored rows are merged by (merging/stored.py)
 
 
 def read_units(
@@ -242,7 +244,7 @@ def read_units(
     spec: MethodSpec,
     opened: _Inputs,
     seed: int,
-    stored_when: Callable[[PlannedTensor, Any], Any] | None = None,
+    stored_when: Callable[[PlannedTensor, Any], Weighted | None] | None = None,
 ) -> tuple[list, list]:
     """Read stage input: the units in the order the engine consumes them, each tensor's statistic passes
     (re-reads of its blocks) before its merge pass. Returns (units, work per unit). `stored_when(planned,
@@ -326,7 +328,7 @@ def _stream(
     """Read → compute → write → observe, unit by unit; returns the bytes written."""
     recorder = observer.recorder
 
-    def stored_when(planned: PlannedTensor, merger) -> Any:
+    def stored_when(planned: PlannedTensor, merger) -> Weighted | None:
         spectrum = recorder.wants_spectrum(planned.name, len(planned.shape))
         return stored_terms(merger, planned, opened.base, opened.by_ref, dev, spectrum)
 

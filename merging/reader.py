@@ -236,7 +236,7 @@ class Prefetcher:
                 self._fill_rows(self.reader, unit, stack, 0, half)
             finally:
                 second.result()  # always awaited: the helper writes into `stack` until then
-        if unit.base is None and not unit.stored:
+        if unit.base is None:
             stack[-1].copy_(stack[0])
 
     def _fill_rows_on_one_thread(self, unit: ReadUnit, stack: torch.Tensor, a: int, b: int) -> None:
