@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from merging.methods.order_stats import rank_window_mask, smallest_mask
+from merging.native.magnitude_ranks import della_probabilities
 
 RESCALE_EPS = 1e-7
 
@@ -76,6 +77,9 @@ def della_keep_probabilities(rows: torch.Tensor, density: float, epsilon: float)
     ncol = rows.shape[1]
     if ncol == 1:
         return torch.full_like(rows, density)
+    native = della_probabilities(rows, 2 * epsilon / (ncol - 1), density - epsilon)
+    if native is not None:
+        return native
     order = torch.argsort(rows.abs(), dim=1, stable=True)
     ranks = torch.empty_like(rows)
     ranks.scatter_(1, order, torch.arange(ncol, device=rows.device, dtype=rows.dtype).expand_as(rows))

@@ -219,3 +219,41 @@ def test_ranked_drops_give_the_torch_paths_zeros_with_ties_across_blocks(monkeyp
     native = _ranked_blocks("1", monkeypatch, x, js, blocks)
     want = _ranked_blocks("0", monkeypatch, x, js, blocks)
     _assert_same_bits(native, want)
+
+
+@needs_cc
+@pytest.mark.parametrize(("rows", "cols"), [(3, 2), (5, 17), (7, 3000), (1100, 1024)])  # the last in halves
+@pytest.mark.parametrize(("density", "epsilon"), [(0.5, 0.1), (0.3, 0.25)])
+def test_della_probabilities_give_the_torch_paths_bytes(monkeypatch, rows, cols, density, epsilon):
+    """Ranks by |x| with ties by position (zeros, signed zeros, repeated values), NaNs last in position
+    order whatever their payload, ±Inf beside them."""
+    from merging.methods.sparsify import della_keep_probabilities
+
+    x = torch.randn(rows, cols, generator=torch.Generator().manual_seed(rows * cols))
+    x[:, ::5] = 0.0
+    x[:, 1::7] = -0.0
+    x[:, 2::9] = 1.5
+    x[:, 3::9] = -1.5
+    if cols > 16:
+        x[0, 4], x[0, 10], x[0, 12] = float("nan"), float("inf"), -float("inf")
+        x[0, 14] = torch.tensor(0x7FC00001, dtype=torch.int32).view(torch.float32)  # another NaN payload
+        x[0, 15] = float("-nan")
+    got = {}
+    for native in ("1", "0"):
+        monkeypatch.setenv(build.SWITCH_ENV, native)
+        got[native] = della_keep_probabilities(x, density, epsilon)
+    assert torch.equal(_bits(got["1"]), _bits(got["0"]))
+
+
+@needs_cc
+def test_a_della_merge_has_the_same_bytes_with_native_code_on_and_off(
+    tmp_path, tiny_llama_family, monkeypatch
+):
+    base, cks = tiny_llama_family
+    r = recipe("della", base, cks, {"weight": 0.7, "density": 0.5, "epsilon": 0.1}, seed=3)
+    files = {}
+    for native in ("1", "0"):
+        monkeypatch.setenv(build.SWITCH_ENV, native)
+        out = run_merge(r, DirectorySink(tmp_path / native), device="cpu").output_path
+        files[native] = (out / "model.safetensors").read_bytes()
+    assert files["1"] == files["0"]
