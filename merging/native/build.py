@@ -5,11 +5,10 @@ PATH) compiles the source once; the library is cached under a name keyed by a ha
 local headers, the compiler's identity, the flags and, for -march=native, the CPU's features, so an edited
 source or header, another compiler or another CPU never loads a stale library. The cache is the first
 writable of MERGELAB_NATIVE_DIR, the package's gitignored `_build/`, MERGELAB_HOME's cache/native and a
-private temp folder. Each process
-compiles into a temporary file and renames it into place, so concurrent first uses (parallel tests, two
-merges) never load a half-written library. Any failure (no compiler, a compile error, a load error) is
-logged once at debug level and gives None: the caller keeps its torch path. MERGELAB_NATIVE=0 turns native
-code off.
+private temp folder. Each process compiles into a temporary file and renames it into place, so concurrent
+first uses (parallel tests, two merges) never load a half-written library. Any failure (no compiler, a
+compile error, a load error) is logged once at debug level and gives None: the caller keeps its torch path.
+MERGELAB_NATIVE=0 turns native code off.
 """
 
 from __future__ import annotations
