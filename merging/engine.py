@@ -5,8 +5,8 @@ Everything that can be refused is refused before a tensor is read or a file writ
 time: read the base and every checkpoint tensor, fit vocabulary rows, move to the device as float32, refuse
 NaN/Inf, merge with a generator seeded from (seed, tensor name), cast, hand to the sink, record geometry,
 report progress, check for cancellation. Peak memory is about (T + 3) times the largest tensor. Task
-arithmetic on bfloat16 takes the stored route instead (merging/stored.py): the stored rows in, one native
-pass, the output and the geometry out.
+arithmetic on a CPU takes the stored route instead (merging/stored.py): the stored rows in, one native pass,
+the output and the geometry out.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from merging.progress import Progress
 from merging.reader import ReadUnit, iterate_units
 from merging.recipe import Recipe
 from merging.sinks import Sink
-from merging.stored import Weighted, merge_stored, stored_terms, widened
+from merging.stored import Weighted, merge_stored, stored_dtype, stored_terms, widened
 from merging.tokenizer import apply_vocab
 
 
@@ -277,7 +277,7 @@ def read_units(
                         inputs,
                         planned.prefetch,
                         task_vectors,
-                        stored=work.stored is not None,
+                        stored=stored_dtype(planned, opened.base) if work.stored is not None else None,
                     )
                 )
                 works.append((work, pass_no))
@@ -388,15 +388,15 @@ def _write(sink: Sink, work: _Work, unit: ReadUnit, out: torch.Tensor) -> int:
 def _merge_stored(
     work: _Work, unit: ReadUnit, stack: torch.Tensor, observer: _Observer, model_refs: tuple[str, ...]
 ) -> torch.Tensor | None:
-    """Compute and observe a unit of stored rows in one native pass (merging/stored.py): its bfloat16
-    output, its geometry recorded; None, with nothing recorded, when a value is NaN or Inf."""
+    """Compute and observe a unit of stored rows in one native pass (merging/stored.py): its output in the
+    tensor's dtype, its geometry recorded; None, with nothing recorded, when a value is NaN or Inf."""
     planned = work.planned
     geometry = observer.wants_geometry(planned, model_refs)
     whole = len(work.blocks) == 1
     if geometry and not whole and work.geometry is None:
         work.geometry = BlockGeometry(observer.recorder.n)
     sums = work.geometry.draft() if geometry and not whole else TensorSums(observer.recorder.n)
-    out, finite = merge_stored(stack, work.stored, sums)
+    out, finite = merge_stored(stack, work.stored, sums, planned.dtype)
     if not finite:
         return None
     if geometry and whole:

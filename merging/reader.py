@@ -174,8 +174,8 @@ class ReadUnit:
     prefetch: bool = True
     # hand over task vectors: each checkpoint's rows less the base's (read first), in the reading pass
     task_vectors: bool = False
-    # hand over the rows exactly as stored (bfloat16), for the stored route (merging/stored.py)
-    stored: bool = False
+    # hand over the rows exactly as stored, in this dtype, for the stored route (merging/stored.py)
+    stored: torch.dtype | None = None
 
     @property
     def slots(self) -> int:
@@ -191,7 +191,7 @@ class Prefetcher:
 
     Iterate to get (unit, stack): stack is (T + 1, *unit.shape) with the checkpoints first (their task
     vectors where `unit.task_vectors`) and the base (or a copy of the first checkpoint when there is none)
-    last; valid until the next iteration. A `unit.stored` stack holds the stored bfloat16 rows instead."""
+    last; valid until the next iteration. A `unit.stored` stack holds the stored rows instead."""
 
     def __init__(self, units: Sequence[ReadUnit], device: torch.device, reader: RowReader | None = None):
         self.units = list(units)
@@ -211,14 +211,14 @@ class Prefetcher:
         self._started = False
 
     def _buffer(self, slot: int, unit: ReadUnit) -> torch.Tensor:
-        dtype = torch.bfloat16 if unit.stored else torch.float32
+        dtype = unit.stored or torch.float32
         if not unit.prefetch:  # its own buffer, freed when the engine moves on
             return torch.empty((unit.slots, *unit.shape), dtype=dtype, device=self.device)
         if self._pool[slot].numel() < self._pool_size:
             self._pool[slot] = torch.empty(self._pool_size, dtype=torch.float32, device=self.device)
         pool = self._pool[slot]
-        if unit.stored:  # the stored bytes take half of the float32 slot
-            pool = pool[: -(-unit.numel // 2)].view(dtype)
+        if dtype.itemsize < 4:  # stored bytes of a narrower dtype take part of the float32 slot
+            pool = pool[: -(-unit.numel * dtype.itemsize // 4)].view(dtype)
         return pool[: unit.numel].view(unit.slots, *unit.shape)
 
     def _fill(self, unit: ReadUnit, stack: torch.Tensor) -> None:

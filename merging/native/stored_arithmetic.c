@@ -1,8 +1,9 @@
-/* Task arithmetic straight from the stored bfloat16 rows, in one pass over them:
+/* Task arithmetic straight from the stored rows (bfloat16, float16 or float32), in one pass over them:
  *
  *     tau_i = theta_i - theta_0,   merged = ((sum_i w_i tau_i) [/ divisor] [* lambda]) + theta_0
  *
- * narrowed to bfloat16, with the geometry sums of (tau_1 .. tau_T, delta = merged - theta_0) on the way.
+ * cast to the output dtype (bfloat16, float16 or float32), with the geometry sums of (tau_1 .. tau_T,
+ * delta = merged - theta_0) on the way.
  * The float32 stack the engine otherwise builds (widened by the reader, summed, summed again for geometry,
  * narrowed: four passes over T + 1 float32 rows) only ever exists here one tile at a time, in cache.
  *
@@ -13,19 +14,95 @@
  */
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "bf16.h"
 #include "geometry_tile.h"
+
+enum { BF16 = 0, F16 = 1, F32 = 2 }; /* the stored and output dtypes (stored_arithmetic.py's codes) */
+
+#ifdef __FLT16_MAX__ /* the compiler has _Float16 (gcc >= 12, clang on x86-64 and arm64) */
+int mergelab_stored_has_f16(void) { return 1; }
+#define HAS_F16 1
+#else
+int mergelab_stored_has_f16(void) { return 0; }
+#define HAS_F16 0
+#endif
+
+/* dst = float32(row[a .. a + n)) - minus, or without minus the widened values: exact widening, one float32
+ * subtraction, as the reader's widen and torch's sub_ give. */
+static void widen_range(const void *row, int code, int64_t a, int64_t n, const float *minus, float *dst)
+{
+    if (code == BF16) {
+        const uint16_t *s = (const uint16_t *)row + a;
+        if (minus)
+            for (int64_t c = 0; c < n; c++)
+                dst[c] = bf16_to_f32(s[c]) - minus[c];
+        else
+            for (int64_t c = 0; c < n; c++)
+                dst[c] = bf16_to_f32(s[c]);
+    } else if (code == F32) {
+        const float *s = (const float *)row + a;
+        if (minus)
+            for (int64_t c = 0; c < n; c++)
+                dst[c] = s[c] - minus[c];
+        else
+            memcpy(dst, s, (size_t)n * sizeof(float));
+    } else {
+#if HAS_F16
+        const _Float16 *s = (const _Float16 *)row + a;
+        if (minus)
+            for (int64_t c = 0; c < n; c++)
+                dst[c] = (float)s[c] - minus[c];
+        else
+            for (int64_t c = 0; c < n; c++)
+                dst[c] = (float)s[c];
+#endif
+    }
+}
+
+/* out[a .. a + n) = merged in the output dtype, rounded to nearest even as torch casts; ORs into *special
+ * a non-zero value when a merged float32 value is NaN or Inf (the engine's check: a finite float32 value
+ * that overflows float16 is written as Inf, as the float32 route's cast does). */
+static void narrow_range(const float *merged, int code, void *out, int64_t a, int64_t n, uint32_t *special)
+{
+    if (code == BF16) {
+        uint16_t *o = (uint16_t *)out + a;
+        for (int64_t c = 0; c < n; c++)
+            o[c] = f32_to_bf16(merged[c], special);
+        return;
+    }
+    uint32_t found = 0;
+    for (int64_t c = 0; c < n; c++) {
+        uint32_t u;
+        memcpy(&u, &merged[c], sizeof u);
+        found |= (u & 0x7F800000u) == 0x7F800000u;
+    }
+    *special |= found;
+    if (code == F32) {
+        memcpy((float *)out + a, merged, (size_t)n * sizeof(float));
+    } else {
+#if HAS_F16
+        _Float16 *o = (_Float16 *)out + a;
+        for (int64_t c = 0; c < n; c++)
+            o[c] = (_Float16)merged[c];
+#endif
+    }
+}
 
 /* Columns [0, cols) of T + 1 stored bfloat16 rows at x (row i at x + i * stride; the base last) into `out`
  * (cols bfloat16 values). `divisor` divides the weighted sum where `divide`, `lam` scales it where `scale`.
  * With `gram` (rows x rows float64), the geometry sums are added into gram, l1[2] and counts[3], as
  * mergelab_geometry_sums adds them. Returns 1 when every merged value is finite, 0 when one is NaN or Inf,
  * -1 (nothing written) when its scratch memory cannot be allocated. */
-int mergelab_stored_task_arithmetic(const uint16_t *x, int64_t stride, int32_t tasks, int64_t cols,
-                                    const float *w, int32_t divide, float divisor, int32_t scale, float lam,
-                                    uint16_t *out, double *gram, double *l1, int64_t *counts)
+int mergelab_stored_task_arithmetic(const void *x, int32_t in_code, int64_t stride, int32_t tasks,
+                                    int64_t cols, const float *w, int32_t divide, float divisor, int32_t scale,
+                                    float lam, void *out, int32_t out_code, double *gram, double *l1,
+                                    int64_t *counts)
 {
+    if ((in_code == F16 || out_code == F16) && !HAS_F16)
+        return -2;
+    size_t width = in_code == F32 ? 4 : 2;
     int rows = tasks + 1;
     int64_t tile = geometry_tile(rows);
     float *scratch = malloc((size_t)(rows + 1) * (size_t)tile * sizeof(float)); /* tau rows, base, merged */
@@ -37,18 +114,15 @@ int mergelab_stored_task_arithmetic(const uint16_t *x, int64_t stride, int32_t t
     }
     float *base = scratch + (int64_t)tasks * tile;
     float *merged = scratch + (int64_t)rows * tile;
-    const uint16_t *stored_base = x + (int64_t)tasks * stride;
+    const char *rows_at = (const char *)x;
+    const void *stored_base = rows_at + (size_t)tasks * (size_t)stride * width;
     uint32_t special = 0;
     for (int64_t a = 0; a < cols; a += tile) {
         int64_t n = cols - a < tile ? cols - a : tile;
-        for (int64_t c = 0; c < n; c++)
-            base[c] = bf16_to_f32(stored_base[a + c]);
-        for (int32_t i = 0; i < tasks; i++) {
-            const uint16_t *s = x + i * stride + a;
-            float *t = scratch + (int64_t)i * tile;
-            for (int64_t c = 0; c < n; c++)
-                t[c] = bf16_to_f32(s[c]) - base[c];
-        }
+        widen_range(stored_base, in_code, a, n, NULL, base);
+        for (int32_t i = 0; i < tasks; i++)
+            widen_range(rows_at + (size_t)i * (size_t)stride * width, in_code, a, n, base,
+                        scratch + (int64_t)i * tile);
         float w0 = w[0];
         for (int64_t c = 0; c < n; c++)
             merged[c] = scratch[c] * w0;
@@ -64,10 +138,9 @@ int mergelab_stored_task_arithmetic(const uint16_t *x, int64_t stride, int32_t t
         if (scale)
             for (int64_t c = 0; c < n; c++)
                 merged[c] = merged[c] * lam;
-        for (int64_t c = 0; c < n; c++) {
+        for (int64_t c = 0; c < n; c++)
             merged[c] = merged[c] + base[c];
-            out[a + c] = f32_to_bf16(merged[c], &special);
-        }
+        narrow_range(merged, out_code, out, a, n, &special);
         if (gram != NULL) {
             form_delta(base, merged, n, 0);
             add_gram(scratch, tile, rows, n, lanes);

@@ -1,4 +1,4 @@
-"""Task arithmetic from the stored bfloat16 rows in one native pass (stored_arithmetic.c), through ctypes.
+"""Task arithmetic from the stored rows in one native pass (stored_arithmetic.c), through ctypes.
 
 The engine's float32 route widens T + 1 rows, sums them, sums them again for geometry and narrows the result:
 four passes over a stack twice the stored size. This one reads the stored rows once and writes the output
@@ -22,7 +22,8 @@ FLAGS = ("-ffp-contract=off",)  # every product and sum rounded on its own, as t
 
 _P, _N, _I, _F = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32, ctypes.c_float
 _ARGTYPES = [
-    _P,  # stored rows: T checkpoints, then the base (bfloat16)
+    _P,  # stored rows: T checkpoints, then the base
+    _I,  # their dtype's code
     _N,  # row stride, in elements
     _I,  # T
     _N,  # columns
@@ -31,20 +32,26 @@ _ARGTYPES = [
     _F,  # divisor
     _I,  # scale by `lam`
     _F,  # lam
-    _P,  # out: columns bfloat16
+    _P,  # out: columns values
+    _I,  # their dtype's code
     _P,  # gram: (T + 1)², float64, added into; NULL for no geometry
     ctypes.POINTER(ctypes.c_double),  # task L1, dropped L1: added into
     ctypes.POINTER(ctypes.c_int64),  # conflicts, dropped, summed: added into
 ]
+CODES = {torch.bfloat16: 0, torch.float16: 1, torch.float32: 2}  # stored_arithmetic.c's enum
 
 
 def _kernel():
     return build.function(SOURCE, "mergelab_stored_task_arithmetic", _ARGTYPES, ctypes.c_int, FLAGS)
 
 
-def available() -> bool:
-    """Whether the kernel can run here (native code on and a C compiler, or a cached build)."""
-    return _kernel() is not None
+def dtypes() -> frozenset[torch.dtype]:
+    """The dtypes the kernel reads and writes here: none when native code is off or cannot be built;
+    float16 only where the compiler has it."""
+    if _kernel() is None:
+        return frozenset()
+    has_f16 = build.function(SOURCE, "mergelab_stored_has_f16", [], ctypes.c_int, FLAGS)
+    return frozenset(d for d in CODES if d != torch.float16 or (has_f16 is not None and has_f16()))
 
 
 class Weighted:
@@ -64,10 +71,11 @@ def merge_range(
     out: torch.Tensor,
     gram: torch.Tensor | None,
 ) -> tuple[bool, ColumnSums]:
-    """Columns [start, stop) of the (T + 1, n) stored stack (checkpoints, then the base; CPU bfloat16, rows
-    contiguous) merged into out[start:stop] (bfloat16, n values); with `gram` ((T + 1)² float64) the range's
-    Gram products added into it and its other sums returned. Returns (every merged value finite, sums).
-    Raises MemoryError when the kernel's scratch cannot be allocated; callers check `available()` first."""
+    """Columns [start, stop) of the (T + 1, n) stored stack (checkpoints, then the base; CPU, rows contiguous,
+    a dtype of `dtypes()`) merged into out[start:stop] (n values, a dtype of `dtypes()`); with `gram`
+    ((T + 1)² float64) the range's Gram products added into it and its other sums returned. Returns (every
+    merged value finite, sums). Raises MemoryError when the kernel's scratch cannot be allocated; callers
+    check `dtypes()` first."""
     fn = _kernel()
     if fn is None:
         raise RuntimeError("the native stored task arithmetic is not available")
@@ -78,6 +86,7 @@ def merge_range(
         size = stored.element_size()
         finite = fn(
             stored.data_ptr() + start * size,
+            CODES[stored.dtype],
             stored.stride(0),
             stored.shape[0] - 1,
             stop - start,
@@ -87,10 +96,13 @@ def merge_range(
             terms.lam != 1.0,
             terms.lam,
             out.data_ptr() + start * out.element_size(),
+            CODES[out.dtype],
             gram.data_ptr() if gram is not None else None,
             l1,
             counts,
         )
+        if finite == -2:
+            raise ValueError("this build of the stored task arithmetic has no float16")
         if finite < 0:
             raise MemoryError("no memory for the stored task arithmetic's scratch")
     return bool(finite), ColumnSums(l1[0], l1[1], counts[0], counts[1], counts[2])

@@ -55,8 +55,8 @@ def _spy_stored(monkeypatch) -> list[str]:
     names: list[str] = []
     real = engine_module.merge_stored
 
-    def spy(stack, terms, sums):
-        out, finite = real(stack, terms, sums)
+    def spy(stack, terms, sums, out_dtype):
+        out, finite = real(stack, terms, sums, out_dtype)
         names.append(tuple(stack.shape))
         return out, finite
 
@@ -137,14 +137,17 @@ def test_only_plain_weighted_sums_of_bfloat16_rows_take_the_stored_route(
     assert len(taken) == len(result.stats.tensors) - 1  # the tensor whose spectrum needs its float32 τ
 
     taken.clear()
-    run_merge(recipe("ties", base, cks, {"weight": 1.0, "density": 0.5}), DirectorySink(tmp_path / "c"))
     run_merge(
         recipe("task_arithmetic", base, cks, {"weight": 1.0}, out_dtype="float32"),
-        DirectorySink(tmp_path / "d"),
+        DirectorySink(tmp_path / "c"),
     )
-    f32_base, f32_cks = tiny_llama_family
-    run_merge(recipe("task_arithmetic", f32_base, f32_cks, {"weight": 1.0}), DirectorySink(tmp_path / "e"))
-    assert taken == []  # a sign election, a float32 output, float32 inputs
+    assert len(taken) == len(result.stats.tensors)  # bfloat16 in, float32 out
+
+    taken.clear()
+    run_merge(recipe("ties", base, cks, {"weight": 1.0, "density": 0.5}), DirectorySink(tmp_path / "d"))
+    f32_base, _ = tiny_llama_family
+    run_merge(recipe("task_arithmetic", f32_base, cks, {"weight": 1.0}), DirectorySink(tmp_path / "e"))
+    assert taken == []  # a sign election; a float32 base beside bfloat16 checkpoints
 
 
 def test_a_nan_in_a_stored_checkpoint_is_named_as_on_the_float32_route(bf16_family, tmp_path, monkeypatch):
@@ -176,19 +179,35 @@ def test_an_output_that_overflows_is_refused_as_on_the_float32_route(
     assert not (tmp_path / "o").exists()
 
 
+DTYPE_PAIRS = [
+    (torch.bfloat16, torch.bfloat16),
+    (torch.float16, torch.float16),
+    (torch.float32, torch.float32),
+    (torch.bfloat16, torch.float32),
+    (torch.float32, torch.bfloat16),
+]
+
+
+@pytest.mark.parametrize(
+    ("stored_dtype", "out_dtype"), DTYPE_PAIRS, ids=lambda d: str(d).removeprefix("torch.")
+)
 @pytest.mark.parametrize("tasks", [1, 3, 12])
 @pytest.mark.parametrize("n", [1, 17, 1025, 100_003])
 @pytest.mark.parametrize(("divisor", "lam"), [(None, 1.0), (2.7, 1.0), (None, 0.35), (0.9, 1.7)])
-def test_the_kernel_gives_torchs_ops_and_the_geometry_kernels_sums(tasks, n, divisor, lam):
-    """One pass over stored rows = widen, subtract, Σ w_i τ_i in order, divide, scale, add the base, narrow;
+def test_the_kernel_gives_torchs_ops_and_the_geometry_kernels_sums(
+    tasks, n, divisor, lam, stored_dtype, out_dtype
+):
+    """One pass over stored rows = widen, subtract, Σ w_i τ_i in order, divide, scale, add the base, cast;
     its sums = mergelab_geometry_sums over the widened stack and the float32 merged values."""
+    if not {stored_dtype, out_dtype} <= stored_arithmetic.dtypes():
+        pytest.skip("this compiler gives the kernel no float16")
     g = torch.Generator().manual_seed(n + tasks)
     base = torch.randn(n, generator=g)
     rows = torch.stack([*(base + 0.01 * torch.randn(n, generator=g) for _ in range(tasks)), base])
-    stored = rows.to(torch.bfloat16)
+    stored = rows.to(stored_dtype)
     stored[0, ::13] = stored[-1, ::13]  # zero task-vector entries
     weights = [0.5 + 0.25 * i for i in range(tasks)]
-    out = torch.empty(n, dtype=torch.bfloat16)
+    out = torch.empty(n, dtype=out_dtype)
     gram = torch.zeros(tasks + 1, tasks + 1, dtype=torch.float64)
     finite, sums = stored_arithmetic.merge_range(stored, 0, n, Weighted(weights, divisor, lam), out, gram)
 
@@ -203,7 +222,8 @@ def test_the_kernel_gives_torchs_ops_and_the_geometry_kernels_sums(tasks, n, div
         merged.mul_(lam)
     merged.add_(wide[-1])
     assert finite
-    assert torch.equal(out.view(torch.int16), merged.to(torch.bfloat16).view(torch.int16))
+    bits = {2: torch.int16, 4: torch.int32}[out.element_size()]
+    assert torch.equal(out.view(bits), merged.to(out_dtype).view(bits))
 
     stack = torch.cat([taus, wide[-1:]])
     want = torch.zeros_like(gram)
@@ -230,8 +250,8 @@ def test_a_stored_unit_reads_the_bytes_as_stored_whole_or_in_two_halves(tmp_path
         cks.append(open_checkpoint(str(_checkpoint_dir(tmp_path / f"m{i}", {"w": w, "v": w[0].clone()}))))
     src, vec = TensorSource("w"), TensorSource("v")
     units = [
-        ReadUnit(0, "w", 2, 8, (6, 5), (cks[0], src), ((cks[1], src), (cks[2], src)), stored=True),
-        ReadUnit(1, "v", 0, 1, (5,), (cks[0], vec), ((cks[1], vec), (cks[2], vec)), stored=True),
+        ReadUnit(0, "w", 2, 8, (6, 5), (cks[0], src), ((cks[1], src), (cks[2], src)), stored=torch.bfloat16),
+        ReadUnit(1, "v", 0, 1, (5,), (cks[0], vec), ((cks[1], vec), (cks[2], vec)), stored=torch.bfloat16),
     ]
     for split in (1, 1 << 40):  # every unit split, none split
         monkeypatch.setattr(reader_module, "SPLIT_ELEMS", split)
