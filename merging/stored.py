@@ -1,14 +1,13 @@
 """The stored route: task arithmetic merged straight from the stored rows (issue 10).
 
 The general route reads every input as float32 (the reader widens T + 1 rows and subtracts the base), sums
-the task vectors, sums them again for geometry and narrows the result: four passes over a stack twice the
-stored size, which made a cheap merge 1.3x its I/O floor. Where a tensor's merge is θ0 + λ·(Σ w_i τ_i)/divisor
-(the method says so: `weighted_sum_terms`), its inputs share one dtype (bfloat16, float16 or float32) and
-nothing needs its float32 task vectors afterwards (a singular spectrum), the reader hands over the stored
-bytes and one native pass
-(merging/native/stored_arithmetic.c) forms the task vectors, the merged values, the geometry sums and the
-output tile by tile. The bytes and the figures are the general route's. A unit with a NaN or Inf anywhere goes
-back to the general route, which names the culprit.
+the task vectors, sums them again for geometry and narrows the result: four passes over a float32 stack
+(twice the size of bfloat16 inputs), which made a cheap merge 1.3x its I/O floor. Where a tensor's merge is
+θ0 + λ·(Σ w_i τ_i)/divisor (the method says so: `weighted_sum_terms`), its inputs share one dtype (bfloat16,
+float16 or float32) and nothing needs its float32 task vectors afterwards (a singular spectrum), the reader
+hands over the stored bytes and one native pass (merging/native/stored_arithmetic.c) forms the task vectors,
+the merged values, the geometry sums and the output tile by tile. The bytes and the figures are the general
+route's. A unit with a NaN or Inf anywhere goes back to the general route, which names the culprit.
 """
 
 from __future__ import annotations

@@ -11,44 +11,28 @@
  * Plain C99; no -ffast-math, so NaN and Inf behave as IEEE says.
  */
 #include <stdint.h>
-#include <string.h>
 
 #include "bf16.h"
+#include "widen.h"
 
 void mergelab_widen_bf16(const uint16_t *src, const float *minus, float *dst, int64_t n)
 {
-    if (minus)
-        for (int64_t i = 0; i < n; i++)
-            dst[i] = bf16_to_f32(src[i]) - minus[i];
-    else
-        for (int64_t i = 0; i < n; i++)
-            dst[i] = bf16_to_f32(src[i]);
+    widen_bf16(src, minus, dst, n);
 }
 
 void mergelab_widen_f32(const float *src, const float *minus, float *dst, int64_t n)
 {
-    if (minus)
-        for (int64_t i = 0; i < n; i++)
-            dst[i] = src[i] - minus[i];
-    else
-        memcpy(dst, src, (size_t)n * sizeof(float));
+    widen_f32(src, minus, dst, n);
 }
 
-#ifdef __FLT16_MAX__ /* the compiler has _Float16 (gcc >= 12, clang on x86-64 and arm64) */
-int mergelab_has_f16(void) { return 1; }
+int mergelab_has_f16(void) { return HAS_F16; }
 
+#if HAS_F16
 void mergelab_widen_f16(const _Float16 *src, const float *minus, float *dst, int64_t n)
 {
-    if (minus)
-        for (int64_t i = 0; i < n; i++)
-            dst[i] = (float)src[i] - minus[i];
-    else
-        for (int64_t i = 0; i < n; i++)
-            dst[i] = (float)src[i];
+    widen_f16(src, minus, dst, n);
 }
 #else
-int mergelab_has_f16(void) { return 0; }
-
 void mergelab_widen_f16(const uint16_t *src, const float *minus, float *dst, int64_t n)
 {
     (void)src, (void)minus, (void)dst, (void)n;

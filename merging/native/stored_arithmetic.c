@@ -18,47 +18,24 @@
 
 #include "bf16.h"
 #include "geometry_tile.h"
+#include "weighted_tile.h"
+#include "widen.h"
 
 enum { BF16 = 0, F16 = 1, F32 = 2 }; /* the stored and output dtypes (stored_arithmetic.py's codes) */
 
-#ifdef __FLT16_MAX__ /* the compiler has _Float16 (gcc >= 12, clang on x86-64 and arm64) */
-int mergelab_stored_has_f16(void) { return 1; }
-#define HAS_F16 1
-#else
-int mergelab_stored_has_f16(void) { return 0; }
-#define HAS_F16 0
-#endif
+int mergelab_stored_has_f16(void) { return HAS_F16; }
 
-/* dst = float32(row[a .. a + n)) - minus, or without minus the widened values: exact widening, one float32
- * subtraction, as the reader's widen and torch's sub_ give. */
+/* Columns [a, a + n) of a stored row of dtype `code` into dst, widened, minus `minus` when given. */
 static void widen_range(const void *row, int code, int64_t a, int64_t n, const float *minus, float *dst)
 {
-    if (code == BF16) {
-        const uint16_t *s = (const uint16_t *)row + a;
-        if (minus)
-            for (int64_t c = 0; c < n; c++)
-                dst[c] = bf16_to_f32(s[c]) - minus[c];
-        else
-            for (int64_t c = 0; c < n; c++)
-                dst[c] = bf16_to_f32(s[c]);
-    } else if (code == F32) {
-        const float *s = (const float *)row + a;
-        if (minus)
-            for (int64_t c = 0; c < n; c++)
-                dst[c] = s[c] - minus[c];
-        else
-            memcpy(dst, s, (size_t)n * sizeof(float));
-    } else {
+    if (code == BF16)
+        widen_bf16((const uint16_t *)row + a, minus, dst, n);
+    else if (code == F32)
+        widen_f32((const float *)row + a, minus, dst, n);
 #if HAS_F16
-        const _Float16 *s = (const _Float16 *)row + a;
-        if (minus)
-            for (int64_t c = 0; c < n; c++)
-                dst[c] = (float)s[c] - minus[c];
-        else
-            for (int64_t c = 0; c < n; c++)
-                dst[c] = (float)s[c];
+    else
+        widen_f16((const _Float16 *)row + a, minus, dst, n);
 #endif
-    }
 }
 
 /* out[a .. a + n) = merged in the output dtype, rounded to nearest even as torch casts; ORs into *special
@@ -123,15 +100,7 @@ int mergelab_stored_task_arithmetic(const void *x, int32_t in_code, int64_t stri
         for (int32_t i = 0; i < tasks; i++)
             widen_range(rows_at + (size_t)i * (size_t)stride * width, in_code, a, n, base,
                         scratch + (int64_t)i * tile);
-        float w0 = w[0];
-        for (int64_t c = 0; c < n; c++)
-            merged[c] = scratch[c] * w0;
-        for (int32_t i = 1; i < tasks; i++) {
-            const float *t = scratch + (int64_t)i * tile;
-            float wi = w[i];
-            for (int64_t c = 0; c < n; c++)
-                merged[c] = merged[c] + t[c] * wi;
-        }
+        weighted_tile(scratch, tile, tasks, w, merged, n);
         if (divide)
             for (int64_t c = 0; c < n; c++)
                 merged[c] = merged[c] / divisor;

@@ -1,9 +1,9 @@
 """Task arithmetic from the stored rows in one native pass (stored_arithmetic.c), through ctypes.
 
 The engine's float32 route widens T + 1 rows, sums them, sums them again for geometry and narrows the result:
-four passes over a stack twice the stored size. This one reads the stored rows once and writes the output
-once, with the same bytes and the same geometry figures (the engine's `merging/stored.py` decides where it
-applies and falls back to the float32 route for everything else).
+four passes over a float32 stack (twice the size of bfloat16 inputs). This one reads the stored rows once and
+writes the output once, with the same bytes and the same geometry figures (the engine's `merging/stored.py`
+decides where it applies and falls back to the float32 route for everything else).
 """
 
 from __future__ import annotations

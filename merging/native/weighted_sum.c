@@ -9,6 +9,8 @@
  */
 #include <stdint.h>
 
+#include "weighted_tile.h"
+
 #define TILE 4096 /* floats of out: 16 KiB */
 
 void mergelab_weighted_sum(const float *x, int64_t stride, int32_t tasks, const float *w, const float *base,
@@ -17,16 +19,7 @@ void mergelab_weighted_sum(const float *x, int64_t stride, int32_t tasks, const 
     for (int64_t a = 0; a < n; a += TILE) {
         int64_t m = n - a < TILE ? n - a : TILE;
         float *o = out + a;
-        const float *t = x + a;
-        float w0 = w[0];
-        for (int64_t c = 0; c < m; c++)
-            o[c] = t[c] * w0;
-        for (int32_t i = 1; i < tasks; i++) {
-            const float *ti = x + i * stride + a;
-            float wi = w[i];
-            for (int64_t c = 0; c < m; c++)
-                o[c] = o[c] + ti[c] * wi;
-        }
+        weighted_tile(x + a, stride, tasks, w, o, m);
         if (base != 0) {
             const float *b = base + a;
             for (int64_t c = 0; c < m; c++)
