@@ -191,6 +191,53 @@ def plan_blocks(plan: MergePlan, spec: MethodSpec, budget: int) -> MergePlan:
     return replace(plan, tensors=tuple(tensors), budget=budget)
 
 
+# Tensors merged on tensor lanes (threads.TensorLanes) that the engine holds at once: two computing and one
+# waiting for a lane, while the engine waits for the first to be written (outputs go out in plan order).
+# The reader holds two more stacks: one it has read, one it is reading.
+LANE_PENDING = 3
+LANE_STACKS = LANE_PENDING + 2
+
+
+def plan_lanes(plan: MergePlan, spec: MethodSpec) -> MergePlan:
+    """The plan with `lane` set on the tensors that may merge on a tensor lane: merged whole, read ahead,
+    without a merged tokenizer, by a merger whose ops run on one thread for that shape (`lane_safe`), when
+    what the lanes hold beyond the plan's peak (LANE_STACKS input stacks and a second tensor's
+    temporaries) fits the plan's budget. Else the plan as it is: each tensor after the other."""
+    candidates = []
+    for planned in plan.tensors:
+        if planned.block_rows is not None or not planned.prefetch or planned.vocab is not None:
+            continue
+        merger = _merger(planned, spec, len(planned.inputs), 0) if tensor_rows(planned.shape) > 1 else None
+        if merger is not None and getattr(merger, "lane_safe", False):
+            candidates.append(planned)
+    if not candidates:
+        return plan
+    if plan.budget is None or peak_estimate(plan, spec) + lanes_extra(candidates, spec) > plan.budget:
+        return plan
+    chosen = {t.name for t in candidates}
+    tensors = tuple(replace(t, lane=True) if t.name in chosen else t for t in plan.tensors)
+    return replace(plan, tensors=tensors)
+
+
+def plan_memory(plan: MergePlan, spec: MethodSpec, budget: int, device: torch.device) -> MergePlan:
+    """The plan under `budget`: row blocks (plan_blocks), then tensor lanes where they pay (on a CPU whose
+    torch runs more than one thread) and fit (plan_lanes)."""
+    plan = plan_blocks(plan, spec, budget)
+    if device.type == "cpu" and torch.get_num_threads() > 1:
+        plan = plan_lanes(plan, spec)
+    return plan
+
+
+def lanes_extra(lane_tensors: list[PlannedTensor], spec: MethodSpec) -> int:
+    """Bytes the tensor lanes hold beyond one tensor's peak: LANE_STACKS input stacks and a second tensor's
+    whole cost, of the largest lane tensor."""
+    if not lane_tensors:
+        return 0
+    stacks = max(4 * (len(t.inputs) + 1) * math.prod(t.shape) for t in lane_tensors)
+    second = max(tensor_cost(t, spec, len(t.inputs)).whole for t in lane_tensors)
+    return LANE_STACKS * stacks + second
+
+
 def peak_estimate(plan: MergePlan, spec: MethodSpec) -> int:
     """Bytes the merge needs at its peak under the plan's blocks (what the budget was checked against)."""
     peak = 0
@@ -199,4 +246,4 @@ def peak_estimate(plan: MergePlan, spec: MethodSpec) -> int:
         rows = planned.block_rows if planned.block_rows is not None else cost.rows
         per_row = cost.per_row if planned.prefetch else cost.per_row - cost.stack_per_row
         peak = max(peak, per_row * min(rows, cost.rows) + cost.fixed)
-    return peak + BASE_OVERHEAD
+    return peak + lanes_extra([t for t in plan.tensors if t.lane], spec) + BASE_OVERHEAD

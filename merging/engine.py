@@ -6,26 +6,30 @@ time: read the base and every checkpoint tensor, fit vocabulary rows, move to th
 NaN/Inf, merge with a generator seeded from (seed, tensor name), cast, hand to the sink, record geometry,
 report progress, check for cancellation. Peak memory is about (T + 3) times the largest tensor. Task
 arithmetic on a CPU takes the stored route instead (merging/stored.py): the stored rows in, one native pass,
-the output and the geometry out.
+the output and the geometry out. Where the budget allows, the subspace methods' matrices merge on two
+tensor lanes at once (threads.TensorLanes; the same bytes), written and recorded in plan order.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
 import secrets
 import time
 import zlib
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from merging.budget import default_budget, parse_memory, plan_blocks
+from merging.budget import LANE_PENDING, LANE_STACKS, default_budget, parse_memory, plan_memory
 from merging.checkpoint import Checkpoint, open_checkpoint
 from merging.compat import CompatReport
 from merging.errors import DeviceError, MergeCancelled, NonFiniteError, RecipeError
@@ -37,10 +41,11 @@ from merging.native import convert
 from merging.plan import MergePlan, PlannedTensor
 from merging.planner import plan_recipe, validate_recipe
 from merging.progress import Progress
-from merging.reader import ReadUnit, iterate_units
+from merging.reader import HeldStacks, ReadUnit, iterate_units
 from merging.recipe import Recipe
 from merging.sinks import Sink
 from merging.stored import Weighted, merge_stored, stored_dtype, stored_terms, widened
+from merging.threads import TensorLanes
 from merging.tokenizer import apply_vocab
 
 
@@ -155,7 +160,7 @@ def run_merge(
     planned_recipe = None
     try:
         planned_recipe = plan_recipe(recipe, spec, get)  # slices, gradients, filters resolved here
-        plan = plan_blocks(planned_recipe.plan, spec, budget)  # the budget: row blocks per tensor
+        plan = plan_memory(planned_recipe.plan, spec, budget, dev)  # row blocks, tensor lanes
         if any(len(t.row_blocks) > 1 for t in plan.tensors):
             # else freed blocks stay in the heap and the budget is not what RSS shows. Only then: the policy
             # stays for the process, and it costs every later large allocation a fresh mapping (scoring a
@@ -245,10 +250,12 @@ def read_units(
     opened: _Inputs,
     seed: int,
     stored_when: Callable[[PlannedTensor, Any], Weighted | None] | None = None,
+    lanes: bool = False,
 ) -> tuple[list, list]:
     """Read stage input: the units in the order the engine consumes them, each tensor's statistic passes
     (re-reads of its blocks) before its merge pass. Returns (units, work per unit). `stored_when(planned,
-    merger)`: the weighted sum a tensor is merged by from its stored rows (merging/stored.py), or None."""
+    merger)`: the weighted sum a tensor is merged by from its stored rows (merging/stored.py), or None.
+    `lanes`: the tensors the plan puts on a lane are read as held units (merged on a tensor lane)."""
     units: list[ReadUnit] = []
     works: list[tuple[_Work, int]] = []  # (work, pass_no; -1 is the merge pass)
     for index, planned in enumerate(plan.tensors):
@@ -278,6 +285,7 @@ def read_units(
                         planned.prefetch,
                         task_vectors,
                         stored=stored_dtype(planned, opened.base) if work.stored is not None else None,
+                        held=lanes and planned.lane and len(blocks) == 1 and work.stored is None,
                     )
                 )
                 works.append((work, pass_no))
@@ -332,38 +340,185 @@ def _stream(
         spectrum = recorder.wants_spectrum(planned.name, len(planned.shape))
         return stored_terms(merger, planned, opened.base, opened.by_ref, dev, spectrum)
 
-    units, works = read_units(plan, spec, opened, seed, stored_when)
+    lanes = TensorLanes() if any(t.lane for t in plan.tensors) and not recorder.spectra else None
+    units, works = read_units(plan, spec, opened, seed, stored_when, lanes=lanes is not None)
+    held_numel = max((u.numel for u in units if u.held), default=0)
+    held = HeldStacks(LANE_STACKS, held_numel, dev) if held_numel else None
     has_base = opened.base is not None
-    bytes_written = 0
-    for (unit, stack), (work, pass_no) in zip(iterate_units(units, dev), works, strict=True):
-        planned = work.planned
-        observer.check_cancel(f"before tensor {planned.name!r}")
-        if unit.stored:
-            out = _merge_stored(work, unit, stack, observer, opened.model_refs)
-            if out is not None:
-                bytes_written += _write(sink, work, unit, out)
-                observer.progress(work, unit.start, unit.stop)
+    in_order = _InOrder(sink, observer, spec, held, opened.model_refs)
+    try:
+        for (unit, stack), (work, pass_no) in zip(iterate_units(units, dev, held=held), works, strict=True):
+            planned = work.planned
+            observer.check_cancel(f"before tensor {planned.name!r}")
+            if unit.held and lanes is not None:
+                base_in = has_base and planned.base is not None
+                inputs = _block_inputs(planned, stack, base_in, seed, dev, unit.task_vectors)
+                block = Block(unit.start, unit.stop, inputs, _row_numel(planned.shape))
+                job = lanes.submit(functools.partial(_merge_whole, work.merger, work.passes, block))
+                in_order.add(_Finish(work, unit, stack, block, base_in, job))
                 continue
-            stack = widened(stack)  # a NaN or Inf: the float32 route names it or refuses the output
-        if planned.vocab is not None:  # a merged tokenizer: complete the rows an input lacks (never cut)
-            apply_vocab(planned, stack[-1] if has_base and planned.base is not None else None, stack[:-1])
-        inputs = _block_inputs(
-            planned, stack, has_base and planned.base is not None, seed, dev, unit.task_vectors
+            deferred = in_order.pending and _deferrable(work, unit, pass_no)
+            if in_order.pending and not deferred:
+                in_order.drain()  # outputs go out in plan order
+            if unit.stored:
+                out = _merge_stored(work, unit, stack, observer, opened.model_refs)
+                if out is not None:
+                    in_order.bytes_written += _write(sink, work, unit, out)
+                    observer.progress(work, unit.start, unit.stop)
+                    continue
+                stack = widened(stack)  # a NaN or Inf: the float32 route names it or refuses the output
+            if planned.vocab is not None:  # a merged tokenizer: complete the rows an input lacks (never cut)
+                apply_vocab(planned, stack[-1] if has_base and planned.base is not None else None, stack[:-1])
+            inputs = _block_inputs(
+                planned, stack, has_base and planned.base is not None, seed, dev, unit.task_vectors
+            )
+            block = Block(unit.start, unit.stop, inputs, _row_numel(planned.shape))
+            if pass_no >= 0:
+                work.merger.observe(pass_no, block)
+                continue
+            if len(work.blocks) == 1 and work.merger is not None:
+                for p in range(work.passes):
+                    work.merger.observe(p, block)
+            merged = _compute(spec, work, block, stack, observer, planned)
+            out = _checked_output(merged, planned, stack, observer)
+            base_in = has_base and planned.base is not None
+            if deferred:  # after the lanes' tensors before it: its sums now, while its stack is valid
+                in_order.add(
+                    _Finish(
+                        work,
+                        unit,
+                        None,
+                        block,
+                        base_in,
+                        out=out,
+                        sums=_sums(observer, work, stack, merged, base_in, opened.model_refs),
+                    )
+                )
+                continue
+            in_order.bytes_written += _write(sink, work, unit, out)
+            del out
+            observer.observe(work, block, stack, merged, base_in, opened.model_refs)
+            del merged, inputs, block, stack
+        in_order.drain()
+    finally:
+        if lanes is not None:
+            lanes.close()
+    return in_order.bytes_written
+
+
+def _merge_whole(merger, passes: int, block: Block) -> torch.Tensor:
+    """A tensor lane's job: a whole tensor's statistic passes and its merge."""
+    for p in range(passes):
+        merger.observe(p, block)
+    return merger.merge(block)
+
+
+# A tensor that is not merged on a lane waits for the lanes' tensors before it to be written, unless its
+# output is at most this large: then it is merged at once and written after them (up to DEFERRED_MAX such).
+DEFER_MAX_BYTES = 16 << 20
+DEFERRED_MAX = 16
+
+
+def _deferrable(work: _Work, unit: ReadUnit, pass_no: int) -> bool:
+    """Whether a unit that is not on a lane may be merged while lane tensors before it are pending: a small
+    whole tensor, merged now and written in its turn."""
+    planned = work.planned
+    return (
+        pass_no < 0
+        and len(work.blocks) == 1
+        and not unit.stored
+        and planned.vocab is None
+        and 4 * math.prod(planned.shape) <= DEFER_MAX_BYTES
+    )
+
+
+def _sums(
+    observer: _Observer,
+    work: _Work,
+    stack: torch.Tensor,
+    merged: torch.Tensor,
+    has_base: bool,
+    model_refs: tuple[str, ...],
+) -> TensorSums | None:
+    """A whole tensor's geometry sums taken now, recorded in its turn; None where it records none."""
+    if not observer.wants_geometry(work.planned, model_refs):
+        return None
+    return observer.recorder.stack_sums(work.planned.name, stack, merged, task_vectors=has_base)
+
+
+@dataclass
+class _Finish:
+    """A whole tensor merged ahead of its turn: on a tensor lane (`job`, its held `stack`), or at once while
+    lane tensors before it were pending (`out` and `sums` ready)."""
+
+    work: _Work
+    unit: ReadUnit
+    stack: torch.Tensor | None
+    block: Block
+    has_base: bool
+    job: Future | None = None
+    out: torch.Tensor | None = None
+    sums: TensorSums | None = None
+
+
+class _InOrder:
+    """Tensors merged ahead of their turn, written and recorded in plan order (the output files and the
+    geometry's sums are then those of one tensor after the other). Holds at most LANE_PENDING of them."""
+
+    def __init__(
+        self,
+        sink: Sink,
+        observer: _Observer,
+        spec: MethodSpec,
+        held: HeldStacks | None,
+        model_refs: tuple[str, ...],
+    ):
+        self.sink, self.observer, self.spec, self.held, self.model_refs = (
+            sink,
+            observer,
+            spec,
+            held,
+            model_refs,
         )
-        block = Block(unit.start, unit.stop, inputs, _row_numel(planned.shape))
-        if pass_no >= 0:
-            work.merger.observe(pass_no, block)
-            continue
-        if len(work.blocks) == 1 and work.merger is not None:
-            for p in range(work.passes):
-                work.merger.observe(p, block)
-        merged = _compute(spec, work, block, stack, observer, planned)
-        out = _checked_output(merged, planned, stack, observer)
-        bytes_written += _write(sink, work, unit, out)
-        del out
-        observer.observe(work, block, stack, merged, has_base and planned.base is not None, opened.model_refs)
-        del merged, inputs, block, stack
-    return bytes_written
+        self.pending: deque[_Finish] = deque()
+        self.bytes_written = 0
+
+    def add(self, item: _Finish) -> None:
+        self.pending.append(item)
+        while self.pending and (self._full() or self._head_done()):
+            self._finish(self.pending.popleft())
+
+    def _full(self) -> bool:
+        """More lane tensors held than LANE_PENDING (their stacks: the reader would wait for one), or more
+        small tensors merged at once waiting behind them than DEFERRED_MAX."""
+        lanes = sum(1 for item in self.pending if item.job is not None)
+        return lanes > LANE_PENDING or len(self.pending) - lanes > DEFERRED_MAX
+
+    def drain(self) -> None:
+        while self.pending:
+            self._finish(self.pending.popleft())
+
+    def _head_done(self) -> bool:
+        head = self.pending[0]
+        return head.job is None or head.job.done()
+
+    def _finish(self, item: _Finish) -> None:
+        work, unit, block = item.work, item.unit, item.block
+        planned = work.planned
+        if item.job is None:  # merged at once: its output and sums are ready
+            self.bytes_written += _write(self.sink, work, unit, item.out)
+            if item.sums is not None:
+                self.observer.recorder.record_sums(planned.name, planned.shape, item.sums)
+            self.observer.progress(work, unit.start, unit.stop)
+            return
+        try:
+            merged = _compute(self.spec, work, block, item.stack, self.observer, planned, item.job.result)
+            out = _checked_output(merged, planned, item.stack, self.observer)
+            self.bytes_written += _write(self.sink, work, unit, out)
+            del out
+            self.observer.observe(work, block, item.stack, merged, item.has_base, self.model_refs)
+        finally:
+            self.held.give(item.stack)
 
 
 def _write(sink: Sink, work: _Work, unit: ReadUnit, out: torch.Tensor) -> int:
@@ -437,12 +592,17 @@ def _compute(
     stack: torch.Tensor,
     observer: _Observer,
     planned: PlannedTensor,
+    result: Callable[[], torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """Compute stage: the method on one block (a NaN/Inf output is refused by `_checked_output`)."""
+    """Compute stage: the method on one block (a NaN/Inf output is refused by `_checked_output`); `result`:
+    the block's merge, computed elsewhere (a tensor lane), to be checked here."""
     inputs = block.inputs
     base_t = stack[-1]
     try:
-        merged = work.merger.merge(block) if work.merger is not None else spec.merge(inputs)
+        if result is not None:
+            merged = result()
+        else:
+            merged = work.merger.merge(block) if work.merger is not None else spec.merge(inputs)
     except (RuntimeError, ValueError):
         observer.recorder.refuse_nonfinite_inputs(planned.name, base_t, stack[:-1])  # names a NaN input
         raise

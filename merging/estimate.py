@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from merging.budget import default_budget, format_bytes, parse_memory, peak_estimate, plan_blocks
+from merging.budget import default_budget, format_bytes, parse_memory, peak_estimate, plan_memory
 from merging.errors import MemoryBudgetError
 from merging.methods.base import MethodSpec
 from merging.methods.blocks import TensorContext, merger_for
@@ -148,7 +148,7 @@ def estimate_plan(
     budget: int,
     calibration: Mapping[str, Any] | None = None,
 ) -> Estimate:
-    """Estimate a planned merge (its row blocks already set by plan_blocks)."""
+    """Estimate a planned merge (its row blocks and lanes already set by plan_memory)."""
     cal = calibration or load_calibration()
     method_ns = _method_ns(cal["method_ns_per_elem"], spec.name)
     speed = cal["gpu_speedup"] if device.type == "cuda" else 1.0
@@ -214,14 +214,14 @@ def estimate_recipe(
         sizes = {t.name: input_bytes(t, planned.base, planned.checkpoints) for t in planned.plan.tensors}
         warning = None
         try:
-            plan = plan_blocks(planned.plan, spec, budget)
+            plan = plan_memory(planned.plan, spec, budget, dev)
         except MemoryBudgetError as exc:
             warning = f"cannot fit: {exc}"
             need = budget
             while True:  # the smallest budget that fits, for the estimate of what it would take
                 need = max(need * 5 // 4, exc.needed or 0)
                 try:
-                    plan = plan_blocks(planned.plan, spec, need)
+                    plan = plan_memory(planned.plan, spec, need, dev)
                     break
                 except MemoryBudgetError as again:
                     exc = again

@@ -348,9 +348,24 @@ class GeometryRecorder:
         Consumes `stack`: its rows become the task vectors and its last row Δ = θ_merged − θ0 (the engine has
         already written the output). Raises NonFiniteError naming the culprit when an input or the output
         holds NaN/Inf."""
+        shape = tuple(stack.shape[1:])
+        sums = self.stack_sums(name, stack, merged, task_vectors=task_vectors)
+        stats = self._fold(sums, name, shape)
+        if self.wants_spectrum(name, len(shape)):
+            flat = stack.view(self.n + 1, -1)
+            for i in range(self.n):
+                self._spectrum(name, "task", i, flat[i].view(shape))
+            self._spectrum(name, "delta", -1, flat[self.n].view(shape))
+        return stats
+
+    def stack_sums(
+        self, name: str, stack: torch.Tensor, merged: torch.Tensor, *, task_vectors: bool = False
+    ) -> TensorSums:
+        """The sums `record_stack` folds in, taken now and recorded later with `record_sums` (the engine
+        records tensors in plan order, and may finish one before an earlier one). Consumes `stack` the
+        same way and raises the same errors; no spectra."""
         n = self.n
         flat = stack.view(n + 1, -1)
-        shape = tuple(stack.shape[1:])
         if not task_vectors:
             flat[:n].sub_(flat[n])
         delta = flat[n]
@@ -364,20 +379,15 @@ class GeometryRecorder:
                 f"the method produced NaN/Inf in tensor {name!r}; check its parameters "
                 "(e.g. weights summing to 0)"
             )
-        stats = self._fold(sums, name, shape)
-        if self.wants_spectrum(name, len(shape)):
-            for i in range(n):
-                self._spectrum(name, "task", i, flat[i].view(shape))
-            self._spectrum(name, "delta", -1, delta.view(shape))
-        return stats
+        return sums
 
     def wants_spectrum(self, name: str, ndim: int) -> bool:
         """Whether this recorder records the singular spectra of tensor `name` (which need its float32 τ)."""
         return wants_spectrum(name, ndim, self.spectra)
 
     def record_sums(self, name: str, shape: tuple[int, ...], sums: TensorSums) -> TensorStats:
-        """Record one tensor whose sums were taken elsewhere (merging/stored.py), finite and without spectra
-        (the caller checks both first)."""
+        """Record one tensor whose sums were taken elsewhere (merging/stored.py, or stack_sums), finite and
+        without spectra (the caller checks both first)."""
         return self._fold(sums, name, shape)
 
     def _refuse_nonfinite_stack(self, name: str, flat: torch.Tensor, merged: torch.Tensor) -> None:

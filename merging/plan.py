@@ -49,6 +49,8 @@ class PlannedTensor:
     # and whether the reader may read the next unit while this one is merged (two input stacks at once).
     block_rows: int | None = None
     prefetch: bool = True
+    # Set by budget.plan_lanes: merged whole on a tensor lane, beside the tensors before and after it
+    lane: bool = False
 
     @property
     def rows(self) -> int:

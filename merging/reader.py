@@ -8,7 +8,8 @@ slot; the page cache still helps a rerun, but nothing counts against the process
 `Prefetcher` runs the reads on a thread, one unit ahead: while the engine merges block k, the thread fills
 block k + 1's stack (T checkpoints and the base, float32) in the other of two reused buffers. A unit the
 plan marks `prefetch=False` (a large tensor merged whole) waits until the engine is done with the previous
-one and gets a buffer of its own, so two of them never coexist.
+one and gets a buffer of its own, so two of them never coexist. A unit merged on a tensor lane (`held`)
+is read into a buffer of `HeldStacks`, which the engine gives back once that tensor is written.
 """
 
 from __future__ import annotations
@@ -176,6 +177,9 @@ class ReadUnit:
     task_vectors: bool = False
     # hand over the rows exactly as stored, in this dtype, for the stored route (merging/stored.py)
     stored: torch.dtype | None = None
+    # the engine keeps this unit's stack past the next one (merged on a tensor lane): read into a buffer of
+    # `HeldStacks`, which the engine gives back when it is done with it
+    held: bool = False
 
     @property
     def slots(self) -> int:
@@ -186,20 +190,64 @@ class ReadUnit:
         return self.slots * math.prod(self.shape)
 
 
+class HeldStacks:
+    """The input buffers of units the engine keeps past the next one (`ReadUnit.held`): `count` float32
+    buffers of `numel` each, allocated on first use, taken by the reader and given back by the engine. The
+    reader waits for a free one, so at most `count` such stacks exist at once."""
+
+    def __init__(self, count: int, numel: int, device: torch.device):
+        self.numel, self.device = numel, device
+        self._buffers: list[torch.Tensor | None] = [None] * count
+        self._free: queue.Queue[int] = queue.Queue()
+        for i in range(count):
+            self._free.put(i)
+
+    def take(self, unit: ReadUnit, stop: threading.Event) -> torch.Tensor | None:
+        """A free buffer as the unit's (slots, *shape) stack; None once `stop` is set."""
+        if unit.numel > self.numel or unit.stored:
+            raise ValueError(f"HeldStacks: unit {unit.name!r} does not fit a held buffer")
+        while not stop.is_set():
+            try:
+                i = self._free.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            if self._buffers[i] is None:
+                self._buffers[i] = torch.empty(self.numel, dtype=torch.float32, device=self.device)
+            return self._buffers[i][: unit.numel].view(unit.slots, *unit.shape)
+        return None
+
+    def give(self, stack: torch.Tensor) -> None:
+        """Give back the buffer `stack` was read into."""
+        ptr = stack.untyped_storage().data_ptr()
+        for i, buf in enumerate(self._buffers):
+            if buf is not None and buf.untyped_storage().data_ptr() == ptr:
+                self._free.put(i)
+                return
+        raise ValueError("HeldStacks.give: not one of this pool's buffers")
+
+
 class Prefetcher:
     """Reads units on a background thread, one ahead, into two reused float32 buffers on `device`.
 
     Iterate to get (unit, stack): stack is (T + 1, *unit.shape) with the checkpoints first (their task
     vectors where `unit.task_vectors`) and the base (or a copy of the first checkpoint when there is none)
-    last; valid until the next iteration. A `unit.stored` stack holds the stored rows instead."""
+    last; valid until the next iteration. A `unit.stored` stack holds the stored rows instead. A
+    `unit.held` stack is read into a buffer of `held` and stays valid until the engine gives it back."""
 
-    def __init__(self, units: Sequence[ReadUnit], device: torch.device, reader: RowReader | None = None):
+    def __init__(
+        self,
+        units: Sequence[ReadUnit],
+        device: torch.device,
+        reader: RowReader | None = None,
+        held: HeldStacks | None = None,
+    ):
         self.units = list(units)
         self.device = device
+        self.held = held
         self.reader = reader or RowReader()
         self._second_reader = RowReader()  # the helper thread's: a reader's staging buffer is its own
         self._helper: ThreadPoolExecutor | None = None  # started by the first unit read in two halves
-        size = max((u.numel for u in self.units if u.prefetch), default=0)
+        size = max((u.numel for u in self.units if u.prefetch and not u.held), default=0)
         self._pool = [torch.empty(0, dtype=torch.float32, device=device) for _ in range(2)]
         self._pool_size = size
         self._free: queue.Queue[int] = queue.Queue()
@@ -295,6 +343,15 @@ class Prefetcher:
     def _read_all(self) -> None:
         try:
             for unit in self.units:
+                if unit.held:  # a buffer of its own pool, given back by the engine
+                    if self.held is None:
+                        raise ValueError(f"unit {unit.name!r} is held but the reader has no HeldStacks")
+                    stack = self.held.take(unit, self._stop)
+                    if stack is None:
+                        return
+                    self._fill(unit, stack)
+                    self._put(("unit", unit, stack, []))
+                    continue
                 if not unit.prefetch:  # wait until the engine has released both buffers
                     slots = [self._take_free() for _ in range(2)]
                     if self._stop.is_set():
@@ -362,10 +419,13 @@ class Prefetcher:
 
 
 def iterate_units(
-    units: Sequence[ReadUnit], device: torch.device, on_close: Callable[[], None] | None = None
+    units: Sequence[ReadUnit],
+    device: torch.device,
+    on_close: Callable[[], None] | None = None,
+    held: HeldStacks | None = None,
 ) -> Iterator[tuple[ReadUnit, torch.Tensor]]:
     """Prefetched (unit, stack) pairs; the thread and files are released however the loop ends."""
-    pre = Prefetcher(units, device)
+    pre = Prefetcher(units, device, held=held)
     try:
         yield from pre
     finally:

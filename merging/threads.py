@@ -11,6 +11,7 @@ workers.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -64,3 +65,46 @@ def on_second_lane(fn: Callable[..., object], *args) -> Future:
             return fn(*args)
 
     return _SECOND_LANE.submit(one_thread)
+
+
+# Per thread: whether it is running a lane's job (a second-lane half, or a whole tensor on a tensor lane).
+# Work a lane starts runs on that lane alone: a lane never waits on another lane.
+_LANE = threading.local()
+
+
+@contextmanager
+def own_lane() -> Iterator[None]:
+    """Mark the calling thread as a lane for the block: splits it asks for run on it, one after another."""
+    outer, _LANE.on = getattr(_LANE, "on", False), True
+    try:
+        yield
+    finally:
+        _LANE.on = outer
+
+
+def in_lane() -> bool:
+    """Whether this thread is running a lane's job (own_lane)."""
+    return getattr(_LANE, "on", False)
+
+
+class TensorLanes:
+    """Two threads that merge whole tensors side by side (engine.py), each job on one torch thread and as
+    its own lane. For methods whose linear algebra runs on one thread per op anyway (the subspace methods'
+    matrices up to SINGLE_THREAD_MAX_SIDE), a tensor's bytes are the same on a lane as on the engine's
+    thread, while the second core works through what one tensor's lone decompositions leave idle."""
+
+    WIDTH = 2
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=self.WIDTH, thread_name_prefix="mergelab-tensor")
+
+    def submit(self, fn: Callable[[], object]) -> Future:
+        def one_thread() -> object:
+            with torch_threads(1), own_lane():
+                return fn()
+
+        return self._pool.submit(one_thread)
+
+    def close(self) -> None:
+        """Drop the jobs not started, wait for the running ones (they hold the engine's buffers)."""
+        self._pool.shutdown(wait=True, cancel_futures=True)

@@ -48,6 +48,10 @@ class _Gathered:
     gets θ0 + Δ over its rows. Subclasses gather in `observe` and compute in `_compute`."""
 
     passes = 0
+    # Whether every op of this method on a matrix up to SINGLE_THREAD_MAX_SIDE on its smaller side runs on
+    # one thread already (subspace.decomposition_threads): such a whole matrix merges to the same bytes on
+    # a tensor lane (threads.TensorLanes) as on the engine's thread.
+    one_thread_ops = False
 
     def __init__(self, ctx: TensorContext):
         if len(ctx.shape) != 2:
@@ -60,6 +64,11 @@ class _Gathered:
     @property
     def matrix_bytes(self) -> int:
         return F32 * self.m * self.n
+
+    @property
+    def lane_safe(self) -> bool:
+        """Whether the whole matrix may merge on a tensor lane with the same bytes (one_thread_ops)."""
+        return self.one_thread_ops and min(self.m, self.n) <= SINGLE_THREAD_MAX_SIDE
 
     def _whole(self, block: Block) -> bool:
         return block.start == 0 and block.stop == self.ctx.rows
@@ -101,6 +110,7 @@ class IsoCMerger(_Gathered):
     """Iso-C: one pass sums the task vectors into one matrix, then one SVD."""
 
     passes = 1
+    one_thread_ops = True
 
     def __init__(self, ctx: TensorContext):
         super().__init__(ctx)
@@ -127,6 +137,8 @@ class IsoCMerger(_Gathered):
 class TsvmMerger(_Gathered):
     """TSV-M: pass i gathers τ_i and takes its SVD (T passes), then the polar factors. A whole tensor (one
     block) has every τ_i at pass 0: their decompositions then run two at a time (the same bytes)."""
+
+    one_thread_ops = True
 
     def __init__(self, ctx: TensorContext):
         super().__init__(ctx)
@@ -157,6 +169,8 @@ class TsvmMerger(_Gathered):
 class IsoCtsMerger(_Gathered):
     """Iso-CTS: pass 0 sums the task vectors (the common subspace), pass 1 + i gathers τ_i (its residual).
     A whole tensor (one block) does it all at pass 0, the residuals' decompositions two at a time."""
+
+    one_thread_ops = True
 
     def __init__(self, ctx: TensorContext):
         super().__init__(ctx)

@@ -24,7 +24,7 @@ import torch
 from merging.methods.base import ParamSpec, TensorInputs
 from merging.methods.leading_eigh import leading_eigh
 from merging.methods.leading_eigh import pays as leading_pays
-from merging.threads import on_second_lane
+from merging.threads import in_lane, on_second_lane, own_lane
 
 SKIP_NAMES = ("embed_tokens", "lm_head")
 
@@ -64,7 +64,7 @@ SINGLE_THREAD_MAX_SIDE = 2048
 
 
 # Per thread: whether the decomposition section it is in may use the second lane (torch had more than one
-# thread when the section began), and whether it is running a lane's job (no lanes inside a lane).
+# thread when the section began). Whether it runs a lane's job (no lanes inside a lane): threads.in_lane.
 _SECTION = threading.local()
 
 
@@ -126,11 +126,6 @@ def second_lane_free(a: torch.Tensor) -> bool:
     )
 
 
-def in_lane() -> bool:
-    """Whether this thread is running one of two_at_a_time's jobs (its own calls then run in order)."""
-    return getattr(_SECTION, "in_lane", False)
-
-
 def _in_two_lanes(jobs: Sequence[Callable[[], Result]]) -> list[Result]:
     results: list = [None] * len(jobs)
     order = iter(range(len(jobs)))
@@ -138,8 +133,7 @@ def _in_two_lanes(jobs: Sequence[Callable[[], Result]]) -> list[Result]:
     failed = threading.Event()
 
     def lane() -> None:  # one torch thread: decomposition_threads here, on_second_lane on the worker
-        outer, _SECTION.in_lane = getattr(_SECTION, "in_lane", False), True
-        try:
+        with own_lane():
             while not failed.is_set():
                 with take:
                     i = next(order, None)
@@ -150,8 +144,6 @@ def _in_two_lanes(jobs: Sequence[Callable[[], Result]]) -> list[Result]:
                 except BaseException:
                     failed.set()
                     raise
-        finally:
-            _SECTION.in_lane = outer
 
     other = on_second_lane(lane)
     try:

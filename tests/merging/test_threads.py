@@ -46,8 +46,12 @@ def test_torch_threads_restores_the_default_new_threads_take():
 
 def test_a_merge_keeps_its_threads_count_and_the_default(tmp_path, tiny_llama_family, monkeypatch):
     """The engine's reader and geometry worker run on one torch thread each; the merge's own thread keeps
-    the process default (the subspace methods' two lanes need it), and so does any thread started after."""
+    the process default (the subspace methods' two lanes need it), and so does any thread started after.
+    Tensor lanes off: with them each matrix merges on a lane of its own (test_tensor_lanes.py)."""
+    import merging.budget as budget
     import merging.methods.subspace as subspace
+
+    monkeypatch.setattr(budget, "plan_lanes", lambda plan, spec: plan)
 
     base, cks = tiny_llama_family
     seen: list[int] = []
