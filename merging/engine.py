@@ -354,7 +354,12 @@ def _stream(
                 base_in = has_base and planned.base is not None
                 inputs = _block_inputs(planned, stack, base_in, seed, dev, unit.task_vectors)
                 block = Block(unit.start, unit.stop, inputs, _row_numel(planned.shape))
-                job = lanes.submit(functools.partial(_merge_whole, work.merger, work.passes, block))
+                passes = work.passes
+                if not getattr(work.merger, "lane_passes", True):  # here, at this thread's count
+                    for p in range(passes):
+                        work.merger.observe(p, block)
+                    passes = 0
+                job = lanes.submit(functools.partial(_merge_whole, work.merger, passes, block))
                 in_order.add(_Finish(work, unit, stack, block, base_in, job))
                 continue
             deferred = in_order.pending and _deferrable(work, unit, pass_no)

@@ -48,10 +48,13 @@ class _Gathered:
     gets θ0 + Δ over its rows. Subclasses gather in `observe` and compute in `_compute`."""
 
     passes = 0
-    # Whether every op of this method on a matrix up to SINGLE_THREAD_MAX_SIDE on its smaller side runs on
-    # one thread already (subspace.decomposition_threads): such a whole matrix merges to the same bytes on
-    # a tensor lane (threads.TensorLanes) as on the engine's thread.
+    # Whether every op of this method's lane job on a matrix up to SINGLE_THREAD_MAX_SIDE on its smaller
+    # side runs on one thread already (subspace.decomposition_threads): such a whole matrix merges to the
+    # same bytes on a tensor lane (threads.TensorLanes) as on the engine's thread. The job is the statistic
+    # passes and the merge, or with `lane_passes` False only the merge (the passes stay on the engine's
+    # thread, at its thread count).
     one_thread_ops = False
+    lane_passes = True
 
     def __init__(self, ctx: TensorContext):
         if len(ctx.shape) != 2:
@@ -218,6 +221,11 @@ DELTA_BLOCK_BYTES = 64 << 20
 class BoostedMerger(_Gathered):
     """A task-vector method's Δ gathered block by block (its own passes first, then one more that forms Δ
     rows), then Subspace Boosting of the whole Δ."""
+
+    # The base method's passes (torch ops at the engine's thread count) stay on the engine's thread; the
+    # boost (one thread per op on a matrix this small) may run on a lane.
+    one_thread_ops = True
+    lane_passes = False
 
     def __init__(self, inner, ctx: TensorContext, boost):
         super().__init__(ctx)

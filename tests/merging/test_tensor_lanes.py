@@ -20,6 +20,8 @@ from merging.threads import TensorLanes, in_lane
 from tests.merging.helpers import leftovers, recipe
 
 SUBSPACE = ["tsvm", "iso_c", "iso_cts"]
+# Boosted methods: the base method's passes stay on the engine's thread, the boost runs on a lane
+BOOSTED = {"task_arithmetic_sb": {"weight": 1.0}, "ties_sb": {"weight": 1.0, "density": 0.5}}
 
 
 def _lane_threads() -> list[str]:
@@ -44,11 +46,12 @@ def _files(out: Path) -> dict[str, bytes]:
     return {f.name: f.read_bytes() for f in sorted(out.glob("*.safetensors"))}
 
 
-@pytest.mark.parametrize("method", SUBSPACE)
+@pytest.mark.parametrize("method", [*SUBSPACE, *BOOSTED])
 def test_lanes_give_the_bytes_and_figures_of_one_tensor_after_the_other(
     two_threads, tmp_path, tiny_llama_family, monkeypatch, method
 ):
     base, cks = tiny_llama_family
+    per_model = BOOSTED.get(method, {})
     seen = _planned_lanes(monkeypatch)
     jobs: list[tuple[str, int, bool]] = []
     real_job = engine._merge_whole
@@ -58,21 +61,21 @@ def test_lanes_give_the_bytes_and_figures_of_one_tensor_after_the_other(
         return real_job(merger, passes, block)
 
     monkeypatch.setattr(engine, "_merge_whole", job)
-    on = run_merge(recipe(method, base, cks), DirectorySink(tmp_path / "on"), device="cpu")
+    on = run_merge(recipe(method, base, cks, per_model), DirectorySink(tmp_path / "on"), device="cpu")
     assert seen[0] and all(".weight" in n for n in seen[0])
     assert "model.embed_tokens.weight" not in seen[0]  # the mean, with the vectors, on the engine's thread
     assert len(jobs) == len(seen[0])
     assert all(name.startswith("mergelab-tensor") and n == 1 and lane for name, n, lane in jobs)
 
     monkeypatch.setattr(budget, "plan_lanes", lambda plan, spec: plan)
-    off = run_merge(recipe(method, base, cks), DirectorySink(tmp_path / "off"), device="cpu")
+    off = run_merge(recipe(method, base, cks, per_model), DirectorySink(tmp_path / "off"), device="cpu")
     assert _files(tmp_path / "on") == _files(tmp_path / "off")  # tensors, their order, the header
     assert repr(on.stats) == repr(off.stats)  # every figure, recorded in the same order
     assert on.fingerprint == off.fingerprint
     assert _lane_threads() == []
 
 
-def test_only_the_subspace_methods_and_only_with_two_threads(tmp_path, tiny_llama_family, monkeypatch):
+def test_no_lanes_for_other_methods_nor_on_one_thread(tmp_path, tiny_llama_family, monkeypatch):
     base, cks = tiny_llama_family
     seen = _planned_lanes(monkeypatch)
     before = torch.get_num_threads()
