@@ -66,6 +66,12 @@ def test_lanes_give_the_bytes_and_figures_of_one_tensor_after_the_other(
     assert "model.embed_tokens.weight" not in seen[0]  # the mean, with the vectors, on the engine's thread
     assert len(jobs) == len(seen[0])
     assert all(name.startswith("mergelab-tensor") and n == 1 and lane for name, n, lane in jobs)
+    assert torch.get_num_threads() == 2  # the lanes' counts are their own
+    fresh: list[int] = []
+    t = threading.Thread(target=lambda: fresh.append(torch.get_num_threads()))
+    t.start()
+    t.join()
+    assert fresh == [2]  # and so is the default a thread started later takes
 
     monkeypatch.setattr(budget, "plan_lanes", lambda plan, spec: plan)
     off = run_merge(recipe(method, base, cks, per_model), DirectorySink(tmp_path / "off"), device="cpu")
