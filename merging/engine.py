@@ -6,8 +6,9 @@ time: read the base and every checkpoint tensor, fit vocabulary rows, move to th
 NaN/Inf, merge with a generator seeded from (seed, tensor name), cast, hand to the sink, record geometry,
 report progress, check for cancellation. Peak memory is about (T + 3) times the largest tensor. Task
 arithmetic on a CPU takes the stored route instead (merging/stored.py): the stored rows in, one native pass,
-the output and the geometry out. Where the budget allows, the subspace methods' matrices merge on two
-tensor lanes at once (threads.TensorLanes; the same bytes), written and recorded in plan order.
+the output and the geometry out. Where the budget allows, the subspace methods' matrices and the boosted
+methods' boosts merge on two tensor lanes at once (threads.TensorLanes; the same bytes), written and
+recorded in plan order.
 """
 
 from __future__ import annotations
@@ -340,7 +341,7 @@ def _stream(
         spectrum = recorder.wants_spectrum(planned.name, len(planned.shape))
         return stored_terms(merger, planned, opened.base, opened.by_ref, dev, spectrum)
 
-    lanes = TensorLanes() if any(t.lane for t in plan.tensors) and not recorder.spectra else None
+    lanes = TensorLanes() if any(t.lane for t in plan.tensors) else None
     units, works = read_units(plan, spec, opened, seed, stored_when, lanes=lanes is not None)
     held_numel = max((u.numel for u in units if u.held), default=0)
     held = HeldStacks(LANE_STACKS, held_numel, dev) if held_numel else None
@@ -354,15 +355,9 @@ def _stream(
                 base_in = has_base and planned.base is not None
                 inputs = _block_inputs(planned, stack, base_in, seed, dev, unit.task_vectors)
                 block = Block(unit.start, unit.stop, inputs, _row_numel(planned.shape))
-                passes = work.passes
-                if not getattr(work.merger, "lane_passes", True):  # here, at this thread's count
-                    for p in range(passes):
-                        work.merger.observe(p, block)
-                    passes = 0
-                job = lanes.submit(functools.partial(_merge_whole, work.merger, passes, block))
-                in_order.add(_Finish(work, unit, stack, block, base_in, job))
+                in_order.add(_Finish(work, unit, stack, block, base_in, _on_lane(lanes, work, block)))
                 continue
-            deferred = in_order.pending and _deferrable(work, unit, pass_no)
+            deferred = in_order.pending and _deferrable(work, unit, pass_no, recorder)
             if in_order.pending and not deferred:
                 in_order.drain()  # outputs go out in plan order
             if unit.stored:
@@ -388,17 +383,8 @@ def _stream(
             out = _checked_output(merged, planned, stack, observer)
             base_in = has_base and planned.base is not None
             if deferred:  # after the lanes' tensors before it: its sums now, while its stack is valid
-                in_order.add(
-                    _Finish(
-                        work,
-                        unit,
-                        None,
-                        block,
-                        base_in,
-                        out=out,
-                        sums=_sums(observer, work, stack, merged, base_in, opened.model_refs),
-                    )
-                )
+                sums = _sums(observer, work, stack, merged, base_in, opened.model_refs)
+                in_order.add(_Finish(work, unit, None, block, base_in, out=out, sums=sums))
                 continue
             in_order.bytes_written += _write(sink, work, unit, out)
             del out
@@ -409,6 +395,17 @@ def _stream(
         if lanes is not None:
             lanes.close()
     return in_order.bytes_written
+
+
+def _on_lane(lanes: TensorLanes, work: _Work, block: Block) -> Future:
+    """Merge a whole tensor on a tensor lane: its statistic passes there too, unless its merger keeps them
+    on the engine's thread (`lane_passes` False: they run here, now, at this thread's count)."""
+    passes = work.passes
+    if not getattr(work.merger, "lane_passes", True):
+        for p in range(passes):
+            work.merger.observe(p, block)
+        passes = 0
+    return lanes.submit(functools.partial(_merge_whole, work.merger, passes, block))
 
 
 def _merge_whole(merger, passes: int, block: Block) -> torch.Tensor:
@@ -424,9 +421,9 @@ DEFER_MAX_BYTES = 16 << 20
 DEFERRED_MAX = 16
 
 
-def _deferrable(work: _Work, unit: ReadUnit, pass_no: int) -> bool:
+def _deferrable(work: _Work, unit: ReadUnit, pass_no: int, recorder: GeometryRecorder) -> bool:
     """Whether a unit that is not on a lane may be merged while lane tensors before it are pending: a small
-    whole tensor, merged now and written in its turn."""
+    whole tensor without a spectrum to record, merged now and written in its turn."""
     planned = work.planned
     return (
         pass_no < 0
@@ -434,6 +431,7 @@ def _deferrable(work: _Work, unit: ReadUnit, pass_no: int) -> bool:
         and not unit.stored
         and planned.vocab is None
         and 4 * math.prod(planned.shape) <= DEFER_MAX_BYTES
+        and not recorder.wants_spectrum(planned.name, len(planned.shape))
     )
 
 
@@ -468,7 +466,8 @@ class _Finish:
 
 class _InOrder:
     """Tensors merged ahead of their turn, written and recorded in plan order (the output files and the
-    geometry's sums are then those of one tensor after the other). Holds at most LANE_PENDING of them."""
+    geometry's sums are then those of one tensor after the other): at most LANE_PENDING on lanes, and up to
+    DEFERRED_MAX small ones merged at once behind them."""
 
     def __init__(
         self,
@@ -478,13 +477,8 @@ class _InOrder:
         held: HeldStacks | None,
         model_refs: tuple[str, ...],
     ):
-        self.sink, self.observer, self.spec, self.held, self.model_refs = (
-            sink,
-            observer,
-            spec,
-            held,
-            model_refs,
-        )
+        self.sink, self.observer, self.spec = sink, observer, spec
+        self.held, self.model_refs = held, model_refs
         self.pending: deque[_Finish] = deque()
         self.bytes_written = 0
 

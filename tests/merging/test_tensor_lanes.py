@@ -193,3 +193,17 @@ def test_tensor_lanes_run_each_job_as_a_lane_on_one_thread(two_threads):
         assert not in_lane() and torch.get_num_threads() == 2
     finally:
         lanes.close()
+
+
+def test_spectra_are_recorded_for_lane_tensors_in_plan_order(
+    two_threads, tmp_path, tiny_llama_family, monkeypatch
+):
+    base, cks = tiny_llama_family
+    seen = _planned_lanes(monkeypatch)
+    on = run_merge(recipe("iso_c", base, cks), DirectorySink(tmp_path / "on"), device="cpu", spectra="all")
+    assert seen[0]
+    assert {s.tensor for s in on.stats.spectra} >= set(seen[0])
+    monkeypatch.setattr(budget, "plan_lanes", lambda plan, spec: plan)
+    off = run_merge(recipe("iso_c", base, cks), DirectorySink(tmp_path / "off"), device="cpu", spectra="all")
+    assert repr(on.stats) == repr(off.stats)
+    assert _files(tmp_path / "on") == _files(tmp_path / "off")
