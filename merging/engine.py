@@ -309,7 +309,8 @@ def _backward_passes(merger, passes: int) -> list[bool]:
 
 def _merger_for(spec: MethodSpec, planned: PlannedTensor, seed: int, n_blocks: int):
     """The block merger of a tensor (blocks.merger_for), or None: merged whole by spec.merge. A row-wise
-    method's single block is merged by spec.merge directly (the same thing, one call less)."""
+    method's single block is merged by spec.merge directly (the same thing, one call less), unless its
+    merger is a weighted sum the stored route may take (gathered.MeanMerger)."""
     ctx = TensorContext(
         planned.name,
         planned.shape,
@@ -320,7 +321,7 @@ def _merger_for(spec: MethodSpec, planned: PlannedTensor, seed: int, n_blocks: i
         n_blocks,
     )
     merger = merger_for(spec, ctx)
-    if isinstance(merger, RowwiseMerger) and n_blocks == 1:
+    if isinstance(merger, RowwiseMerger) and n_blocks == 1 and not hasattr(merger, "weighted_sum_terms"):
         return None
     return merger
 

@@ -270,9 +270,23 @@ def subspace_block_factory(method: str):
     def factory(ctx):
         if len(ctx.shape) == 2 and not any(s in ctx.name for s in SKIP_NAMES):
             return SUBSPACE[method](ctx)
-        return RowwiseMerger(_mean_merge)
+        return MeanMerger(ctx)
 
     return factory
+
+
+class MeanMerger(RowwiseMerger):
+    """The subspace methods' embeddings, LM head and vectors: θ0 + λ·(Σ τ_i)/T, row by row. A plain weighted
+    sum of the task vectors (`weighted_sum_terms`, as task arithmetic's), which the engine merges from the
+    stored rows in one native pass where it can (merging/stored.py), with the same bytes."""
+
+    def __init__(self, ctx: TensorContext):
+        super().__init__(_mean_merge)
+        self.n_models = ctx.n_models
+        self.lam = float(ctx.params["lambda"])
+
+    def weighted_sum_terms(self) -> tuple[list[float], float | None, float]:
+        return [1.0] * self.n_models, float(self.n_models), self.lam
 
 
 def _mean_merge(inputs: TensorInputs) -> torch.Tensor:

@@ -24,6 +24,7 @@ import torch
 from merging.methods.base import ParamSpec, TensorInputs
 from merging.methods.leading_eigh import leading_eigh
 from merging.methods.leading_eigh import pays as leading_pays
+from merging.methods.task_vectors import weighted_sum
 from merging.threads import in_lane, on_second_lane, own_lane
 
 SKIP_NAMES = ("embed_tokens", "lm_head")
@@ -530,13 +531,19 @@ def leading_and_rest(a: torch.Tensor, k: int) -> tuple[torch.Tensor, ...]:
 
 
 def mean_delta(inputs: TensorInputs) -> torch.Tensor:
-    """Δ = (1/T) Σ τ_i = mean(θ_i) − θ0; without the engine's stack, accumulated without stacking."""
+    """Δ = (Σ τ_i) / T, the sum in checkpoint order, every step rounded to float32 on its own: task
+    arithmetic's order with weights 1 and `normalize` (task_vectors.TaskVectorMerger.delta), so the engine
+    may merge it from the stored rows with the same bytes (gathered.MeanMerger). Without the engine's
+    stack, the τ_i are formed one at a time."""
+    n = len(inputs.models)
     if inputs.task_vectors is not None:
-        return inputs.task_vectors.mean(0)
-    out = torch.zeros_like(inputs.base)
-    for m in inputs.models:
-        out.add_(m)
-    return out.div_(len(inputs.models)).sub_(inputs.base)
+        tv = inputs.task_vectors
+        out = weighted_sum(tv.reshape(n, -1), [1.0] * n).view(tv.shape[1:])
+    else:
+        out = torch.sub(inputs.models[0], inputs.base)
+        for m in list(inputs.models)[1:]:
+            out.add_(torch.sub(m, inputs.base))
+    return out.div_(float(n))
 
 
 def task_sum(tv: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:

@@ -119,6 +119,28 @@ def test_a_method_whose_plain_tensors_are_task_arithmetic_merges_those_on_the_st
     assert fast.stats.to_rows() == slow.stats.to_rows()
 
 
+@pytest.mark.parametrize("method", ["tsvm", "iso_c", "iso_cts"])
+@pytest.mark.parametrize("lam", [1.0, 0.7])
+def test_the_subspace_methods_merge_their_means_on_the_stored_route(
+    bf16_family, tmp_path, monkeypatch, method, lam
+):
+    """The embeddings, LM head and vectors of the subspace methods are θ0 + λ·(Σ τ_i)/T (methods.md §3),
+    task arithmetic's order with normalize: the stored route takes them, with the float32 route's bytes and
+    figures."""
+    base, cks = bf16_family
+    r = recipe(method, base, cks, parameters={"lambda": lam})
+    taken = _spy_stored(monkeypatch)
+    fast = _run(r, tmp_path / "stored", monkeypatch, True)
+    slow = _run(r, tmp_path / "float32", monkeypatch, False)
+    matrices = [t for t in fast.stats.tensors if len(t.shape) == 2 and "embed" not in t.name]
+    matrices = [t for t in matrices if "lm_head" not in t.name]
+    assert len(taken) == len(fast.stats.tensors) - len(matrices) > 0
+    assert (fast.output_path / "model.safetensors").read_bytes() == (
+        slow.output_path / "model.safetensors"
+    ).read_bytes()
+    assert fast.stats.to_rows() == slow.stats.to_rows()
+
+
 def test_only_plain_weighted_sums_of_bfloat16_rows_take_the_stored_route(
     bf16_family, tiny_llama_family, tmp_path, monkeypatch
 ):
