@@ -358,13 +358,16 @@ def _stream(
                 block = Block(unit.start, unit.stop, inputs, _row_numel(planned.shape))
                 in_order.add(_Finish(work, unit, stack, block, base_in, _on_lane(lanes, work, block)))
                 continue
-            deferred = in_order.pending and _deferrable(work, unit, pass_no, recorder)
+            deferred = in_order.pending and _deferrable(work, pass_no, recorder)
             if in_order.pending and not deferred:
                 in_order.drain()  # outputs go out in plan order
             if unit.stored:
-                out = _merge_stored(work, unit, stack, observer, opened.model_refs)
-                if out is not None:
-                    in_order.bytes_written += _write(sink, work, unit, out)
+                done = _merge_stored(work, unit, stack, observer, opened.model_refs, record=not deferred)
+                if done is not None and deferred:  # written and recorded after the lanes' tensors before it
+                    in_order.add(_Finish(work, unit, None, None, False, out=done[0], sums=done[1]))
+                    continue
+                if done is not None:
+                    in_order.bytes_written += _write(sink, work, unit, done[0])
                     observer.progress(work, unit.start, unit.stop)
                     continue
                 stack = widened(stack)  # a NaN or Inf: the float32 route names it or refuses the output
@@ -422,14 +425,13 @@ DEFER_MAX_BYTES = 16 << 20
 DEFERRED_MAX = 16
 
 
-def _deferrable(work: _Work, unit: ReadUnit, pass_no: int, recorder: GeometryRecorder) -> bool:
+def _deferrable(work: _Work, pass_no: int, recorder: GeometryRecorder) -> bool:
     """Whether a unit that is not on a lane may be merged while lane tensors before it are pending: a small
     whole tensor without a spectrum to record, merged now and written in its turn."""
     planned = work.planned
     return (
         pass_no < 0
         and len(work.blocks) == 1
-        and not unit.stored
         and planned.vocab is None
         and 4 * math.prod(planned.shape) <= DEFER_MAX_BYTES
         and not recorder.wants_spectrum(planned.name, len(planned.shape))
@@ -458,7 +460,7 @@ class _Finish:
     work: _Work
     unit: ReadUnit
     stack: torch.Tensor | None
-    block: Block
+    block: Block | None
     has_base: bool
     job: Future | None = None
     out: torch.Tensor | None = None
@@ -541,10 +543,16 @@ def _write(sink: Sink, work: _Work, unit: ReadUnit, out: torch.Tensor) -> int:
 
 
 def _merge_stored(
-    work: _Work, unit: ReadUnit, stack: torch.Tensor, observer: _Observer, model_refs: tuple[str, ...]
-) -> torch.Tensor | None:
-    """Compute and observe a unit of stored rows in one native pass (merging/stored.py): its output in the
-    tensor's dtype, its geometry recorded; None, with nothing recorded, when a value is NaN or Inf."""
+    work: _Work,
+    unit: ReadUnit,
+    stack: torch.Tensor,
+    observer: _Observer,
+    model_refs: tuple[str, ...],
+    record: bool = True,
+) -> tuple[torch.Tensor, TensorSums | None] | None:
+    """Compute a unit of stored rows in one native pass (merging/stored.py): (its output in the tensor's
+    dtype, its whole tensor's geometry sums or None), the sums recorded already with `record` (a block's
+    always are); None, with nothing recorded, when a value is NaN or Inf."""
     planned = work.planned
     geometry = observer.wants_geometry(planned, model_refs)
     whole = len(work.blocks) == 1
@@ -555,13 +563,15 @@ def _merge_stored(
     if not finite:
         return None
     if geometry and whole:
+        if not record:
+            return out, sums
         observer.recorder.record_sums(planned.name, planned.shape, sums)
     elif geometry:
         work.geometry.accept(sums)
         if unit.stop >= planned.rows:
             work.geometry.finish(observer.recorder, planned.name, planned.shape)
             work.geometry = None
-    return out
+    return out, None
 
 
 def _block_inputs(

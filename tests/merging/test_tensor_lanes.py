@@ -207,3 +207,25 @@ def test_spectra_are_recorded_for_lane_tensors_in_plan_order(
     off = run_merge(recipe("iso_c", base, cks), DirectorySink(tmp_path / "off"), device="cpu", spectra="all")
     assert repr(on.stats) == repr(off.stats)
     assert _files(tmp_path / "on") == _files(tmp_path / "off")
+
+
+def test_small_tensors_behind_the_lanes_merge_at_once_and_go_out_in_order(
+    two_threads, tmp_path, tiny_llama_family, monkeypatch
+):
+    """The norms between a layer's matrices (on the stored route here: the means of tsvm's vectors) merge
+    while the lanes work, and are written and recorded in their turn: the same files and figures."""
+    base, cks = tiny_llama_family
+    deferred: list[bool] = []
+    real = engine._merge_stored
+
+    def spy(work, unit, stack, observer, model_refs, record=True):
+        deferred.append(not record)
+        return real(work, unit, stack, observer, model_refs, record)
+
+    monkeypatch.setattr(engine, "_merge_stored", spy)
+    on = run_merge(recipe("tsvm", base, cks), DirectorySink(tmp_path / "on"), device="cpu")
+    assert any(deferred) and not all(deferred)  # the norms between matrices; the embeddings before any
+    monkeypatch.setattr(budget, "plan_lanes", lambda plan, spec: plan)
+    off = run_merge(recipe("tsvm", base, cks), DirectorySink(tmp_path / "off"), device="cpu")
+    assert _files(tmp_path / "on") == _files(tmp_path / "off")
+    assert repr(on.stats) == repr(off.stats)
