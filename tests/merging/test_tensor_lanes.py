@@ -229,3 +229,17 @@ def test_small_tensors_behind_the_lanes_merge_at_once_and_go_out_in_order(
     off = run_merge(recipe("tsvm", base, cks), DirectorySink(tmp_path / "off"), device="cpu")
     assert _files(tmp_path / "on") == _files(tmp_path / "off")
     assert repr(on.stats) == repr(off.stats)
+
+
+def test_progress_comes_in_plan_order_with_lanes(two_threads, tmp_path, tiny_llama_family, monkeypatch):
+    base, cks = tiny_llama_family
+    lanes = _planned_lanes(monkeypatch)
+    seen = []
+    result = run_merge(
+        recipe("iso_cts", base, cks), DirectorySink(tmp_path / "o"), device="cpu", on_progress=seen.append
+    )
+    assert lanes[0]
+    assert [p.tensors_done for p in seen] == list(range(1, len(seen) + 1))
+    assert all(a.bytes_done < b.bytes_done for a, b in zip(seen, seen[1:], strict=False))
+    assert [p.tensor_name for p in seen] == [t.name for t in result.stats.tensors]  # the plan's order
+    assert (seen[-1].tensors_done, seen[-1].bytes_done) == (seen[-1].tensors_total, seen[-1].bytes_total)
