@@ -26,6 +26,7 @@ from merging.errors import MemoryBudgetError
 from merging.methods.base import MethodSpec
 from merging.methods.blocks import TensorContext, merger_for
 from merging.plan import MergePlan
+from merging.threads import TensorLanes
 
 CALIBRATION_FILE = "estimate_calibration.json"
 # Defaults measured on the development VM (2 shared cores, virtio disk); bench/calibrate_estimate.py
@@ -168,7 +169,8 @@ def estimate_plan(
         count = _svds(spec, t.name, t.shape, n_models)
         if count:
             m, n = t.shape
-            svd += count * decomposition_seconds(cal, m, n) / speed
+            lanes = TensorLanes.WIDTH if t.lane else 1  # two such matrices at once (threads.TensorLanes)
+            svd += count * decomposition_seconds(cal, m, n) / speed / lanes
             svd_matrices.append(t.name)
     est = Estimate(
         seconds=read + write + compute + svd,

@@ -49,6 +49,17 @@ def test_decompositions_are_counted_once_not_again_per_element(tiny_llama_family
     assert again.seconds == plain.seconds and plain.parts["SVDs"] > 0
 
 
+def test_matrices_on_tensor_lanes_are_priced_two_at_a_time(tiny_llama_family, monkeypatch, two_threads):
+    import merging.budget as budget
+
+    base, cks = tiny_llama_family
+    lanes = estimate_recipe(_recipe("iso_cts", base, cks), device="cpu", max_memory="4GiB")
+    monkeypatch.setattr(budget, "plan_lanes", lambda plan, spec: plan)
+    alone = estimate_recipe(_recipe("iso_cts", base, cks), device="cpu", max_memory="4GiB")
+    assert lanes.parts["SVDs"] == pytest.approx(alone.parts["SVDs"] / 2)
+    assert lanes.peak_bytes > alone.peak_bytes  # what the lanes hold beside one tensor
+
+
 def test_a_budget_that_cannot_fit_is_a_warning_not_a_crash(tiny_llama_family):
     base, cks = tiny_llama_family
     est = estimate_recipe(
