@@ -352,8 +352,8 @@ def _stream(
         for (unit, stack), (work, pass_no) in zip(iterate_units(units, dev, held=held), works, strict=True):
             planned = work.planned
             observer.check_cancel(f"before tensor {planned.name!r}")
+            base_in = has_base and planned.base is not None
             if unit.held and lanes is not None:
-                base_in = has_base and planned.base is not None
                 inputs = _block_inputs(planned, stack, base_in, seed, dev, unit.task_vectors)
                 block = Block(unit.start, unit.stop, inputs, _row_numel(planned.shape))
                 in_order.add(_Finish(work, unit, stack, block, base_in, _on_lane(lanes, work, block)))
@@ -363,19 +363,18 @@ def _stream(
                 in_order.drain()  # outputs go out in plan order
             if unit.stored:
                 done = _merge_stored(work, unit, stack, observer, opened.model_refs, record=not deferred)
-                if done is not None and deferred:  # written and recorded after the lanes' tensors before it
-                    in_order.add(_Finish(work, unit, None, None, False, out=done[0], sums=done[1]))
-                    continue
                 if done is not None:
-                    in_order.bytes_written += _write(sink, work, unit, done[0])
-                    observer.progress(work, unit.start, unit.stop)
+                    out, sums = done
+                    if deferred:  # written and recorded after the lanes' tensors before it
+                        in_order.add(_Finish(work, unit, None, None, base_in, out=out, sums=sums))
+                    else:
+                        in_order.bytes_written += _write(sink, work, unit, out)
+                        observer.progress(work, unit.start, unit.stop)
                     continue
                 stack = widened(stack)  # a NaN or Inf: the float32 route names it or refuses the output
             if planned.vocab is not None:  # a merged tokenizer: complete the rows an input lacks (never cut)
-                apply_vocab(planned, stack[-1] if has_base and planned.base is not None else None, stack[:-1])
-            inputs = _block_inputs(
-                planned, stack, has_base and planned.base is not None, seed, dev, unit.task_vectors
-            )
+                apply_vocab(planned, stack[-1] if base_in else None, stack[:-1])
+            inputs = _block_inputs(planned, stack, base_in, seed, dev, unit.task_vectors)
             block = Block(unit.start, unit.stop, inputs, _row_numel(planned.shape))
             if pass_no >= 0:
                 work.merger.observe(pass_no, block)
@@ -385,7 +384,6 @@ def _stream(
                     work.merger.observe(p, block)
             merged = _compute(spec, work, block, stack, observer, planned)
             out = _checked_output(merged, planned, stack, observer)
-            base_in = has_base and planned.base is not None
             if deferred:  # after the lanes' tensors before it: its sums now, while its stack is valid
                 sums = _sums(observer, work, stack, merged, base_in, opened.model_refs)
                 in_order.add(_Finish(work, unit, None, block, base_in, out=out, sums=sums))
