@@ -59,3 +59,17 @@ def build_family(
         base.save_pretrained(fam / f"ft{i}")
     marker.write_text(json.dumps({"params": sum(p.numel() for p in params.values())}))
     return fam / "base", [fam / n for n in names[1:]]
+
+
+def bench_family(checkpoints: int = 4) -> tuple[Path, list[Path]]:
+    """The CPU speed benches' family: a 133M-parameter bf16 Llama (hidden 1024, 8 layers, MLP 2816, vocab
+    20000) with `checkpoints` fine-tunes, cached as llama130m-<checkpoints>."""
+    return build_family(
+        f"llama130m-{checkpoints}",
+        hidden=1024,
+        layers=8,
+        intermediate=2816,
+        vocab=20000,
+        checkpoints=checkpoints,
+        dtype=torch.bfloat16,
+    )

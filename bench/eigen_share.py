@@ -25,7 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _family import build_family  # noqa: E402
+from _family import bench_family  # noqa: E402
 
 from merging import DirectorySink, ModelEntry, Recipe, run_merge  # noqa: E402
 from merging.methods import leading_eigh, subspace  # noqa: E402
@@ -50,15 +50,7 @@ def main() -> None:
     ap.add_argument("--methods", default="tsvm,iso_cts")
     ap.add_argument("--checkpoints", type=int, default=4)
     args = ap.parse_args()
-    base, cks = build_family(
-        f"llama130m-{args.checkpoints}",
-        hidden=1024,
-        layers=8,
-        intermediate=2816,
-        vocab=20000,
-        checkpoints=args.checkpoints,
-        dtype=torch.bfloat16,
-    )
+    base, cks = bench_family(args.checkpoints)
     cores = os.cpu_count() or 1
     load = os.getloadavg()[0]
     print(f"machine: x86_64, {cores} cores, torch {torch.get_num_threads()} threads; load {load:.1f}")

@@ -28,7 +28,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _family import build_family  # noqa: E402
+from _family import bench_family  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SPARSE = {"density": 0.5}
@@ -153,15 +153,7 @@ def main() -> None:
         gpu_main()
         return
 
-    base, cks = build_family(
-        f"llama130m-{args.checkpoints}",
-        hidden=1024,
-        layers=8,
-        intermediate=2816,
-        vocab=20000,
-        checkpoints=args.checkpoints,
-        dtype=__import__("torch").bfloat16,
-    )
+    base, cks = bench_family(args.checkpoints)
     methods = list(BENCH_PARAMS) if args.methods == "all" else args.methods.split(",")
     work = Path(tempfile.mkdtemp(prefix="mergebench-"))
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
